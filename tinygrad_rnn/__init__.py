@@ -1,0 +1,15 @@
+"""tinygrad_rnn: a small autograd engine for recurrent networks, on NumPy or CuPy."""
+from . import autograd  # first: the engine's modules bind to each other on import
+from .autograd import Function, enable_grad, is_grad_enabled, no_grad
+from .backend import (DType, bool_, cuda_available, float32, float64, get_default_device,
+                      get_default_dtype, get_device, int32, int64, manual_seed, set_default_device,
+                      set_default_dtype)
+from .errors import AxisError, DTypeError, IndexOutOfRange, ShapeError, TinygradError
+from .tensor import (Tensor, arange, cat, concat, eye, full, maximum, minimum, ones, ones_like, rand,
+                     randint, randn, stack, tensor, where, zeros, zeros_like)
+from .gradcheck import GradcheckError, gradcheck
+from . import nn, viz  # noqa: E402
+
+device = get_device
+
+__version__ = "0.1.0"

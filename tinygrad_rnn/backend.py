@@ -1,0 +1,365 @@
+"""The only module that names NumPy or CuPy.
+
+A `Device` owns an array namespace (`device.xp`), moves data to and from the host,
+draws random numbers, and provides the few kernels that the Python Array API
+standard does not have (scatter-add). Everything above this module does array math
+through `device.xp` with names from the standard, so the same op code runs on NumPy,
+CuPy and `array_api_strict` (a test-only device that refuses anything outside the
+standard, as CuPy would refuse a stray NumPy call).
+
+Devices:
+  "cpu"                 NumPy
+  "cuda", "cuda:N"      CuPy on GPU N
+  "strict"              array_api_strict (tests only; computes with NumPy underneath)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------- dtypes
+class DType:
+    """A dtype name shared by all backends (`tg.float32`, ...)."""
+
+    __slots__ = ("name", "is_floating")
+
+    def __init__(self, name: str, is_floating: bool):
+        self.name = name
+        self.is_floating = is_floating
+
+    def __repr__(self):
+        return f"tinygrad_rnn.{self.name}"
+
+    def __reduce__(self):
+        return (_dtype_by_name, (self.name,))
+
+
+float32 = DType("float32", True)
+float64 = DType("float64", True)
+int32 = DType("int32", False)
+int64 = DType("int64", False)
+bool_ = DType("bool", False)
+DTYPES = {d.name: d for d in (float32, float64, int32, int64, bool_)}
+
+
+def _dtype_by_name(name):
+    return DTYPES[name]
+
+
+_default_float = float32
+
+
+def get_default_dtype() -> DType:
+    return _default_float
+
+
+def set_default_dtype(dtype) -> None:
+    """The dtype of tensors made from Python numbers and lists (float32 unless set)."""
+    global _default_float
+    dtype = to_dtype(dtype)
+    if not dtype.is_floating:
+        raise TypeError(f"set_default_dtype: the default must be a floating dtype, got {dtype.name}")
+    _default_float = dtype
+
+
+def to_dtype(d) -> DType:
+    """Accept a DType, a name ('float32'), or a NumPy dtype-like."""
+    if isinstance(d, DType):
+        return d
+    if isinstance(d, str) and d in DTYPES:
+        return DTYPES[d]
+    try:
+        return DTYPES[np.dtype(d).name]
+    except (TypeError, KeyError):
+        raise TypeError(f"unsupported dtype {d!r}; use one of {sorted(DTYPES)}") from None
+
+
+# ----------------------------------------------------------------------------- devices
+_seed = 0  # the last tg.manual_seed; devices created later start from it too
+
+
+class Device:
+    """One array library on one device. Subclasses differ only where the standard is silent."""
+
+    kind = "?"
+
+    def __init__(self, name: str, xp):
+        self.name = name
+        self.xp = xp
+        # DType -> native dtype object, and back. NumPy and CuPy arrays report np.dtype
+        # instances, which hash differently from the scalar types np.float32 & co.
+        self._native = {d: self._native_dtype(getattr(xp, "bool" if d is bool_ else d.name))
+                        for d in DTYPES.values()}
+        self._from_native = {v: k for k, v in self._native.items()}
+        self.manual_seed(_seed)
+
+    def __repr__(self):
+        return f"device('{self.name}')"
+
+    __str__ = lambda self: self.name  # noqa: E731
+
+    # dtypes
+    @staticmethod
+    def _native_dtype(t):
+        return np.dtype(t)
+
+    def native(self, dtype: DType):
+        return self._native[dtype]
+
+    def dtype_of(self, arr) -> DType:
+        try:
+            return self._from_native[arr.dtype]
+        except KeyError:
+            raise TypeError(f"unsupported array dtype {arr.dtype} on {self.name}") from None
+
+    # host <-> device
+    def from_host(self, data, dtype: DType | None = None):
+        """A NumPy array (or anything np.asarray takes) -> an array on this device."""
+        raise NotImplementedError
+
+    def to_host(self, arr) -> np.ndarray:
+        raise NotImplementedError
+
+    def is_native(self, arr) -> bool:
+        raise NotImplementedError
+
+    # random numbers: one generator per device, reseeded by tg.manual_seed
+    def manual_seed(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def randn(self, shape, dtype: DType):
+        return self.from_host(self._rng.standard_normal(shape), dtype)
+
+    def rand(self, shape, dtype: DType):
+        return self.from_host(self._rng.random(shape), dtype)
+
+    def randint(self, low, high, shape):
+        return self.from_host(self._rng.integers(low, high, size=shape), int64)
+
+    def get_rng_state(self) -> dict:
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
+
+    # kernels outside the standard
+    def scatter_add(self, target, index, values) -> None:
+        """target[index] += values, in place, with repeated indices accumulating."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        pass
+
+
+class CPUDevice(Device):
+    kind = "cpu"
+
+    def __init__(self):
+        super().__init__("cpu", np)
+
+    def from_host(self, data, dtype=None):
+        arr = np.asarray(data)
+        if dtype is not None and arr.dtype != self._native[dtype]:
+            arr = arr.astype(self._native[dtype])
+        return arr
+
+    def to_host(self, arr):
+        return arr
+
+    def is_native(self, arr):
+        return isinstance(arr, np.ndarray)
+
+    def scatter_add(self, target, index, values):
+        np.add.at(target, index, values)
+
+
+class StrictDevice(Device):
+    """array_api_strict: the standard and nothing else. Test-only."""
+
+    kind = "strict"
+
+    def __init__(self):
+        import array_api_strict
+
+        super().__init__("strict", array_api_strict)
+
+    def from_host(self, data, dtype=None):
+        arr = np.asarray(data)
+        if dtype is not None:
+            arr = arr.astype(self._native_np(dtype))
+        return self.xp.asarray(arr)
+
+    @staticmethod
+    def _native_dtype(t):
+        return t
+
+    @staticmethod
+    def _native_np(dtype):
+        return np.dtype(dtype.name)
+
+    def to_host(self, arr):
+        return np.asarray(arr)
+
+    def is_native(self, arr):
+        return isinstance(arr, self.xp.asarray(0.0).__class__)
+
+    def scatter_add(self, target, index, values):
+        # The standard has no scatter-add. Do it on the host and write back through
+        # the standard's __setitem__; the strict device is for tests, so speed is moot.
+        host = np.asarray(target).copy()
+        if isinstance(index, tuple):
+            idx = tuple(np.asarray(i) if not isinstance(i, (slice, int, type(None), type(Ellipsis))) else i
+                        for i in index)
+        else:
+            idx = np.asarray(index)
+        np.add.at(host, idx, np.asarray(values))
+        target[...] = self.xp.asarray(host)
+
+
+class CUDADevice(Device):
+    kind = "cuda"
+
+    def __init__(self, index: int):
+        import cupy
+        import cupyx
+
+        self.index = index
+        self._cupy = cupy
+        self._cupyx = cupyx
+        super().__init__(f"cuda:{index}", cupy)
+
+    def _on(self):
+        return self._cupy.cuda.Device(self.index)
+
+    def from_host(self, data, dtype=None):
+        arr = np.asarray(data) if not isinstance(data, self._cupy.ndarray) else data
+        with self._on():
+            out = self._cupy.asarray(arr)
+            if dtype is not None and out.dtype != self._native[dtype]:
+                out = out.astype(self._native[dtype])
+            return out
+
+    def to_host(self, arr):
+        return self._cupy.asnumpy(arr)
+
+    def is_native(self, arr):
+        return isinstance(arr, self._cupy.ndarray)
+
+    def manual_seed(self, seed):
+        with self._on():
+            self._rng = self._cupy.random.default_rng(seed)
+        self._seed = seed
+
+    def randn(self, shape, dtype):
+        with self._on():
+            return self._rng.standard_normal(shape, dtype=self._native[dtype])
+
+    def rand(self, shape, dtype):
+        with self._on():
+            return self._rng.random(shape, dtype=self._native[dtype])
+
+    def randint(self, low, high, shape):
+        with self._on():
+            return self._rng.integers(low, high, size=shape, dtype=self._cupy.int64)
+
+    def get_rng_state(self):
+        # CuPy's generators have no portable state object: record the seed only.
+        return {"seed": self._seed}
+
+    def set_rng_state(self, state):
+        self.manual_seed(state["seed"])
+
+    def scatter_add(self, target, index, values):
+        self._cupyx.scatter_add(target, index, values)
+
+    def synchronize(self):
+        self._cupy.cuda.Device(self.index).synchronize()
+
+
+# ----------------------------------------------------------------------------- registry
+_devices: dict[str, Device] = {}
+_default_device_name = "cpu"
+
+
+def cuda_available() -> tuple[bool, str]:
+    """(True, "") when CuPy imports and sees a GPU, else (False, why not)."""
+    try:
+        import cupy
+    except ImportError as e:
+        return False, f"CuPy is not installed ({e}); install it with pip install -e '.[cuda]'"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDA driver missing or broken
+        return False, f"CuPy is installed but no CUDA GPU is usable ({type(e).__name__}: {e})"
+    if n == 0:
+        return False, "CuPy is installed but no CUDA GPU was found"
+    return True, ""
+
+
+def get_device(device=None) -> Device:
+    """'cpu', 'cuda', 'cuda:N', 'strict', a Device, or None for the default device."""
+    if isinstance(device, Device):
+        return device
+    if device is None:
+        device = _default_device_name
+    name = str(device)
+    if name == "cuda":
+        name = "cuda:0"
+    dev = _devices.get(name)
+    if dev is not None:
+        return dev
+    if name == "cpu":
+        dev = CPUDevice()
+    elif name == "strict":
+        try:
+            dev = StrictDevice()
+        except ImportError:
+            raise RuntimeError("device 'strict' needs the array-api-strict package "
+                               "(pip install -e '.[test]')") from None
+    elif name.startswith("cuda:"):
+        ok, why = cuda_available()
+        if not ok:
+            raise RuntimeError(f"device '{name}' is not available: {why}")
+        try:
+            index = int(name[5:])
+        except ValueError:
+            raise ValueError(f"bad device name {device!r}: expected 'cuda' or 'cuda:N'") from None
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+        if not 0 <= index < count:
+            raise RuntimeError(f"device '{name}' does not exist: {count} GPU(s) found")
+        dev = CUDADevice(index)
+    else:
+        raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'strict'")
+    _devices[name] = dev
+    return dev
+
+
+def set_default_device(device) -> None:
+    """The device of new tensors when `device=` is not given."""
+    global _default_device_name
+    _default_device_name = get_device(device).name
+
+
+def get_default_device() -> Device:
+    return get_device(None)
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generator of every device (those made later start from `seed` too)."""
+    global _seed
+    _seed = int(seed)
+    for dev in _devices.values():
+        dev.manual_seed(_seed)
+
+
+def device_of_array(arr) -> Device:
+    """The device a raw array lives on (NumPy arrays -> cpu)."""
+    if isinstance(arr, np.ndarray):
+        return get_device("cpu")
+    mod = type(arr).__module__
+    if mod.startswith("cupy"):
+        return get_device(f"cuda:{arr.device.id}")
+    if mod.startswith("array_api_strict"):
+        return get_device("strict")
+    raise TypeError(f"not an array of a known backend: {type(arr).__name__}")

@@ -1,0 +1,47 @@
+"""Errors raised by tinygrad_rnn itself, already phrased for the user.
+
+`Function.apply` annotates any other error raised inside a forward (NumPy's, CuPy's)
+with the op's name, shapes, dtypes and device; errors of these classes pass through
+untouched because they already say all that.
+"""
+
+
+class TinygradError(Exception):
+    pass
+
+
+class ShapeError(TinygradError, ValueError):
+    pass
+
+
+class AxisError(TinygradError, IndexError):
+    pass
+
+
+class IndexOutOfRange(TinygradError, IndexError):
+    pass
+
+
+class DTypeError(TinygradError, TypeError):
+    pass
+
+
+def fmt_shape(shape) -> str:
+    return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def normalize_axes(op: str, axis, ndim: int, shape=None):
+    """axis: None | int | tuple -> a sorted tuple of non-negative axes, or an AxisError naming op."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    out = []
+    for a in axes:
+        if not isinstance(a, int) or not -ndim <= a < max(ndim, 1):
+            where = f"shape {fmt_shape(shape)}" if shape is not None else f"{ndim} dims"
+            raise AxisError(f"{op}: axis {a} is out of range for a tensor of {where} "
+                            f"(valid: {-ndim} to {ndim - 1})")
+        out.append(a % ndim if ndim else 0)
+    if len(set(out)) != len(out):
+        raise AxisError(f"{op}: repeated axis in {axis}")
+    return tuple(sorted(out))

@@ -1,0 +1,255 @@
+"""Elementwise ops. Backward returns gradients of the broadcast (output) shape; the
+engine sums them down to each input's shape."""
+import math
+
+from ..autograd import Function
+
+
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        return a + b
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        return a - b
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, (-grad if ctx.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        na, nb = ctx.needs_input_grad
+        return (grad * b if na else None), (grad * a if nb else None)
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        na, nb = ctx.needs_input_grad
+        ga = grad / b if na else None
+        gb = -grad * a / (b * b) if nb else None
+        return ga, gb
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+class Pow(Function):
+    """a ** b for a tensor base and/or exponent (either may be a Python number)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        out = a ** b
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, out = ctx.saved_tensors
+        na, nb = ctx.needs_input_grad
+        ga = grad * b * a ** (b - 1) if na else None
+        gb = None
+        if nb:
+            log_a = math.log(a) if isinstance(a, (int, float)) else ctx.xp.log(a)
+            gb = grad * out * log_a
+        return ga, gb
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = ctx.xp.exp(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.saved_tensors[0]
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return ctx.xp.log(a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad / ctx.saved_tensors[0]
+
+
+class Sqrt(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = ctx.xp.sqrt(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 0.5 / ctx.saved_tensors[0]
+
+
+class Tanh(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = ctx.xp.tanh(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = ctx.saved_tensors[0]
+        return grad * (1.0 - out * out)
+
+
+class Sigmoid(Function):
+    @staticmethod
+    def forward(ctx, a):
+        # tanh form: never overflows, unlike 1 / (1 + exp(-a)) for large negative a
+        out = 0.5 * ctx.xp.tanh(0.5 * a) + 0.5
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = ctx.saved_tensors[0]
+        return grad * out * (1.0 - out)
+
+
+class Relu(Function):
+    @staticmethod
+    def forward(ctx, a):
+        mask = a > 0
+        ctx.save_for_backward(mask)
+        return ctx.xp.where(mask, a, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.xp.where(ctx.saved_tensors[0], grad, 0.0)
+
+
+class Abs(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return ctx.xp.abs(a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.xp.sign(ctx.saved_tensors[0])
+
+
+def _tie_split(xp, grad, win, tie):
+    # where the inputs tie, each gets half of the gradient (as PyTorch does)
+    return xp.where(win, grad, xp.where(tie, 0.5 * grad, 0.0))
+
+
+class Maximum(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return ctx.xp.maximum(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        na, nb = ctx.needs_input_grad
+        xp, tie = ctx.xp, a == b
+        return (_tie_split(xp, grad, a > b, tie) if na else None,
+                _tie_split(xp, grad, b > a, tie) if nb else None)
+
+
+class Minimum(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return ctx.xp.minimum(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        na, nb = ctx.needs_input_grad
+        xp, tie = ctx.xp, a == b
+        return (_tie_split(xp, grad, a < b, tie) if na else None,
+                _tie_split(xp, grad, b < a, tie) if nb else None)
+
+
+class Clip(Function):
+    """clip(a, lo, hi) with Python-number bounds (either may be None)."""
+
+    @staticmethod
+    def forward(ctx, a, lo=None, hi=None):
+        xp = ctx.xp
+        inside = None
+        if lo is not None:
+            inside = a >= lo
+        if hi is not None:
+            inside = a <= hi if inside is None else xp.logical_and(inside, a <= hi)
+        ctx.save_for_backward(inside)
+        return xp.clip(a, lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inside = ctx.saved_tensors[0]
+        return grad if inside is None else ctx.xp.where(inside, grad, 0.0)
+
+
+class Where(Function):
+    """where(cond, a, b); cond is a boolean array and gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, cond, a, b):
+        ctx.save_for_backward(cond)
+        return ctx.xp.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cond = ctx.saved_tensors[0]
+        _, na, nb = ctx.needs_input_grad
+        xp = ctx.xp
+        return (None,
+                xp.where(cond, grad, 0.0) if na else None,
+                xp.where(cond, 0.0, grad) if nb else None)
+
+
+class Cast(Function):
+    """A dtype change; the gradient goes back in the input's dtype."""
+
+    @staticmethod
+    def forward(ctx, a, dtype):
+        ctx.in_dtype = a.dtype
+        return ctx.xp.astype(a, ctx.device.native(dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.xp.astype(grad, ctx.in_dtype)

@@ -1,0 +1,143 @@
+"""Neural-network ops fused for speed and stability: softmax, log-softmax,
+cross-entropy, embedding lookup, dropout."""
+from ..autograd import Function
+from ..errors import DTypeError, IndexOutOfRange, ShapeError, fmt_shape
+
+
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx, a, axis=-1):
+        xp = ctx.xp
+        e = xp.exp(a - xp.max(a, axis=axis, keepdims=True))
+        out = e / xp.sum(e, axis=axis, keepdims=True)
+        ctx.axis = axis
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = ctx.saved_tensors[0]
+        return out * (grad - ctx.xp.sum(grad * out, axis=ctx.axis, keepdims=True))
+
+
+def _log_softmax(xp, a, axis):
+    shifted = a - xp.max(a, axis=axis, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    @staticmethod
+    def forward(ctx, a, axis=-1):
+        out = _log_softmax(ctx.xp, a, axis)
+        ctx.axis = axis
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp = ctx.xp
+        out = ctx.saved_tensors[0]
+        return grad - xp.exp(out) * xp.sum(grad, axis=ctx.axis, keepdims=True)
+
+
+def _check_int(op, arr, what):
+    if "int" not in str(arr.dtype):  # int32/int64 on every backend
+        raise DTypeError(f"{op}: {what} must be an integer array, got dtype {arr.dtype}")
+
+
+class CrossEntropy(Function):
+    """Mean/sum/per-row negative log-likelihood of integer targets under softmax(logits).
+
+    logits (N, C), targets (N,). Forward by log-sum-exp; backward softmax minus the
+    target's indicator (a comparison with arange(C), never an identity matrix).
+    Rows whose target equals ignore_index contribute nothing, and a mean divides by
+    the count of the other rows.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, reduction="mean", ignore_index=None):
+        xp = ctx.xp
+        if logits.ndim != 2 or targets.ndim != 1 or targets.shape[0] != logits.shape[0]:
+            raise ShapeError(f"cross_entropy: logits of shape {fmt_shape(logits.shape)} need targets of "
+                             f"shape ({logits.shape[0] if logits.ndim else '?'},), got {fmt_shape(targets.shape)}")
+        _check_int("cross_entropy", targets, "targets")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        n, c = logits.shape
+        valid = None if ignore_index is None else targets != ignore_index
+        safe = targets if valid is None else xp.where(valid, targets, 0)
+        if n:
+            lo, hi = int(xp.min(safe)), int(xp.max(safe))
+            if lo < 0 or hi >= c:
+                raise IndexOutOfRange(f"cross_entropy: target {hi if hi >= c else lo} is out of range for "
+                                      f"{c} classes (logits of shape {fmt_shape(logits.shape)})")
+        logp = _log_softmax(xp, logits, -1)
+        nll = -xp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
+        weight = None if valid is None else xp.astype(valid, logits.dtype)
+        if weight is not None:
+            nll = nll * weight
+        ctx.reduction, ctx.n_classes = reduction, c
+        ctx.save_for_backward(logp, safe, weight)
+        if reduction == "none":
+            return nll
+        total = xp.sum(nll)
+        if reduction == "sum":
+            return total
+        ctx.count = n if weight is None else xp.sum(weight)
+        return total / ctx.count
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp = ctx.xp
+        logp, safe, weight = ctx.saved_tensors
+        g = xp.exp(logp)
+        g = g - xp.astype(xp.arange(ctx.n_classes)[None, :] == safe[:, None], g.dtype)
+        if ctx.reduction == "none":
+            scale = grad[:, None] if weight is None else (grad * weight)[:, None]
+        else:
+            scale = grad if ctx.reduction == "sum" else grad / ctx.count
+            if weight is not None:
+                scale = scale * weight[:, None]
+        return g * scale, None
+
+
+class Embedding(Function):
+    """weight[indices] as one gather; backward scatter-adds rows (repeats accumulate)."""
+
+    @staticmethod
+    def forward(ctx, indices, weight, padding_idx=None):
+        xp = ctx.xp
+        _check_int("embedding", indices, "indices")
+        if weight.ndim != 2:
+            raise ShapeError(f"embedding: weight must be 2-D (num_embeddings, dim), got {fmt_shape(weight.shape)}")
+        flat = xp.reshape(indices, (-1,))
+        if flat.shape[0]:
+            lo, hi = int(xp.min(flat)), int(xp.max(flat))
+            if lo < 0 or hi >= weight.shape[0]:
+                raise IndexOutOfRange(f"embedding: index {hi if hi >= weight.shape[0] else lo} is out of "
+                                      f"range for {weight.shape[0]} embeddings")
+        ctx.flat, ctx.w_shape, ctx.padding_idx = flat, weight.shape, padding_idx
+        out = xp.take(weight, flat, axis=0)
+        return xp.reshape(out, tuple(indices.shape) + (weight.shape[1],))
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp = ctx.xp
+        gw = xp.zeros(ctx.w_shape, dtype=grad.dtype)
+        ctx.device.scatter_add(gw, ctx.flat, xp.reshape(grad, (-1, ctx.w_shape[1])))
+        if ctx.padding_idx is not None:
+            gw[ctx.padding_idx, ...] = 0.0
+        return None, gw
+
+
+class Dropout(Function):
+    """x * mask, where mask already holds 0 or 1/(1-p)."""
+
+    @staticmethod
+    def forward(ctx, a, mask):
+        ctx.save_for_backward(mask)
+        return a * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.saved_tensors[0], None

@@ -1,0 +1,97 @@
+"""Reductions over one axis, several, or all (axis=None), with keepdims."""
+from ..autograd import Function
+from ..errors import ShapeError, fmt_shape, normalize_axes
+
+
+def _kept_shape(shape, axes):
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+def _setup(ctx, op, a, axis, keepdims):
+    axes = normalize_axes(op, axis, a.ndim, a.shape)
+    ctx.in_shape = a.shape
+    ctx.kept = _kept_shape(a.shape, axes)
+    ctx.keepdims = keepdims
+    ctx.axes = axes
+    return axes
+
+
+def _grad_as_kept(ctx, grad):
+    return grad if ctx.keepdims else ctx.xp.reshape(grad, ctx.kept)
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        axes = _setup(ctx, "sum", a, axis, keepdims)
+        return ctx.xp.sum(a, axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.xp.broadcast_to(_grad_as_kept(ctx, grad), ctx.in_shape)
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        axes = _setup(ctx, "mean", a, axis, keepdims)
+        n = 1
+        for i in axes:
+            n *= a.shape[i]
+        ctx.n = n
+        return ctx.xp.mean(a, axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.xp.broadcast_to(_grad_as_kept(ctx, grad) / ctx.n, ctx.in_shape)
+
+
+class _Extremum(Function):
+    """max/min: the gradient is shared evenly among the elements that tie for the extremum."""
+
+    reduce = None
+
+    @classmethod
+    def forward(cls, ctx, a, axis=None, keepdims=False):
+        xp = ctx.xp
+        axes = _setup(ctx, cls.__name__.lower(), a, axis, keepdims)
+        if a.size == 0:
+            raise ShapeError(f"{cls.__name__.lower()}: cannot reduce an empty tensor of shape {fmt_shape(a.shape)}")
+        out = getattr(xp, cls.reduce)(a, axis=axes, keepdims=True)
+        ctx.save_for_backward(a, out)
+        return out if keepdims else xp.reshape(out, tuple(n for i, n in enumerate(a.shape) if i not in axes))
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp = ctx.xp
+        a, out = ctx.saved_tensors
+        hit = a == out
+        count = xp.sum(xp.astype(hit, a.dtype), axis=ctx.axes, keepdims=True)
+        return xp.where(hit, _grad_as_kept(ctx, grad) / count, 0.0)
+
+
+class Max(_Extremum):
+    reduce = "max"
+
+
+class Min(_Extremum):
+    reduce = "min"
+
+
+class LogSumExp(Function):
+    """log(sum(exp(a))) computed stably by shifting with the max."""
+
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        xp = ctx.xp
+        axes = _setup(ctx, "logsumexp", a, axis, keepdims)
+        m = xp.max(a, axis=axes, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0.0)  # all -inf rows: avoid inf - inf
+        lse = xp.log(xp.sum(xp.exp(a - m), axis=axes, keepdims=True)) + m
+        ctx.save_for_backward(a, lse)
+        return lse if keepdims else xp.reshape(lse, tuple(n for i, n in enumerate(a.shape) if i not in axes))
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, lse = ctx.saved_tensors
+        return _grad_as_kept(ctx, grad) * ctx.xp.exp(a - lse)

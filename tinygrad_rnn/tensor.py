@@ -1,0 +1,634 @@
+"""`Tensor`: an array on a device, plus the link to the op that made it.
+
+A tensor made by an op while grad mode is on, from inputs that require grad, holds
+`_ctx` (that op's graph node) and `_index` (which of the node's outputs it is). Leaves
+(`_ctx is None`) that require grad receive `.grad` from `backward()`.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import autograd
+from . import backend as B
+from .errors import AxisError, DTypeError, ShapeError, TinygradError, fmt_shape, normalize_axes
+
+
+class Tensor:
+    __slots__ = ("data", "device", "requires_grad", "grad", "_ctx", "_index", "__weakref__")
+
+    def __init__(self, data, requires_grad=False, dtype=None, device=None):
+        dev = B.get_device(device) if device is not None else None
+        if isinstance(data, Tensor):
+            src_dev, arr = data.device, data.data
+        else:
+            src_dev, arr = _native_device(data), data
+        if src_dev is None:  # Python numbers, lists, NumPy arrays, NumPy scalars
+            dev = dev or B.get_default_device()
+            host = np.asarray(arr)
+            if dtype is None:
+                dtype = _host_dtype(host, arr)
+            self.data = dev.from_host(host, B.to_dtype(dtype))
+        else:
+            dev = dev or src_dev
+            if dev is not src_dev:
+                arr = dev.from_host(src_dev.to_host(arr))
+            if dtype is not None and dev.dtype_of(arr) is not B.to_dtype(dtype):
+                arr = dev.xp.astype(arr, dev.native(B.to_dtype(dtype)))
+            self.data = arr
+        self.device = dev
+        self.grad = None
+        self._ctx = None
+        self._index = 0
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @staticmethod
+    def _make(data, device, ctx, index):
+        """The fast constructor used by ops: no conversion, no checks."""
+        t = object.__new__(Tensor)
+        t.data = data
+        t.device = device
+        t._ctx = ctx
+        t._index = index
+        t.requires_grad = ctx is not None
+        t.grad = None
+        return t
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> B.DType:
+        return self.device.dtype_of(self.data)
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    def numel(self) -> int:
+        n = 1
+        for s in self.data.shape:
+            n *= s
+        return n
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._ctx is None
+
+    @property
+    def grad_fn(self):
+        """The graph node that made this tensor (None for leaves)."""
+        return self._ctx
+
+    @property
+    def T(self):
+        return self.permute(*reversed(range(self.ndim)))
+
+    # ------------------------------------------------------------------ conversion
+    def numpy(self) -> np.ndarray:
+        """A host NumPy copy (never shares memory with this tensor)."""
+        return np.array(self.device.to_host(self.data), copy=True)
+
+    def item(self):
+        if self.numel() != 1:
+            raise ShapeError(f"item: only a one-element tensor converts to a Python number, "
+                             f"this one has shape {fmt_shape(self.shape)}")
+        return self.device.to_host(self.data).reshape(()).item()
+
+    def tolist(self):
+        return self.device.to_host(self.data).tolist()
+
+    def detach(self) -> "Tensor":
+        """The same data, cut from the graph (the graph stops here)."""
+        return Tensor._make(self.data, self.device, None, 0)
+
+    def to(self, target) -> "Tensor":
+        """A copy on another device ('cpu', 'cuda', ...) or in another dtype; differentiable."""
+        if isinstance(target, B.DType) or (isinstance(target, str) and target in B.DTYPES):
+            dtype = B.to_dtype(target)
+            if dtype is self.dtype:
+                return self
+            return ew.Cast.apply(self, dtype)
+        dev = B.get_device(target)
+        if dev is self.device:
+            return self
+        out = shape_ops.ToDevice.apply(self, dev)
+        out.device = dev
+        return out
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, index=0):
+        return self.to(f"cuda:{index}")
+
+    def float(self):
+        return self.to(B.float32)
+
+    def double(self):
+        return self.to(B.float64)
+
+    def long(self):
+        return Tensor._make(self.device.xp.astype(self.data, self.device.native(B.int64)), self.device, None, 0)
+
+    # ------------------------------------------------------------------ autograd
+    def requires_grad_(self, flag=True) -> "Tensor":
+        if flag and not self.dtype.is_floating:
+            raise DTypeError(f"requires_grad: only floating-point tensors can require gradients, "
+                             f"this one is {self.dtype.name}")
+        if not flag and self._ctx is not None:
+            raise RuntimeError("requires_grad_(False) on a tensor made by an op: use .detach()")
+        self.requires_grad = flag
+        return self
+
+    def retain_grad(self) -> None:
+        """Keep .grad on this intermediate tensor after backward (leaves always keep it)."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad: this tensor does not require grad")
+        if self._ctx is not None:
+            autograd.retain(self)
+
+    def backward(self, grad=None, retain_graph=False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's .grad that requires grad."""
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad and has no graph behind it "
+                               "(no input of the ops that made it requires grad, or it was made under no_grad)")
+        if grad is None:
+            if self.numel() != 1:
+                raise RuntimeError(f"backward: a gradient can be created implicitly only for a one-element "
+                                   f"tensor; this one has shape {fmt_shape(self.shape)}, so pass grad= of that shape")
+            g = self.device.xp.ones(self.data.shape, dtype=self.data.dtype)
+        else:
+            g = grad.data if isinstance(grad, Tensor) else self.device.from_host(np.asarray(grad), self.dtype)
+            if tuple(g.shape) != self.shape:
+                raise ShapeError(f"backward: grad has shape {fmt_shape(g.shape)} but the tensor has shape "
+                                 f"{fmt_shape(self.shape)}")
+            if isinstance(grad, Tensor) and grad.device is not self.device:
+                raise RuntimeError(f"backward: grad is on {grad.device.name} but the tensor is on {self.device.name}")
+        autograd.run_backward(self, g, retain_graph)
+
+    def _accumulate(self, g):
+        # never in place: g may be the same array another leaf received
+        if self.grad is None:
+            self.grad = Tensor._make(g, self.device, None, 0)
+        else:
+            self.grad = Tensor._make(self.grad.data + g, self.device, None, 0)
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # ------------------------------------------------------------------ printing
+    def __repr__(self):
+        body = np.array2string(self.device.to_host(self.data), separator=", ", prefix="tensor(")
+        extra = []
+        if self.dtype is not B.get_default_dtype() and self.dtype is not B.int64:
+            extra.append(f"dtype={self.dtype.name}")
+        if self.device.name != "cpu":
+            extra.append(f"device='{self.device.name}'")
+        if self._ctx is not None:
+            extra.append(f"grad_fn=<{self._ctx.fn.__name__}>")
+        elif self.requires_grad:
+            extra.append("requires_grad=True")
+        return "tensor(" + body + "".join(", " + e for e in extra) + ")"
+
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __bool__(self):
+        if self.numel() != 1:
+            raise RuntimeError(f"the truth value of a tensor of shape {fmt_shape(self.shape)} is ambiguous")
+        return bool(self.item())
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return iter(self.unbind(0))
+
+    __hash__ = object.__hash__
+
+    # ------------------------------------------------------------------ arithmetic
+    def _operand(self, other):
+        """A Python number stays a number (no graph edge); anything else becomes a Tensor here."""
+        if isinstance(other, Tensor):
+            return other
+        if isinstance(other, (bool, np.bool_)):
+            return float(other)
+        if isinstance(other, numbers.Number):
+            return other if isinstance(other, (int, float)) else float(other)
+        return Tensor(other, dtype=self.dtype if _is_float_like(other) else None, device=self.device)
+
+    def __add__(self, o):
+        return ew.Add.apply(self, self._operand(o))
+
+    def __radd__(self, o):
+        return ew.Add.apply(self._operand(o), self)
+
+    def __sub__(self, o):
+        return ew.Sub.apply(self, self._operand(o))
+
+    def __rsub__(self, o):
+        return ew.Sub.apply(self._operand(o), self)
+
+    def __mul__(self, o):
+        return ew.Mul.apply(self, self._operand(o))
+
+    def __rmul__(self, o):
+        return ew.Mul.apply(self._operand(o), self)
+
+    def __truediv__(self, o):
+        return ew.Div.apply(self, self._operand(o))
+
+    def __rtruediv__(self, o):
+        return ew.Div.apply(self._operand(o), self)
+
+    def __neg__(self):
+        return ew.Neg.apply(self)
+
+    def __pow__(self, o):
+        return ew.Pow.apply(self, self._operand(o))
+
+    def __rpow__(self, o):
+        return ew.Pow.apply(self._operand(o), self)
+
+    def __matmul__(self, o):
+        return linalg.MatMul.apply(self, self._operand(o))
+
+    def __rmatmul__(self, o):
+        return linalg.MatMul.apply(self._operand(o), self)
+
+    def _compare(self, o, fn):
+        o = self._operand(o)
+        if isinstance(o, Tensor) and o.device is not self.device:
+            raise RuntimeError(f"comparison: tensors are on different devices ({self.device.name} and {o.device.name})")
+        return Tensor._make(fn(self.data, o.data if isinstance(o, Tensor) else o), self.device, None, 0)
+
+    def __lt__(self, o):
+        return self._compare(o, lambda a, b: a < b)
+
+    def __le__(self, o):
+        return self._compare(o, lambda a, b: a <= b)
+
+    def __gt__(self, o):
+        return self._compare(o, lambda a, b: a > b)
+
+    def __ge__(self, o):
+        return self._compare(o, lambda a, b: a >= b)
+
+    def __eq__(self, o):
+        return self._compare(o, lambda a, b: a == b)
+
+    def __ne__(self, o):
+        return self._compare(o, lambda a, b: a != b)
+
+    add = __add__
+    sub = __sub__
+    mul = __mul__
+    div = __truediv__
+    neg = __neg__
+    pow = __pow__
+    matmul = __matmul__
+
+    def exp(self):
+        return ew.Exp.apply(self)
+
+    def log(self):
+        return ew.Log.apply(self)
+
+    def sqrt(self):
+        return ew.Sqrt.apply(self)
+
+    def tanh(self):
+        return ew.Tanh.apply(self)
+
+    def sigmoid(self):
+        return ew.Sigmoid.apply(self)
+
+    def relu(self):
+        return ew.Relu.apply(self)
+
+    def abs(self):
+        return ew.Abs.apply(self)
+
+    def maximum(self, o):
+        return ew.Maximum.apply(self, self._operand(o))
+
+    def minimum(self, o):
+        return ew.Minimum.apply(self, self._operand(o))
+
+    def clip(self, min=None, max=None):  # noqa: A002 (PyTorch's names)
+        return ew.Clip.apply(self, min, max)
+
+    clamp = clip
+
+    # ------------------------------------------------------------------ reductions
+    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return red.Sum.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
+
+    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return red.Mean.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
+
+    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return red.Max.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
+
+    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return red.Min.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
+
+    def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return red.LogSumExp.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
+
+    def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Indices of the maxima (int64, no gradient)."""
+        xp = self.device.xp
+        axis = _axis(axis, dim)
+        data = xp.reshape(self.data, (-1,)) if axis is None else self.data
+        return Tensor._make(xp.argmax(data, axis=axis, keepdims=_keep(keepdims, keepdim) and axis is not None),
+                            self.device, None, 0)
+
+    def softmax(self, axis=-1, *, dim=None):
+        return nnops.Softmax.apply(self, axis=_axis(axis, dim))
+
+    def log_softmax(self, axis=-1, *, dim=None):
+        return nnops.LogSoftmax.apply(self, axis=_axis(axis, dim))
+
+    # ------------------------------------------------------------------ shape
+    def reshape(self, *shape):
+        shape = _shape_args(shape)
+        if tuple(shape) == self.shape:
+            return self
+        return shape_ops.Reshape.apply(self, shape)
+
+    view = reshape
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        nd = self.ndim
+        s, e = start_dim % max(nd, 1), end_dim % max(nd, 1)
+        return self.reshape(self.shape[:s] + (-1,) + self.shape[e + 1:]) if nd else self.reshape(1)
+
+    def permute(self, *axes):
+        axes = tuple(_shape_args(axes))
+        axes = tuple(a % self.ndim if isinstance(a, int) and -self.ndim <= a < self.ndim else a for a in axes)
+        return shape_ops.Permute.apply(self, axes)
+
+    def transpose(self, dim0=0, dim1=1):
+        """Swap two axes (PyTorch's meaning)."""
+        nd = self.ndim
+        for d in (dim0, dim1):
+            if not -nd <= d < nd:
+                raise AxisError(f"transpose: axis {d} is out of range for a tensor of shape "
+                                          f"{fmt_shape(self.shape)}")
+        axes = list(range(nd))
+        axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
+        return shape_ops.Permute.apply(self, tuple(axes))
+
+    def expand(self, *shape):
+        shape = tuple(_shape_args(shape))
+        lead = len(shape) - self.ndim
+        shape = tuple(self.shape[i - lead] if n == -1 and i >= lead else n for i, n in enumerate(shape))
+        return shape_ops.Expand.apply(self, shape)
+
+    broadcast_to = expand
+
+    def squeeze(self, axis=None, *, dim=None):
+        axis = _axis(axis, dim)
+        if axis is None:
+            new = tuple(n for n in self.shape if n != 1)
+        else:
+            axes = normalize_axes("squeeze", axis, self.ndim, self.shape)
+            for a in axes:
+                if self.shape[a] != 1:
+                    raise ShapeError(f"squeeze: axis {a} has size {self.shape[a]}, not 1 "
+                                     f"(tensor of shape {fmt_shape(self.shape)})")
+            new = tuple(n for i, n in enumerate(self.shape) if i not in axes)
+        return self.reshape(new)
+
+    def unsqueeze(self, axis=None, *, dim=None):
+        axis = _axis(axis, dim)
+        nd = self.ndim + 1
+        if not isinstance(axis, int) or not -nd <= axis < nd:
+            raise AxisError(f"unsqueeze: axis {axis} is out of range for a result of {nd} dims")
+        axis %= nd
+        return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
+
+    def __getitem__(self, key):
+        return shape_ops.GetItem.apply(self, _normalize_key(self, key))
+
+    def split(self, split_size_or_sections, axis=0, *, dim=None):
+        """Pieces of size split_size (the last may be smaller), or of the listed sizes. One node."""
+        axis = _axis(axis, dim)
+        n = self.shape[axis] if -self.ndim <= axis < self.ndim else 0
+        if isinstance(split_size_or_sections, int):
+            k = split_size_or_sections
+            if k <= 0:
+                raise ValueError(f"split: split size must be positive, got {k}")
+            sizes = [k] * (n // k) + ([n % k] if n % k else [])
+        else:
+            sizes = list(split_size_or_sections)
+        return shape_ops.Split.apply(self, sizes, axis=axis)
+
+    def chunk(self, chunks, axis=0, *, dim=None):
+        """`chunks` pieces of equal size (PyTorch's rule: ceil(n / chunks) each)."""
+        axis = _axis(axis, dim)
+        n = self.shape[axis]
+        k = -(-n // chunks)
+        return self.split(k, axis=axis)
+
+    def unbind(self, axis=0, *, dim=None):
+        return shape_ops.Unbind.apply(self, axis=_axis(axis, dim))
+
+
+def _native_device(data):
+    if isinstance(data, (np.ndarray, np.generic, numbers.Number, list, tuple)):
+        return None
+    try:
+        return B.device_of_array(data)
+    except TypeError:
+        raise TypeError(f"tensor: cannot make a tensor from {type(data).__name__}") from None
+
+
+def _host_dtype(host, original):
+    if host.dtype.kind == "f":
+        if isinstance(original, np.ndarray) or isinstance(original, np.floating):
+            if host.dtype.name in B.DTYPES:
+                return B.to_dtype(host.dtype)
+        return B.get_default_dtype()
+    if host.dtype.kind in "iu":
+        if isinstance(original, (np.ndarray, np.integer)):
+            return B.int64
+        return B.get_default_dtype()  # Python ints and lists of them: the default float
+    if host.dtype.kind == "b":
+        return B.bool_ if isinstance(original, (np.ndarray, np.bool_)) else B.get_default_dtype()
+    raise DTypeError(f"tensor: unsupported data of dtype {host.dtype}")
+
+
+def _is_float_like(x):
+    return not (isinstance(x, np.ndarray) and x.dtype.kind in "iub")
+
+
+def _axis(axis, dim):
+    return dim if dim is not None else axis
+
+
+def _keep(keepdims, keepdim):
+    return keepdim if keepdim is not None else keepdims
+
+
+def _shape_args(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    return tuple(int(s) for s in shape)
+
+
+def _normalize_key(t, key):
+    """A tuple of ints/slices/None/Ellipsis/native int arrays, ending in Ellipsis when the
+    standard would otherwise refuse a partial index."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    dev = t.device
+    out = []
+    for k in key:
+        if isinstance(k, Tensor):
+            if k.device is not dev:
+                raise RuntimeError(f"getitem: index is on {k.device.name} but the tensor is on {dev.name}")
+            if k.dtype.is_floating or k.dtype is B.bool_:
+                raise DTypeError(f"getitem: index tensors must be integer, got {k.dtype.name}")
+            k = k.data
+        elif isinstance(k, (list, np.ndarray)):
+            host = np.asarray(k)
+            if host.dtype.kind == "b":
+                raise DTypeError("getitem: boolean masks are not supported; use tg.where(mask, x, 0) instead")
+            if host.dtype.kind not in "iu" and host.size:
+                raise DTypeError(f"getitem: index arrays must be integer, got {host.dtype}")
+            k = dev.from_host(host.astype(np.int64))
+        elif isinstance(k, np.integer):
+            k = int(k)
+        elif not isinstance(k, (int, slice, type(None), type(Ellipsis))):
+            if dev.is_native(k):
+                pass
+            else:
+                raise TypeError(f"getitem: unsupported index of type {type(k).__name__}")
+        out.append(k)
+    if not any(k is Ellipsis for k in out) and not any(shape_ops._is_index_array(k) for k in out):
+        out.append(Ellipsis)
+    return tuple(out)
+
+
+# ------------------------------------------------------------------ creation
+def tensor(data, requires_grad=False, dtype=None, device=None) -> Tensor:
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
+
+
+def _creator(make):
+    def create(*shape, dtype=None, device=None, requires_grad=False):
+        dev = B.get_device(device)
+        dt = B.to_dtype(dtype) if dtype is not None else B.get_default_dtype()
+        t = Tensor._make(make(dev, tuple(_shape_args(shape)), dt), dev, None, 0)
+        return t.requires_grad_(True) if requires_grad else t
+    return create
+
+
+zeros = _creator(lambda d, s, t: d.xp.zeros(s, dtype=d.native(t)))
+ones = _creator(lambda d, s, t: d.xp.ones(s, dtype=d.native(t)))
+randn = _creator(lambda d, s, t: d.randn(s, t))
+rand = _creator(lambda d, s, t: d.rand(s, t))
+zeros.__doc__ = "A tensor of zeros: zeros(2, 3) or zeros((2, 3))."
+ones.__doc__ = "A tensor of ones."
+randn.__doc__ = "Standard normal samples from the device's seeded generator (see manual_seed)."
+rand.__doc__ = "Uniform [0, 1) samples from the device's seeded generator."
+
+
+def full(shape, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+    dev = B.get_device(device)
+    dt = B.to_dtype(dtype) if dtype is not None else B.get_default_dtype()
+    t = Tensor._make(dev.xp.full(tuple(_shape_args((shape,))), fill_value, dtype=dev.native(dt)), dev, None, 0)
+    return t.requires_grad_(True) if requires_grad else t
+
+
+def zeros_like(t: Tensor, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return zeros(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def ones_like(t: Tensor, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return ones(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def arange(start, stop=None, step=1, dtype=None, device=None) -> Tensor:
+    """Like torch.arange: int64 for integer arguments, the default float otherwise."""
+    if stop is None:
+        start, stop = 0, start
+    if dtype is None:
+        dtype = B.int64 if all(isinstance(v, int) for v in (start, stop, step)) else B.get_default_dtype()
+    dev = B.get_device(device)
+    return Tensor._make(dev.xp.arange(start, stop, step, dtype=dev.native(B.to_dtype(dtype))), dev, None, 0)
+
+
+def eye(n, m=None, dtype=None, device=None) -> Tensor:
+    dev = B.get_device(device)
+    dt = B.to_dtype(dtype) if dtype is not None else B.get_default_dtype()
+    return Tensor._make(dev.xp.eye(n, m, dtype=dev.native(dt)), dev, None, 0)
+
+
+def randint(low, high, shape, device=None) -> Tensor:
+    dev = B.get_device(device)
+    return Tensor._make(dev.randint(low, high, tuple(_shape_args((shape,)))), dev, None, 0)
+
+
+def _tensors(op, tensors):
+    tensors = list(tensors)
+    if not tensors:
+        raise ShapeError(f"{op}: needs at least one tensor")
+    dev = next((t.device for t in tensors if isinstance(t, Tensor)), None)
+    return [t if isinstance(t, Tensor) else Tensor(t, device=dev) for t in tensors]
+
+
+def concat(tensors, axis=0, *, dim=None) -> Tensor:
+    return shape_ops.Concat.apply(*_tensors("concat", tensors), axis=_axis(axis, dim))
+
+
+cat = concat
+
+
+def stack(tensors, axis=0, *, dim=None) -> Tensor:
+    return shape_ops.Stack.apply(*_tensors("stack", tensors), axis=_axis(axis, dim))
+
+
+def where(condition, x, y) -> Tensor:
+    """Elements of x where condition holds, else of y; condition gets no gradient."""
+    ref = x if isinstance(x, Tensor) else y if isinstance(y, Tensor) else None
+    if ref is None:
+        raise TypeError("where: x or y must be a Tensor")
+    cond = condition.data if isinstance(condition, Tensor) else ref.device.from_host(np.asarray(condition, dtype=bool))
+    if isinstance(condition, Tensor) and condition.device is not ref.device:
+        raise RuntimeError(f"where: condition is on {condition.device.name} but x/y on {ref.device.name}")
+    return ew.Where.apply(cond, ref._operand(x), ref._operand(y))
+
+
+def maximum(a, b) -> Tensor:
+    return a.maximum(b) if isinstance(a, Tensor) else b.maximum(a)
+
+
+def minimum(a, b) -> Tensor:
+    return a.minimum(b) if isinstance(a, Tensor) else b.minimum(a)
+
+
+__all__ = ["Tensor", "tensor", "zeros", "ones", "full", "zeros_like", "ones_like", "arange", "randn",
+           "rand", "randint", "eye", "concat", "cat", "stack", "where", "maximum", "minimum", "TinygradError"]
+
+# ops import the engine, and the engine's operator sugar calls ops: bind them last
+from .ops import elementwise as ew  # noqa: E402
+from .ops import linalg, nn as nnops, reduce as red, shape as shape_ops  # noqa: E402
