@@ -331,6 +331,14 @@ class Tensor:
     def minimum(self, o):
         return ew.Minimum.apply(self, self._operand(o))
 
+    def softplus(self):
+        """log(1 + exp(x)), stably."""
+        return scan_ops.Softplus.apply(self)
+
+    def log_sigmoid(self):
+        """log(sigmoid(x)) = -softplus(-x), stably (finite where sigmoid underflows to 0)."""
+        return scan_ops.LogSigmoid.apply(self)
+
     def clip(self, min=None, max=None):  # noqa: A002 (PyTorch's names)
         return ew.Clip.apply(self, min, max)
 
@@ -351,6 +359,14 @@ class Tensor:
 
     def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         return red.LogSumExp.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
+
+    def cumsum(self, axis=None, *, dim=None):
+        """Inclusive cumulative sum along one axis."""
+        return scan_ops.CumSum.apply(self, _axis(axis, dim))
+
+    def logcumsumexp(self, axis=None, *, dim=None):
+        """log(cumsum(exp(x))) along one axis, stably (a log-space prefix scan)."""
+        return scan_ops.LogCumSumExp.apply(self, _axis(axis, dim))
 
     def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         """Indices of the maxima (int64, no gradient)."""
@@ -632,3 +648,4 @@ __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "zeros_like", "ones_like
 # ops import the engine, and the engine's operator sugar calls ops: bind them last
 from .ops import elementwise as ew  # noqa: E402
 from .ops import linalg, nn as nnops, reduce as red, shape as shape_ops  # noqa: E402
+from .ops import scan as scan_ops  # noqa: E402

@@ -20,6 +20,14 @@ def sigmoid(x):
     return x.sigmoid()
 
 
+def softplus(x):
+    return x.softplus()
+
+
+def logsigmoid(x):
+    return x.log_sigmoid()
+
+
 def softmax(x, axis=-1, *, dim=None):
     return x.softmax(axis, dim=dim)
 

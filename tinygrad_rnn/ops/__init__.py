@@ -3,4 +3,4 @@
 Forward and backward work on raw arrays through `ctx.xp`, with names from the Python
 Array API standard only; anything outside it goes through `ctx.device` (backend.py).
 """
-from . import elementwise, linalg, nn, reduce, shape  # noqa: F401
+from . import elementwise, linalg, nn, reduce, scan, shape  # noqa: F401
