@@ -174,13 +174,18 @@ def _topological_order(root_ctx):
     Python's recursion limit.
     """
     order = []
-    seen = {root_ctx}
+    seen = set()
     stack = [(root_ctx, False)]
     while stack:
         node, expanded = stack.pop()
         if expanded:
             order.append(node)
             continue
+        # marked when expanded, not when pushed: a node pushed early by a shallow consumer
+        # must still finish after a deeper consumer that reaches it later (a + (b - a))
+        if node in seen:
+            continue
+        seen.add(node)
         stack.append((node, True))
         if node.inputs is None:
             continue
@@ -188,7 +193,6 @@ def _topological_order(root_ctx):
             if isinstance(inp, Tensor):
                 c = inp._ctx
                 if c is not None and c not in seen:
-                    seen.add(c)
                     stack.append((c, False))
     order.reverse()  # consumers first
     return order
