@@ -5,12 +5,13 @@ from hypothesis import HealthCheck, settings
 
 import tinygrad_rnn as tg
 
-settings.register_profile("dev", max_examples=25, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+# The `device` fixture below is function-scoped but only a device name: nothing in it
+# needs resetting between the examples of one @given test, so that health check is moot.
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=_SUPPRESS)
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", max_examples=500, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+                          suppress_health_check=_SUPPRESS)
+settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=_SUPPRESS)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 _CUDA_OK, _CUDA_WHY = tg.cuda_available()

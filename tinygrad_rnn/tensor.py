@@ -18,6 +18,10 @@ from .errors import AxisError, DTypeError, ShapeError, TinygradError, fmt_shape,
 class Tensor:
     __slots__ = ("data", "device", "requires_grad", "grad", "_ctx", "_index", "__weakref__")
 
+    # NumPy would otherwise take `ndarray + tensor` (and -, *, @, ...) for itself and
+    # build an object array of one-element Tensors; this makes it defer to __radd__ & co.
+    __array_ufunc__ = None
+
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
         dev = B.get_device(device) if device is not None else None
         if isinstance(data, Tensor):

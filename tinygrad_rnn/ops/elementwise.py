@@ -135,8 +135,12 @@ class Tanh(Function):
 class Sigmoid(Function):
     @staticmethod
     def forward(ctx, a):
-        # tanh form: never overflows, unlike 1 / (1 + exp(-a)) for large negative a
-        out = 0.5 * ctx.xp.tanh(0.5 * a) + 0.5
+        # exp(-|a|) never overflows, and e / (1 + e) keeps full relative precision far
+        # out on the negative side, where 0.5 * tanh(0.5 * a) + 0.5 rounds to 0
+        # (already at a = -40 in float64, a = -17 in float32)
+        xp = ctx.xp
+        e = xp.exp(-xp.abs(a))
+        out = xp.where(a >= 0, 1.0, e) / (1.0 + e)
         ctx.save_for_backward(out)
         return out
 

@@ -95,6 +95,12 @@ class GetItem(Function):
         check_index_bounds("getitem", ctx.xp, a.shape, key)
         ctx.in_shape, ctx.key = a.shape, key
         ctx.advanced = any(_is_index_array(k) for k in key)
+        ctx.set_shape = None
+        if not ctx.advanced and any(k is None for k in key):
+            # the standard allows None (new axes) in a[key] but not in a[key] = v:
+            # backward writes through the key without them, into a view of that shape
+            ctx.key = tuple(k for k in key if k is not None)
+            ctx.set_shape = a[ctx.key].shape
         return a[key]
 
     @staticmethod
@@ -104,7 +110,7 @@ class GetItem(Function):
         if ctx.advanced:
             ctx.device.scatter_add(full, ctx.key, grad)
         else:
-            full[ctx.key] = grad
+            full[ctx.key] = grad if ctx.set_shape is None else xp.reshape(grad, ctx.set_shape)
         return full
 
 
