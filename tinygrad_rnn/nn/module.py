@@ -199,7 +199,10 @@ class Module:
         (missing_keys, unexpected_keys).
         """
         own = OrderedDict(list(self.named_parameters()) + list(self.named_buffers()))
-        given = {k: (v.numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in state.items()}
+        # np.array copies: from_host keeps a NumPy array as is on the CPU, and optimizers update
+        # parameters in place, so sharing would write into the caller's dict (and tie two
+        # modules loaded from it)
+        given = {k: (v.numpy() if isinstance(v, Tensor) else np.array(v)) for k, v in state.items()}
         missing = [k for k in own if k not in given]
         unexpected = [k for k in given if k not in own]
         wrong = [(k, own[k].shape, tuple(given[k].shape)) for k in own
