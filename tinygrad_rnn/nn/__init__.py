@@ -1,4 +1,6 @@
 """Neural-network building blocks: modules, layers, recurrent cells and layers, losses, init."""
 from . import functional  # noqa: F401
 from .module import Module, ModuleList, Parameter, Sequential, StateDictError  # noqa: F401
+from . import init, utils  # noqa: F401,E402
+from .layers import Dropout, Embedding, Identity, Linear, ReLU, Sigmoid, Tanh  # noqa: F401,E402
 from .minrnn import MinGRU, MinLSTM  # noqa: F401,E402
