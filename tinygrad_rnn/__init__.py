@@ -9,6 +9,7 @@ from .tensor import (Tensor, arange, cat, concat, eye, full, maximum, minimum, o
                      randint, randn, stack, tensor, where, zeros, zeros_like)
 from .gradcheck import GradcheckError, gradcheck
 from . import nn, viz  # noqa: E402
+from . import optim  # noqa: E402
 
 device = get_device
 
