@@ -40,6 +40,9 @@ def to_dot(root: Tensor, params: dict | None = None, rankdir: str = "BT") -> str
         return "\n".join(lines + ["}"])
     lines.append(f'  {node_id(root._ctx)} -> {out} [label="{root._index}"];' if root._ctx.out_meta
                  else f"  {node_id(root._ctx)} -> {out};")
+    # a single-output node records no output shape; take it from the tensors seen
+    # flowing out of it (the root, or a consumer's input)
+    out_shape = {id(root._ctx): root.shape}
     stack = [root._ctx]
     while stack:  # iterative: graphs of long sequences are deep
         ctx = stack.pop()
@@ -47,7 +50,8 @@ def to_dot(root: Tensor, params: dict | None = None, rankdir: str = "BT") -> str
         if nid in seen:
             continue
         seen.add(nid)
-        shapes = [m[0] for m in ctx.out_meta] if ctx.out_meta else None
+        shapes = ([m[0] for m in ctx.out_meta] if ctx.out_meta
+                  else [out_shape[id(ctx)]] if id(ctx) in out_shape else None)
         shape_txt = (f"{len(shapes)} outputs" if shapes and len(shapes) > 3
                      else ", ".join(fmt_shape(s) for s in shapes) if shapes else "")
         freed = "\\n(freed)" if ctx.inputs is None else ""
@@ -60,6 +64,7 @@ def to_dot(root: Tensor, params: dict | None = None, rankdir: str = "BT") -> str
                 src = leaf(inp)
             else:
                 src = node_id(inp._ctx)
+                out_shape.setdefault(id(inp._ctx), inp.shape)
                 stack.append(inp._ctx)
             edge_label = f' [label="{inp._index}"]' if inp._ctx is not None and inp._ctx.out_meta else ""
             lines.append(f"  {src} -> {nid}{edge_label};")
