@@ -5,11 +5,11 @@ sequence at once (the parallel mode of minGRU/minLSTM): with a*_t = cumsum(log a
 
     log h_t = a*_t + logcumsumexp(log b_t - a*_t)
 
-`logcumsumexp` is a Hillis-Steele prefix scan of `logaddexp`: log2(T) whole-array
-steps instead of T small ones, and stable for any range of values, because every step
-is a `logaddexp` of two finite numbers (a single max-shift over the axis is not: the
-log-space terms of a long sequence span far more than exp's ~88 (float32) range, so
-early terms would underflow to log(0)).
+`logcumsumexp` is a parallel prefix scan of `logaddexp` (pairwise, recursive): O(T)
+work in log2(T) levels of whole-array steps instead of T small ones, and stable for any
+range of values, because every step is a `logaddexp` (a single max-shift over the axis
+is not: the log-space terms of a long sequence span far more than exp's ~88 (float32)
+range, so early terms would underflow to log(0)).
 """
 import math
 
@@ -37,17 +37,28 @@ def _flip(xp, a, axis):
 
 
 def _logcumsumexp(xp, a, axis):
-    """Inclusive prefix log-sum-exp along axis, in ceil(log2 n) steps (Hillis-Steele)."""
+    """Inclusive prefix log-sum-exp along axis: a recursive pairwise scan.
+
+    Add up neighbours in pairs (n/2 logaddexps), scan the half-length sequence of pair
+    totals the same way, and fill in the even positions from it (n/2 more). O(n) work in
+    ceil(log2 n) levels of whole-array steps; every step is a logaddexp, so no term ever
+    underflows whatever the range of the values.
+    """
     n = a.shape[axis]
-    k = 1
-    while k < n:
-        # y[t] <- logaddexp(y[t], y[t - k]) for t >= k: after the step with k, y[t] covers
-        # the 2k elements ending at t (or all of them, near the start)
-        a = xp.concat([a[_along(axis, slice(0, k))],
-                       xp.logaddexp(a[_along(axis, slice(k, None))], a[_along(axis, slice(0, n - k))])],
-                      axis=axis)
-        k *= 2
-    return a
+    if n == 1:
+        return a
+    if n % 2:  # pad to even with log(0); logaddexp(x, -inf) == x exactly
+        pad_shape = tuple(1 if i == axis else s for i, s in enumerate(a.shape))
+        a = xp.concat([a, xp.full(pad_shape, -math.inf, dtype=a.dtype)], axis=axis)
+    even, odd = a[_along(axis, slice(0, None, 2))], a[_along(axis, slice(1, None, 2))]
+    pairs = _logcumsumexp(xp, xp.logaddexp(even, odd), axis)  # prefix totals up to each odd position
+    first = even[_along(axis, slice(0, 1))]
+    rest = xp.logaddexp(pairs[_along(axis, slice(0, -1))], even[_along(axis, slice(1, None))])
+    even_out = xp.concat([first, rest], axis=axis)
+    # interleave: positions 2k and 2k + 1 come from even_out[k] and pairs[k]
+    both = xp.stack([even_out, pairs], axis=axis + 1)
+    out = xp.reshape(both, tuple(a.shape))
+    return out if out.shape[axis] == n else out[_along(axis, slice(0, n))]
 
 
 def _rev_logcumsumexp(xp, a, axis):
