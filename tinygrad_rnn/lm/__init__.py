@@ -1,0 +1,7 @@
+"""Character-level language models: the model, its training loop, sampling, checkpoints,
+and a count-based n-gram baseline. This is the layer that knows about text."""
+from .checkpoint import CheckpointError  # noqa: F401
+from .model import CELLS, CharLM, available_cells  # noqa: F401
+from .ngram import NGramModel  # noqa: F401
+from .sample import next_distribution, sample_next  # noqa: F401
+from .train import TrainConfig, TrainError, TrainResult, evaluate, load_model, train  # noqa: F401

@@ -1,0 +1,192 @@
+"""Checkpoints: one `.npz` of plain arrays, written atomically, read without pickle.
+
+Layout (every entry is a NumPy array; nothing executes on load):
+
+    format            str   "tinygrad_rnn.charlm"
+    version           int   FORMAT_VERSION
+    meta              uint8 UTF-8 JSON: config, vocabulary, step, data position, RNG
+                            states, counters, and the non-array parts of the optimizer state
+    model/<name>      the model's state dict
+    optim/<n>         the arrays of the optimizer's state dict (the JSON refers to them)
+    hidden/<n>        the recurrent state carried into the next window (absent at an epoch start)
+
+The optimizer's state dict is a nest of dicts, lists, NumPy arrays and Python
+numbers. `flatten` turns it into JSON with a placeholder for each array, keeping
+what JSON would lose: integer dict keys and the exact type of NumPy scalars, so a
+restored optimizer computes bit for bit as the saved one did.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = "tinygrad_rnn.charlm"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be written or read; the message names the file and the reason."""
+
+
+# ----------------------------------------------------------------------------- nested state <-> JSON + arrays
+def flatten(obj, arrays: dict, prefix: str):
+    """A JSON-able copy of obj with each array stored in `arrays` under prefix/<n>."""
+    if isinstance(obj, np.ndarray) or isinstance(obj, np.generic):
+        key = f"{prefix}/{len(arrays)}"
+        arrays[key] = np.asarray(obj)
+        return {"__array__": key, "scalar": isinstance(obj, np.generic)}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: flatten(v, arrays, prefix) for k, v in obj.items()}
+        return {"__items__": [[flatten(k, arrays, prefix), flatten(v, arrays, prefix)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [flatten(v, arrays, prefix) for v in obj]}
+    if isinstance(obj, list):
+        return [flatten(v, arrays, prefix) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    # tensors (or anything else with a host copy) are stored as arrays
+    if hasattr(obj, "numpy"):
+        return flatten(obj.numpy(), arrays, prefix)
+    raise CheckpointError(f"cannot store a value of type {type(obj).__name__} in a checkpoint")
+
+
+def unflatten(obj, arrays: dict):
+    if isinstance(obj, dict):
+        if "__array__" in obj:
+            arr = arrays[obj["__array__"]]
+            return arr[()] if obj.get("scalar") else arr
+        if "__items__" in obj:
+            return {_hashable(unflatten(k, arrays)): unflatten(v, arrays) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(unflatten(v, arrays) for v in obj["__tuple__"])
+        return {k: unflatten(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unflatten(v, arrays) for v in obj]
+    return obj
+
+
+def _hashable(k):
+    return tuple(k) if isinstance(k, list) else k
+
+
+# ----------------------------------------------------------------------------- writing
+def save(path, *, meta: dict, model_state: dict, optim_state=None, hidden=None) -> None:
+    """Write a checkpoint atomically: a temporary file in the same directory, then os.replace.
+
+    A crash (or an error) at any point leaves the previous file at `path` untouched.
+    """
+    path = os.fspath(path)
+    arrays = {"format": np.array(FORMAT), "version": np.array(FORMAT_VERSION)}
+    for k, v in model_state.items():
+        arrays[f"model/{k}"] = np.asarray(v)
+    meta = dict(meta)
+    if optim_state is not None:
+        optim_arrays = {}
+        meta["optimizer_state"] = flatten(optim_state, optim_arrays, "optim")
+        arrays.update(optim_arrays)
+    if hidden is not None:
+        hs = hidden if isinstance(hidden, (tuple, list)) else (hidden,)
+        meta["hidden"] = {"n": len(hs), "tuple": isinstance(hidden, (tuple, list))}
+        for i, h in enumerate(hs):
+            arrays[f"hidden/{i}"] = np.asarray(h)
+    try:
+        # allow_nan: a diverged run's losses are NaN; JSON's Infinity/NaN round-trip in Python
+        arrays["meta"] = np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the checkpoint metadata is not JSON-able ({e})") from None
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a checkpoint is an ordinary file
+        with os.fdopen(fd, "wb") as f:
+            _write_npz(f, arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_npz(f, arrays):
+    # a seam for tests that simulate a crash in the middle of writing
+    np.savez(f, **arrays)
+
+
+# ----------------------------------------------------------------------------- reading
+class Checkpoint:
+    """What `load` returns: meta (dict), model_state, optim_state (or None), hidden (or None)."""
+
+    def __init__(self, path, meta, model_state, optim_state, hidden):
+        self.path, self.meta = path, meta
+        self.model_state, self.optim_state, self.hidden = model_state, optim_state, hidden
+
+    def __repr__(self):
+        return f"Checkpoint({self.path!r}, step={self.meta.get('step')})"
+
+
+def load(path) -> Checkpoint:
+    """Read a checkpoint written by `save`; anything else raises CheckpointError saying why."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        cand = os.path.join(path, "checkpoint.npz")
+        if not os.path.exists(cand):
+            raise CheckpointError(f"{path}: a directory with no checkpoint.npz in it")
+        path = cand
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    what = f"{path}: not a tinygrad_rnn checkpoint"
+    if not raw.startswith(b"PK"):
+        raise CheckpointError(f"{what} (not an .npz archive{'; the file is empty' if not raw else ''})")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}  # reads (and CRC-checks) every member now
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError,
+            NotImplementedError) as e:
+        raise CheckpointError(f"{path}: the checkpoint is truncated or corrupted ({type(e).__name__}: {e})") from None
+    try:
+        fmt = str(arrays["format"][()])
+        version = int(arrays["version"][()])
+    except (KeyError, ValueError, TypeError, IndexError):
+        raise CheckpointError(f"{what} (an .npz archive without the format tag)") from None
+    if fmt != FORMAT:
+        raise CheckpointError(f"{what} (its format tag is {fmt!r})")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this tinygrad_rnn "
+                              f"understands ({FORMAT_VERSION}); upgrade tinygrad_rnn")
+    try:
+        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a JSON object")
+        model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+        optim = meta.pop("optimizer_state", None)
+        optim_state = None if optim is None else unflatten(optim, arrays)
+        hidden = None
+        if "hidden" in meta:
+            h = meta.pop("hidden")
+            hs = tuple(arrays[f"hidden/{i}"] for i in range(h["n"]))
+            hidden = hs if h["tuple"] else hs[0]
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: the checkpoint is corrupted (bad metadata: {type(e).__name__}: {e})") from None
+    return Checkpoint(path, meta, model_state, optim_state, hidden)

@@ -1,0 +1,189 @@
+"""`CharLM`: characters in, next-character logits out.
+
+    ids (T, B) -> embedding (or one-hot) -> recurrent layer(s) -> dropout -> linear head -> (T, B, V)
+
+Time-major like the recurrent layers. The recurrent state goes in and comes out, so a
+training loop carries it from one window to the next (truncated BPTT) and generation
+carries it from one character to the next.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import importlib
+
+from .. import nn
+from ..autograd import no_grad
+from ..nn import functional as F
+from ..nn.layers import Dropout, Embedding, Linear
+from ..tensor import Tensor
+from .sample import sample_next
+
+# cell name -> class name in tinygrad_rnn.nn. A new recurrent layer with nn.GRU's
+# forward contract (forward(x, h0) -> (output, h_n)) is one line here.
+CELLS = {
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "rnn": "RNN",
+    "mingru": "MinGRU",
+    "minlstm": "MinLSTM",
+}
+
+
+def _find_layer(cls_name):
+    found = getattr(nn, cls_name, None)
+    for mod in ("rnn", "minrnn"):
+        if found is not None:
+            break
+        try:
+            found = getattr(importlib.import_module(f"tinygrad_rnn.nn.{mod}"), cls_name, None)
+        except ImportError:
+            pass
+    return found
+
+
+def available_cells() -> list[str]:
+    """The cell names whose layer exists in this installation of tinygrad_rnn.nn."""
+    return [name for name, cls in CELLS.items() if _find_layer(cls) is not None]
+
+
+def _cell_class(cell):
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(available_cells())}")
+    cls = _find_layer(CELLS[cell])
+    if cls is None:
+        raise ValueError(f"cell {cell!r} needs tinygrad_rnn.nn.{CELLS[cell]}, which this version lacks")
+    return cls
+
+
+def detach_state(state):
+    """Cut the carried state from the graph: BPTT stops at the window boundary."""
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return type(state)(detach_state(s) for s in state)
+    return state.detach()
+
+
+def state_to_host(state):
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return tuple(s.numpy() for s in state)
+    return state.numpy()
+
+
+def state_from_host(state, device, dtype=None):
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return tuple(Tensor(np.asarray(s), device=device, dtype=dtype) for s in state)
+    return Tensor(np.asarray(state), device=device, dtype=dtype)
+
+
+class CharLM(nn.Module):
+    """A character-level language model.
+
+    vocab_size: the number of characters (an int), or a CharVocab, which `generate` then
+        uses to take and return strings.
+    cell: "lstm", "gru", "rnn" (and "mingru"/"minlstm" where tinygrad_rnn.nn has them).
+    embed_dim: size of a learned embedding; None feeds one-hot vectors to the recurrent layer.
+    dropout: between stacked recurrent layers and before the head.
+    """
+
+    def __init__(self, vocab_size, cell="lstm", hidden=256, layers=2, dropout=0.0, embed_dim=None,
+                 dtype=None, device=None):
+        super().__init__()
+        vocab = None
+        if not isinstance(vocab_size, int):
+            vocab, vocab_size = vocab_size, len(vocab_size)
+        if vocab_size < 1 or hidden < 1 or layers < 1:
+            raise ValueError(f"CharLM: vocab_size, hidden and layers must be positive, got "
+                             f"{vocab_size}, {hidden}, {layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"CharLM: dropout must be in [0, 1), got {dropout}")
+        rnn_cls = _cell_class(cell)
+        self.vocab = vocab
+        self.vocab_size, self.cell, self.hidden, self.layers = vocab_size, cell, hidden, layers
+        self.embed_dim, self.dropout_p = embed_dim, dropout
+        kw = {"dtype": dtype, "device": device}
+        self.embed = Embedding(vocab_size, embed_dim, **kw) if embed_dim else None
+        self.rnn = rnn_cls(embed_dim or vocab_size, hidden, num_layers=layers, dropout=dropout if layers > 1 else 0.0,
+                           **kw)
+        self.drop = Dropout(dropout)
+        self.head = Linear(hidden, vocab_size, **kw)
+
+    def config(self) -> dict:
+        return {"vocab_size": self.vocab_size, "cell": self.cell, "hidden": self.hidden, "layers": self.layers,
+                "dropout": self.dropout_p, "embed_dim": self.embed_dim}
+
+    def extra_repr(self):
+        return f"vocab_size={self.vocab_size}, cell={self.cell!r}, hidden={self.hidden}, layers={self.layers}"
+
+    @property
+    def device(self):
+        return self.head.weight.device
+
+    @property
+    def dtype(self):
+        return self.head.weight.dtype
+
+    def forward(self, ids, state=None):
+        """ids (T, B) integers (NumPy array or Tensor) -> (logits (T, B, V), new state)."""
+        if not isinstance(ids, Tensor):
+            ids = Tensor(np.asarray(ids, dtype=np.int64), device=self.device)
+        if self.embed is None:
+            x = F.one_hot(ids, self.vocab_size, dtype=self.dtype)
+        else:
+            x = self.embed(ids)
+        out, state = self.rnn(x, state)
+        return self.head(self.drop(out)), state
+
+    def loss(self, ids, targets, state=None):
+        """(mean cross-entropy in nats, new state) for one window."""
+        logits, state = self(ids, state)
+        T, Bn, V = logits.shape
+        t = targets if isinstance(targets, Tensor) else Tensor(np.asarray(targets, dtype=np.int64),
+                                                                 device=self.device)
+        return F.cross_entropy(logits.reshape(T * Bn, V), t.reshape(T * Bn)), state
+
+    def generate(self, prompt="", length=200, temperature=1.0, top_k=None, seed=None):
+        """Continue `prompt` by `length` sampled characters (returns only the continuation).
+
+        The prompt runs through the network once; then each sampled character is fed back
+        in, one step at a time, carrying the state. Runs under no_grad in eval mode (no
+        dropout) on the model's device. Sampling draws from a NumPy Generator seeded with
+        `seed` on the host, so a seed reproduces the text; top_k=1 (or temperature=0) is
+        greedy. The prompt may be a string (with a vocabulary) or a sequence of ids; the
+        result is of the same kind. An empty prompt starts from a newline (or id 0).
+        """
+        if length < 0:
+            raise ValueError(f"generate: length must be non-negative, got {length}")
+        as_text = isinstance(prompt, str)
+        if as_text:
+            if self.vocab is None:
+                raise ValueError("generate: a text prompt needs a model built with a CharVocab; pass ids instead")
+            ids = self.vocab.encode(prompt)
+            if not len(ids):
+                ids = self.vocab.encode("\n") if "\n" in self.vocab else np.zeros(1, dtype=np.int64)
+        else:
+            ids = np.asarray(prompt, dtype=np.int64).reshape(-1)
+            if not len(ids):
+                ids = np.zeros(1, dtype=np.int64)
+            if ids.min() < 0 or ids.max() >= self.vocab_size:
+                raise ValueError(f"generate: prompt ids must be in [0, {self.vocab_size})")
+        rng = np.random.default_rng(seed)
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            with no_grad():
+                logits, state = self(ids.reshape(-1, 1))
+                for _ in range(length):
+                    last = logits[-1, 0].numpy().astype(np.float64)
+                    nxt = sample_next(last, rng, temperature, top_k)
+                    out.append(nxt)
+                    logits, state = self(np.array([[nxt]], dtype=np.int64), state)
+        finally:
+            self.train(was_training)
+        return self.vocab.decode(out) if as_text else out

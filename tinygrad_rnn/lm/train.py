@@ -1,0 +1,496 @@
+"""Training a CharLM with truncated BPTT: the loop, evaluation, checkpoints and resuming.
+
+Resuming is exact on the CPU: a run interrupted at step k and resumed computes the same
+losses, bit for bit, as one that never stopped. A checkpoint therefore holds everything
+the next step depends on: the weights, the optimizer's state, the data position, the
+hidden state carried into the next window, and the device's random generator (dropout
+masks). Evaluation and the samples printed along the way draw nothing from that
+generator (evaluation runs without dropout; samples use their own NumPy Generator
+seeded from the run's seed and the step), so how often they run does not change
+training.
+
+Ctrl-C finishes the step in flight, writes a checkpoint and returns with
+`status == "interrupted"`; a second Ctrl-C stops at once, leaving the last checkpoint
+(written atomically) as it was.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import __version__
+from .. import backend as B
+from .. import nn
+from ..nn.utils import clip_grad_norm_
+from .. import optim as optim_mod
+from ..autograd import no_grad
+from ..data import BPTTStream, CharVocab, DataError, load_corpus
+from ..nn import functional as F
+from . import checkpoint as ckpt
+from .model import CharLM, detach_state, state_from_host, state_to_host
+
+CHECKPOINT_NAME = "checkpoint.npz"
+METRICS_NAME = "metrics.jsonl"
+LN2 = math.log(2.0)
+
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad", "sgd": "SGD"}
+DEFAULT_LR = {"adam": 2e-3, "adamw": 2e-3, "rmsprop": 2e-3, "adagrad": 0.1, "sgd": 1.0}
+
+
+class TrainError(Exception):
+    """A run could not start or continue; the message says why in user terms."""
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = None            # a UTF-8 file or a directory; None: the stdlib corpus
+    max_chars: int | None = None       # cap on the corpus (the stdlib corpus defaults to 1e6)
+    val_fraction: float = 0.1
+    # model
+    cell: str = "lstm"
+    hidden: int = 256
+    layers: int = 2
+    embed_dim: int | None = None
+    dropout: float = 0.0
+    # optimisation
+    seq_len: int = 64
+    batch: int = 32
+    optimizer: str = "adam"
+    lr: float | None = None            # None: DEFAULT_LR[optimizer]
+    clip: float | None = 5.0           # max global gradient norm; None or 0: no clipping
+    seed: int = 0
+    # budget: totals for the run (a resumed run counts what it did before)
+    steps: int | None = None
+    minutes: float | None = None
+    # where and how often
+    device: str = "cpu"
+    eval_every: int = 200
+    eval_chars: int | None = 50_000    # periodic evaluations use this much of validation; the final one all
+    sample_every: int | None = None    # None: with each evaluation
+    sample_length: int = 200
+    log_every: int = 10
+    save_every: int | None = None      # None: with each evaluation
+
+    # what a resumed run must keep (changing them would make it a different run)
+    FROZEN = ("data", "max_chars", "val_fraction", "cell", "hidden", "layers", "embed_dim", "dropout",
+              "seq_len", "batch", "optimizer", "lr", "clip", "seed")
+
+    def model_kwargs(self) -> dict:
+        return {"cell": self.cell, "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout,
+                "embed_dim": self.embed_dim}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def validate(self) -> None:
+        from .model import available_cells
+        problems = []
+        if self.cell not in available_cells():
+            problems.append(f"cell {self.cell!r} is not one of {', '.join(available_cells())}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        for name in ("hidden", "layers", "seq_len", "batch", "eval_every", "log_every", "sample_length"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                problems.append(f"{name} must be a positive integer, got {v!r}")
+        for name in ("embed_dim", "steps", "max_chars", "sample_every", "save_every", "eval_chars"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                problems.append(f"{name} must be a positive integer, got {v!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.val_fraction < 1.0:
+            problems.append(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.lr is not None and not self.lr > 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if self.clip is not None and self.clip < 0:
+            problems.append(f"clip must be non-negative, got {self.clip}")
+        if self.minutes is not None and not self.minutes > 0:
+            problems.append(f"minutes must be positive, got {self.minutes}")
+        if problems:
+            raise TrainError("bad training configuration: " + "; ".join(problems))
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+def make_optimizer(name, params, lr):
+    cls = getattr(optim_mod, OPTIMIZERS[name], None)
+    if cls is None:
+        raise TrainError(f"optimizer {name!r} needs tinygrad_rnn.optim.{OPTIMIZERS[name]}, which this version lacks")
+    return cls(params, lr=lr)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(model, ids, batch=32, seq_len=128, should_stop=None):
+    """Mean cross-entropy (nats/char) of the model over `ids`, and the number of chars scored.
+
+    The ids are cut into at most `batch` rows (each at least 128 characters long when the
+    text allows), read window by window with the state carried, in eval mode under
+    no_grad. Returns (None, n) if `should_stop()` turns true midway.
+    """
+    ids = np.asarray(ids)
+    batch = max(1, min(batch, len(ids) // 128))
+    stream = BPTTStream(ids, batch, seq_len)
+    was_training = model.training
+    model.eval()
+    total, count, state = 0.0, 0, None
+    try:
+        with no_grad():
+            for x, y in stream.epoch_windows():
+                if should_stop is not None and should_stop():
+                    return None, count
+                logits, state = model(x, state)
+                T, Bn, V = logits.shape
+                loss = F.cross_entropy(logits.reshape(T * Bn, V), y.reshape(-1), reduction="sum")
+                total += float(loss.item())
+                count += T * Bn
+    finally:
+        model.train(was_training)
+    return total / count, count
+
+
+# ----------------------------------------------------------------------------- progress display
+class _Progress:
+    """A tqdm bar when tqdm is installed and stderr is a terminal, else a plain line now and then."""
+
+    def __init__(self, total, initial, mode="auto", echo=print):
+        self.echo = echo
+        self.bar = None
+        self.last_line = time.perf_counter()
+        if mode in ("auto", "bar"):
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None and (mode == "bar" or sys.stderr.isatty()):
+                self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
+                                leave=True)
+        self.quiet = mode == "none"
+
+    def update(self, step, loss, tok_s, elapsed):
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.3f}, {tok_s:,.0f} tok/s", refresh=False)
+            self.bar.update(1)
+        elif not self.quiet and time.perf_counter() - self.last_line >= 10.0:
+            self.last_line = time.perf_counter()
+            self.echo(f"step {step:>6} | loss {loss:.4f} | {tok_s:>8,.0f} tok/s | {_fmt_time(elapsed)}")
+
+    def write(self, msg):
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stdout)
+        else:
+            self.echo(msg)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _fmt_time(s):
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+class _StopFlag:
+    """The first SIGINT asks the loop to stop after the step in flight; the second one raises."""
+
+    def __init__(self, echo):
+        self.requested = False
+        self.echo = echo
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.echo("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit without saving)")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+    def __call__(self):
+        return self.requested
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def load_model(path, device=None):
+    """(model, vocab, checkpoint) from a checkpoint file or a run directory, on `device`
+    (default: the device it was trained on, or the CPU if that one is not available)."""
+    c = ckpt.load(path)
+    meta = c.meta
+    try:
+        cfg = TrainConfig.from_dict(meta["config"])
+        vocab = CharVocab.from_dict(meta["vocab"])
+    except (KeyError, TypeError, DataError) as e:
+        raise ckpt.CheckpointError(f"{c.path}: the checkpoint's metadata is incomplete ({e})") from None
+    if device is None:
+        device = "cpu"
+    B.get_device(device)
+    model = CharLM(vocab, dtype=meta.get("dtype"), device=device, **cfg.model_kwargs())
+    try:
+        model.load_state_dict(c.model_state)
+    except nn.StateDictError as e:
+        raise ckpt.CheckpointError(f"{c.path}: the weights do not fit the model it describes ({e})") from None
+    return model, vocab, c
+
+
+def _write_metrics(path, record):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path, step):
+    """Keep the lines up to `step`: a run that died after its last checkpoint logged steps
+    the resumed run will do again."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except ValueError:
+                continue
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class TrainResult:
+    status: str                       # "done", "interrupted"
+    step: int
+    out_dir: str
+    checkpoint: str
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_bpc: float | None = None
+    tok_s: float | None = None
+    elapsed: float = 0.0
+    sample: str | None = None
+    losses: list = field(default_factory=list)
+
+
+def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False, echo=print,
+          progress: str = "auto", final_sample_length: int = 300, explicit=()) -> TrainResult:
+    """Train (or, with resume, continue) a CharLM as `cfg` says, writing into out_dir:
+    checkpoint.npz and metrics.jsonl. `explicit` names the config fields the user set
+    (a resumed run refuses changes to those that shape the model, data or optimizer)."""
+    out_dir = os.fspath(out_dir)
+    ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
+    metrics_path = os.path.join(out_dir, METRICS_NAME)
+    saved = None
+    if resume:
+        if not os.path.exists(ckpt_path):
+            raise TrainError(f"--resume: {out_dir} holds no checkpoint ({CHECKPOINT_NAME}) to continue")
+        saved = ckpt.load(ckpt_path)
+        try:
+            old = TrainConfig.from_dict(saved.meta["config"])
+        except (KeyError, TypeError) as e:
+            raise ckpt.CheckpointError(f"{ckpt_path}: the checkpoint's metadata is incomplete ({e})") from None
+        changed = [k for k in TrainConfig.FROZEN if k in explicit and getattr(cfg, k) != getattr(old, k)]
+        if changed:
+            raise TrainError("--resume continues the saved run, whose " + ", ".join(
+                f"{k} is {getattr(old, k)!r} (not {getattr(cfg, k)!r})" for k in changed)
+                + "; leave those options out, or start a new run with another --out")
+        for k in TrainConfig.FROZEN:
+            setattr(cfg, k, getattr(old, k))
+        if "steps" not in explicit and "minutes" not in explicit:
+            cfg.steps, cfg.minutes = old.steps, old.minutes
+    elif os.path.exists(ckpt_path) and not overwrite:
+        raise TrainError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, "
+                         f"--overwrite to start afresh there, or --out DIR for a new run")
+    cfg.validate()
+    if cfg.steps is None and cfg.minutes is None:
+        raise TrainError("give the run a budget: steps or minutes")
+
+    corpus = load_corpus(cfg.data, cfg.max_chars, cfg.val_fraction)
+    if saved is not None:
+        if saved.meta.get("corpus_sha256") != corpus.fingerprint:
+            raise TrainError(f"--resume: the corpus ({corpus.name}) is not the text the run was trained on "
+                             f"(its SHA-256 differs from the checkpoint's)")
+    vocab = corpus.vocab
+    device = B.get_device(cfg.device)
+    B.manual_seed(cfg.seed)
+    model = CharLM(vocab, device=device, **cfg.model_kwargs())
+    lr = cfg.learning_rate
+    opt = make_optimizer(cfg.optimizer, list(model.parameters()), lr)
+    try:
+        stream = BPTTStream(corpus.train, cfg.batch, cfg.seq_len)
+    except DataError as e:
+        raise TrainError(f"{corpus.name}: {e}") from None
+    step, elapsed_before, tokens_seen, state = 0, 0.0, 0, None
+    acc = [0.0, 0]  # sum and count of train losses since the last metrics line
+
+    if saved is not None:
+        m = saved.meta
+        model.load_state_dict(saved.model_state)
+        if saved.optim_state is not None:
+            opt.load_state_dict(saved.optim_state)
+        step, elapsed_before, tokens_seen = int(m["step"]), float(m["elapsed"]), int(m["tokens_seen"])
+        stream.position = m["data_position"]
+        acc = list(m.get("loss_acc", [0.0, 0]))
+        state = state_from_host(saved.hidden, device, model.dtype)
+        rng = m.get("rng", {})
+        if rng.get("device") == device.name:
+            device.set_rng_state(rng["state"])
+        else:
+            echo(f"note: the checkpoint's random state is for {rng.get('device')}, not {device.name}: "
+                 f"dropout masks will not repeat the interrupted run's")
+        _truncate_metrics(metrics_path, step)
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        if os.path.exists(metrics_path):
+            os.remove(metrics_path)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    echo(f"corpus: {corpus.name}: {len(corpus.text):,} chars, {len(vocab)} distinct; "
+         f"train {len(corpus.train):,} / validation {len(corpus.val):,}")
+    echo(f"model: {cfg.cell} {cfg.layers}x{cfg.hidden}, {n_params:,} parameters on {device.name}; "
+         f"{cfg.optimizer} lr {lr:g}, batch {cfg.batch} x seq_len {cfg.seq_len}")
+    budget = []
+    if cfg.steps is not None:
+        budget.append(f"{cfg.steps} steps")
+    if cfg.minutes is not None:
+        budget.append(f"{cfg.minutes:g} minutes")
+    echo(("resuming at step %d; " % step if saved is not None else "") + "budget: " + " or ".join(budget)
+         + f"; writing to {out_dir}")
+
+    def snapshot_meta():
+        return {"config": cfg.to_dict(), "vocab": vocab.to_dict(), "corpus": corpus.name,
+                "corpus_sha256": corpus.fingerprint, "step": step, "elapsed": elapsed_before + run_time(),
+                "tokens_seen": tokens_seen, "data_position": stream.position, "loss_acc": acc,
+                "rng": {"device": device.name, "state": device.get_rng_state()},
+                "dtype": model.dtype.name, "tinygrad_rnn": __version__,
+                "sampler": "samples during training draw from numpy default_rng([seed, step])"}
+
+    def save():
+        ckpt.save(ckpt_path, meta=snapshot_meta(), model_state=model.state_dict(), optim_state=opt.state_dict(),
+                  hidden=state_to_host(state))
+
+    t_start = time.perf_counter()
+
+    def run_time():
+        return time.perf_counter() - t_start
+
+    def out_of_budget():
+        if cfg.steps is not None and step >= cfg.steps:
+            return True
+        return cfg.minutes is not None and elapsed_before + run_time() >= cfg.minutes * 60
+
+    def sample_text(length, seed):
+        return model.generate("", length, temperature=0.8, seed=seed)
+
+    result = TrainResult("done", step, out_dir, ckpt_path)
+    prog = _Progress(cfg.steps, step, progress, echo)
+    eval_batch = 32
+    sample_every = cfg.sample_every or cfg.eval_every
+    save_every = cfg.save_every or cfg.eval_every
+    window_tokens, window_time = 0, 0.0
+    last_tok_s = None
+    params = list(model.parameters())
+    with _StopFlag(prog.write) as stop:
+        try:
+            while not out_of_budget() and not stop():
+                t0 = time.perf_counter()
+                x, y, reset = stream.next()
+                if reset:
+                    state = None
+                loss, state = model.loss(x, y, state)
+                opt.zero_grad()
+                loss.backward()
+                if cfg.clip:
+                    clip_grad_norm_(params, cfg.clip)
+                opt.step()
+                state = detach_state(state)
+                lv = float(loss.item())
+                dt = time.perf_counter() - t0
+                step += 1
+                tokens_seen += x.size
+                window_tokens += x.size
+                window_time += dt
+                acc[0] += lv
+                acc[1] += 1
+                result.losses.append(lv)
+                tok_s = window_tokens / window_time if window_time > 0 else 0.0
+                prog.update(step, lv, tok_s, elapsed_before + run_time())
+                is_eval = step % cfg.eval_every == 0
+                if step % cfg.log_every == 0 or is_eval:
+                    rec = {"step": step, "train_loss": acc[0] / acc[1], "val_loss": None, "val_bpc": None,
+                           "tok_s": tok_s, "elapsed": round(elapsed_before + run_time(), 3), "tokens": tokens_seen}
+                    last_tok_s = tok_s
+                    acc = [0.0, 0]
+                    window_tokens, window_time = 0, 0.0
+                    if is_eval and not out_of_budget():
+                        val_ids = corpus.val if cfg.eval_chars is None else corpus.val[:cfg.eval_chars]
+                        vl, _ = evaluate(model, val_ids, eval_batch, should_stop=stop)
+                        if vl is not None:
+                            rec["val_loss"], rec["val_bpc"] = vl, vl / LN2
+                            prog.write(f"step {step}: train loss {rec['train_loss']:.4f} | val loss {vl:.4f} nats"
+                                       f" = {vl / LN2:.4f} bits/char | {tok_s:,.0f} tok/s")
+                    _write_metrics(metrics_path, rec)
+                if step % sample_every == 0 and not out_of_budget() and not stop():
+                    prog.write("--- sample ---\n" + sample_text(cfg.sample_length, [cfg.seed, step]) + "\n---")
+                if step % save_every == 0 and not out_of_budget():
+                    save()
+        finally:
+            prog.close()
+        interrupted = stop()
+        result.step = step
+        save()
+        if interrupted:
+            result.status = "interrupted"
+            echo(f"checkpoint saved at step {step}: {ckpt_path}\n"
+                 f"continue with: --resume --out {out_dir}")
+            result.elapsed = elapsed_before + run_time()
+            return result
+        # the budget is spent: score all of validation and show what the model writes
+        vl, n = evaluate(model, corpus.val, eval_batch, should_stop=stop)
+        result.elapsed = elapsed_before + run_time()
+        result.tok_s = last_tok_s if last_tok_s is not None else (
+            window_tokens / window_time if window_time else None)
+        if acc[1]:
+            result.train_loss = acc[0] / acc[1]
+        if vl is not None:
+            result.val_loss, result.val_bpc = vl, vl / LN2
+            _write_metrics(metrics_path, {"step": step, "train_loss": result.train_loss, "val_loss": vl,
+                                          "val_bpc": vl / LN2, "tok_s": result.tok_s,
+                                          "elapsed": round(result.elapsed, 3), "tokens": tokens_seen,
+                                          "final": True})
+            echo(f"final (step {step}, {_fmt_time(result.elapsed)}): validation loss {vl:.4f} nats/char = "
+                 f"{vl / LN2:.4f} bits/char over {n:,} chars"
+                 + (f"; {result.tok_s:,.0f} tok/s" if result.tok_s else ""))
+        if final_sample_length and not stop():
+            result.sample = sample_text(final_sample_length, [cfg.seed, step, 1])
+            echo("--- sample ---\n" + result.sample + "\n---")
+        echo(f"checkpoint: {ckpt_path}")
+    return result
