@@ -1,0 +1,510 @@
+"""Recurrent cells and layers: RNN, LSTM and GRU with PyTorch's names, shapes, gate
+order, equations and default initialisation.
+
+The cells (`RNNCell`, `LSTMCell`, `GRUCell`) are written from primitive ops exactly as
+their equations read, so backpropagation through time is nothing but the engine: they
+are the reference. The layers (`RNN`, `LSTM`, `GRU`) run a whole sequence: the input
+projection of all timesteps as one matmul per layer and direction, the projected
+sequence cut into timesteps by one multi-output node, a step loop that applies only the
+recurrent part, the outputs joined by one stack. With `fused=True` (the default) each
+step's gate math is one node (`ops/rnn.py`); `fused=False` uses the composed cell
+equations instead, and the tests hold the two to agree to rounding.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+from .. import backend as B
+from ..errors import DTypeError, ShapeError, fmt_shape
+from ..ops import rnn as rnnops
+from ..tensor import Tensor, concat, stack
+from . import functional as F
+from .module import Module, Parameter
+
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]
+
+
+# ----------------------------------------------------------------------------- one step, composed
+# gx: the input side of the gate pre-activations, gh: the hidden side (both with their
+# biases), each (batch, gates * hidden) in PyTorch's gate order.
+
+def rnn_step(gx, gh, nonlinearity="tanh"):
+    """h' = tanh(gx + gh) (or relu)."""
+    pre = gx + gh
+    return pre.tanh() if nonlinearity == "tanh" else pre.relu()
+
+
+def lstm_step(gx, gh, c):
+    """i, f, g, o = split(gx + gh); c' = sigmoid(f) c + sigmoid(i) tanh(g); h' = sigmoid(o) tanh(c')."""
+    i, f, g, o = (gx + gh).chunk(4, axis=1)
+    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    c = f * c + i * g
+    h = o * c.tanh()
+    return h, c
+
+
+def gru_step(gx, gh, h):
+    """PyTorch's GRU: r = sigmoid(x_r + h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r * h_n),
+    h' = (1 - z) * n + z * h, where x_* = W_i* x + b_i* and h_* = W_h* h + b_h*."""
+    x_r, x_z, x_n = gx.chunk(3, axis=1)
+    h_r, h_z, h_n = gh.chunk(3, axis=1)
+    r = (x_r + h_r).sigmoid()
+    z = (x_z + h_z).sigmoid()
+    n = (x_n + r * h_n).tanh()
+    return (1 - z) * n + z * h
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def _check_sizes(name, input_size, hidden_size):
+    for what, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{name}: {what} must be a positive integer, got {v!r}")
+
+
+def _check_nonlinearity(name, nonlinearity):
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"{name}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+def _new_param(shape, dtype, device):
+    dev = B.get_device(device)
+    dt = B.to_dtype(dtype) if dtype is not None else B.get_default_dtype()
+    if not dt.is_floating:
+        raise DTypeError(f"recurrent parameters must be floating point, got dtype {dt.name}")
+    return Parameter(dev.xp.zeros(shape, dtype=dev.native(dt)), device=dev)
+
+
+def _reset_uniform(module, hidden_size):
+    """PyTorch's default: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)), drawn in registration order."""
+    k = 1.0 / math.sqrt(hidden_size)
+    for p in module.parameters():
+        u = p.device.rand(p.shape, p.dtype)
+        p.data = (u * 2.0 - 1.0) * k
+        p.grad = None
+
+
+def _check_tensor(name, what, t, like):
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: {what} must be a Tensor, got {type(t).__name__}")
+    if t.device is not like.device:
+        raise RuntimeError(f"{name}: {what} is on {t.device.name} but the parameters are on {like.device.name}; "
+                           f"move one with .to(...)")
+    if t.dtype is not like.dtype:
+        raise DTypeError(f"{name}: {what} is {t.dtype.name} but the parameters are {like.dtype.name}; "
+                         f"convert one with .to(...)")
+
+
+# ----------------------------------------------------------------------------- cells
+class _Cell(Module):
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=None, device=None):
+        super().__init__()
+        name = type(self).__name__
+        _check_sizes(name, input_size, hidden_size)
+        self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bool(bias)
+        G = self._gates * self.hidden_size
+        self.weight_ih = _new_param((G, self.input_size), dtype, device)
+        self.weight_hh = _new_param((G, self.hidden_size), dtype, device)
+        if bias:
+            self.bias_ih = _new_param((G,), dtype, device)
+            self.bias_hh = _new_param((G,), dtype, device)
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        _reset_uniform(self, self.hidden_size)
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        return s
+
+    def _input(self, x):
+        """x as (batch, input_size), and whether it came unbatched."""
+        name = type(self).__name__
+        _check_tensor(name, "input", x, self.weight_ih)
+        if x.ndim not in (1, 2):
+            raise ShapeError(f"{name}: expected input of shape (batch, input_size) or unbatched (input_size,), "
+                             f"got {x.ndim}-D shape {fmt_shape(x.shape)}")
+        if x.shape[-1] != self.input_size:
+            raise ShapeError(f"{name}: input has {x.shape[-1]} features (shape {fmt_shape(x.shape)}) but the cell "
+                             f"was built with input_size={self.input_size}")
+        return (x, True) if x.ndim == 2 else (x.unsqueeze(0), False)
+
+    def _state(self, what, s, batch, batched):
+        name = type(self).__name__
+        if s is None:
+            w = self.weight_ih
+            return Tensor._make(w.device.xp.zeros((batch, self.hidden_size), dtype=w.data.dtype), w.device, None, 0)
+        _check_tensor(name, what, s, self.weight_ih)
+        want = (batch, self.hidden_size) if batched else (self.hidden_size,)
+        if s.shape != want:
+            raise ShapeError(f"{name}: {what} must have shape {fmt_shape(want)} "
+                             f"({'batch, hidden_size' if batched else 'hidden_size,'}) for an input of batch "
+                             f"{batch if batched else '(unbatched)'}, got {fmt_shape(s.shape)}")
+        return s if batched else s.unsqueeze(0)
+
+    def _gx_gh(self, x, h):
+        return F.linear(x, self.weight_ih, self.bias_ih), F.linear(h, self.weight_hh, self.bias_hh)
+
+
+class RNNCell(_Cell):
+    """An Elman RNN cell:  h' = tanh(W_ih x + b_ih + W_hh h + b_hh)  (or relu).
+
+    forward(x, h=None): x (batch, input_size) or (input_size,); h defaults to zeros.
+    Returns h' (batch, hidden_size).
+    """
+
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype=None, device=None):
+        _check_nonlinearity("RNNCell", nonlinearity)
+        super().__init__(input_size, hidden_size, bias, dtype, device)
+        self.nonlinearity = nonlinearity
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
+
+    def forward(self, x, h=None):
+        x, batched = self._input(x)
+        h = self._state("h", h, x.shape[0], batched)
+        gx, gh = self._gx_gh(x, h)
+        out = rnn_step(gx, gh, self.nonlinearity)
+        return out if batched else out.squeeze(0)
+
+
+class LSTMCell(_Cell):
+    """A long short-term memory cell, PyTorch's gate order i, f, g, o:
+
+        i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)
+        f = sigmoid(W_if x + b_if + W_hf h + b_hf)
+        g = tanh(W_ig x + b_ig + W_hg h + b_hg)
+        o = sigmoid(W_io x + b_io + W_ho h + b_ho)
+        c' = f * c + i * g
+        h' = o * tanh(c')
+
+    weight_ih (4H, I) stacks W_ii, W_if, W_ig, W_io; weight_hh (4H, H) likewise.
+    forward(x, (h, c)=None) -> (h', c'); missing states are zeros.
+    """
+
+    _gates = 4
+
+    def forward(self, x, hx=None):
+        x, batched = self._input(x)
+        if hx is None:
+            hx = (None, None)
+        elif not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"LSTMCell: the state must be a tuple (h, c), got {type(hx).__name__}")
+        h = self._state("h", hx[0], x.shape[0], batched)
+        c = self._state("c", hx[1], x.shape[0], batched)
+        gx, gh = self._gx_gh(x, h)
+        h, c = lstm_step(gx, gh, c)
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(_Cell):
+    """A gated recurrent unit with PyTorch's equations, gate order r, z, n:
+
+        r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+        z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        h' = (1 - z) * n + z * h
+
+    forward(x, h=None) -> h'; a missing h is zeros.
+    """
+
+    _gates = 3
+
+    def forward(self, x, h=None):
+        x, batched = self._input(x)
+        h = self._state("h", h, x.shape[0], batched)
+        gx, gh = self._gx_gh(x, h)
+        out = gru_step(gx, gh, h)
+        return out if batched else out.squeeze(0)
+
+
+# ----------------------------------------------------------------------------- layers
+class _RNNBase(Module):
+    _mode = "RNN"
+    _gates = 1
+    _is_lstm = False
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, fused=True, dtype=None, device=None):
+        super().__init__()
+        name = type(self).__name__
+        _check_sizes(name, input_size, hidden_size)
+        if not isinstance(num_layers, numbers.Integral) or isinstance(num_layers, bool) or num_layers < 1:
+            raise ValueError(f"{name}: num_layers must be a positive integer, got {num_layers!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(f"{name}: dropout={dropout} has no effect with num_layers=1 (dropout is applied "
+                          f"between layers, not after the last)", stacklevel=3)
+        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
+        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
+        self.dropout, self.fused = float(dropout), bool(fused)
+        D = 2 if bidirectional else 1
+        G = self._gates * self.hidden_size
+        # PyTorch's registration order (so state_dict keys come out in its order):
+        # per layer, per direction: weight_ih, weight_hh, bias_ih, bias_hh
+        names = []
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else self.hidden_size * D
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                group = (f"weight_ih{sfx}", f"weight_hh{sfx}", f"bias_ih{sfx}", f"bias_hh{sfx}")
+                setattr(self, group[0], _new_param((G, in_size), dtype, device))
+                setattr(self, group[1], _new_param((G, self.hidden_size), dtype, device))
+                if bias:
+                    setattr(self, group[2], _new_param((G,), dtype, device))
+                    setattr(self, group[3], _new_param((G,), dtype, device))
+                names.append(group)
+        self._flat_names = names
+        self.reset_parameters()
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self):
+        _reset_uniform(self, self.hidden_size)
+
+    def flatten_parameters(self):
+        """No-op, for code written against PyTorch (cuDNN's weight packing has no counterpart here)."""
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity='{self.nonlinearity}'"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if not self.fused:
+            s += ", fused=False"
+        return s
+
+    # ------------------------------------------------------------------ input checks
+    def _prepare(self, x, hx):
+        """x as (T, B, I), the initial states as lists of L*D (B, H) tensors (or None), and batched-ness."""
+        name = type(self).__name__
+        w = self.weight_ih_l0
+        _check_tensor(name, "input", x, w)
+        given = x.shape
+        layout = "(batch, seq_len, input_size)" if self.batch_first else "(seq_len, batch, input_size)"
+        if x.ndim not in (2, 3):
+            raise ShapeError(f"{name}: expected input of shape {layout}, or (seq_len, input_size) unbatched, "
+                             f"got {x.ndim}-D shape {fmt_shape(x.shape)}")
+        if x.shape[-1] != self.input_size:
+            raise ShapeError(f"{name}: input has {x.shape[-1]} features (shape {fmt_shape(x.shape)}) but the layer "
+                             f"was built with input_size={self.input_size}")
+        batched = x.ndim == 3
+        if not batched:
+            x = x.unsqueeze(1)
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        T, batch = x.shape[0], x.shape[1]
+        if T == 0:
+            raise ShapeError(f"{name}: the input sequence is empty (shape {fmt_shape(x.shape)}, seq_len 0)")
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        want = (LD, batch, H) if batched else (LD, H)
+        what = ("h0", "c0") if self._is_lstm else ("h0",)
+        if hx is None:
+            return x, [None] * len(what), batched
+        if self._is_lstm:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError(f"{name}: the initial state must be a tuple (h0, c0), got {type(hx).__name__}")
+            states = list(hx)
+        else:
+            states = [hx]
+        out = []
+        for label, s in zip(what, states):
+            _check_tensor(name, label, s, w)
+            if s.shape != want:
+                dims = "(num_layers * num_directions, batch, hidden_size)" if batched else \
+                    "(num_layers * num_directions, hidden_size) for unbatched input"
+                raise ShapeError(f"{name}: {label} must have shape {fmt_shape(want)} {dims}, "
+                                 f"got {fmt_shape(s.shape)} (input of shape {fmt_shape(given)})")
+            out.append((s if batched else s.unsqueeze(1)).unbind(0))
+        return x, out, batched
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x, hx=None):
+        x, states, batched = self._prepare(x, hx)
+        D = self.num_directions
+        finals = [[] for _ in states]
+        layer_in = x
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                init = [None if s is None else s[k] for s in states]
+                out, last = self._direction(layer_in, k, init, reverse=d == 1)
+                outs.append(out)
+                for f, s in zip(finals, last):
+                    f.append(s)
+            layer_in = outs[0] if D == 1 else concat(outs, axis=2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+        output = layer_in
+        finals = [stack(f, axis=0) for f in finals]
+        if not batched:
+            output = output.squeeze(1)
+            finals = [f.squeeze(1) for f in finals]
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (tuple(finals) if self._is_lstm else finals[0])
+
+    def _direction(self, x, k, init, reverse):
+        """One layer in one direction over x (T, B, I): (outputs (T, B, H), [final states])."""
+        p = self._parameters
+        w_ih, w_hh, b_ih, b_hh = (p.get(n) for n in self._flat_names[k])
+        T, batch, I = x.shape
+        H, G = self.hidden_size, self._gates * self.hidden_size
+        fused = self.fused
+        # Fused RNN/LSTM cells take one bias: fold b_hh into the projection once per call
+        # instead of adding it at every step. The GRU cannot, since b_hn sits inside r * (...).
+        bias = b_ih
+        if fused and b_ih is not None and self._mode != "GRU":
+            bias = b_ih + b_hh
+        proj = x.reshape(T * batch, I) @ w_ih.T  # all timesteps in one matmul
+        if bias is not None:
+            proj = proj + bias
+        xs = proj.reshape(T, batch, G).unbind(0)  # one node, T outputs
+        w_hh_t = w_hh.T  # transposed once per call, not once per step
+        steps = range(T - 1, -1, -1) if reverse else range(T)
+        outs = [None] * T
+        if fused:
+            last = self._fused_loop(xs, w_hh_t, b_hh, init, steps, outs, batch)
+        else:
+            last = self._composed_loop(xs, w_hh_t, b_hh, init, steps, outs, batch)
+        return stack(outs, axis=0), last
+
+    def _zeros(self, shape):
+        w = self.weight_ih_l0
+        return w.device.xp.zeros(shape, dtype=w.data.dtype)
+
+    def _composed_loop(self, xs, w_hh_t, b_hh, init, steps, outs, batch):
+        w = self.weight_ih_l0
+        states = [s if s is not None else Tensor._make(self._zeros((batch, self.hidden_size)), w.device, None, 0)
+                  for s in init]
+        h = states[0]
+        c = states[1] if self._is_lstm else None
+        for t in steps:
+            gh = h @ w_hh_t
+            if b_hh is not None:
+                gh = gh + b_hh
+            if self._is_lstm:
+                h, c = lstm_step(xs[t], gh, c)
+            elif self._mode == "GRU":
+                h = gru_step(xs[t], gh, h)
+            else:
+                h = rnn_step(xs[t], gh, self.nonlinearity)
+            outs[t] = h
+        return [h, c] if self._is_lstm else [h]
+
+    def _fused_loop(self, xs, w_hh_t, b_hh, init, steps, outs, batch):
+        raise NotImplementedError
+
+
+class RNN(_RNNBase):
+    """A multi-layer Elman RNN over a sequence, PyTorch's nn.RNN:
+
+        h_t = tanh(W_ih x_t + b_ih + W_hh h_(t-1) + b_hh)   (or relu)
+
+    RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
+        batch_first=False, dropout=0.0, bidirectional=False, fused=True, dtype=None, device=None)
+    forward(x, h0=None) -> (output, h_n): x (T, B, I) ((B, T, I) if batch_first, or (T, I)
+    unbatched), h0 (num_layers * num_directions, B, H); output (T, B, num_directions * H),
+    h_n like h0. Layer k > 0 takes the previous layer's output; dropout (training only)
+    goes between layers. Parameters weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k},
+    bias_hh_l{k}, and ..._reverse for the backward direction.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, fused=True, dtype=None, device=None):
+        _check_nonlinearity("RNN", nonlinearity)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, fused,
+                         dtype, device)
+        self.nonlinearity = nonlinearity
+
+    def _fused_loop(self, xs, w_hh_t, b_hh, init, steps, outs, batch):
+        apply, nl = rnnops.RNNCellFn.apply, self.nonlinearity
+        h = init[0]
+        for t in steps:
+            gh = h @ w_hh_t if h is not None else self._zeros((batch, self.hidden_size))
+            h = apply(xs[t], gh, nl)
+            outs[t] = h
+        return [h]
+
+
+class LSTM(_RNNBase):
+    """A multi-layer LSTM over a sequence, PyTorch's nn.LSTM (gates i, f, g, o; see LSTMCell):
+
+        i, f, g, o = sigmoid/sigmoid/tanh/sigmoid(W_ih x_t + b_ih + W_hh h_(t-1) + b_hh)
+        c_t = f * c_(t-1) + i * g,    h_t = o * tanh(c_t)
+
+    LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+         bidirectional=False, fused=True, dtype=None, device=None)
+    forward(x, (h0, c0)=None) -> (output, (h_n, c_n)), shapes as in RNN.
+    """
+
+    _mode = "LSTM"
+    _gates = 4
+    _is_lstm = True
+
+    def _fused_loop(self, xs, w_hh_t, b_hh, init, steps, outs, batch):
+        apply = rnnops.LSTMCellFn.apply
+        h, c = init
+        if c is None:
+            c = self._zeros((batch, self.hidden_size))
+        for t in steps:
+            gh = h @ w_hh_t if h is not None else self._zeros((batch, 4 * self.hidden_size))
+            h, c = apply(xs[t], gh, c)
+            outs[t] = h
+        return [h, c]
+
+
+class GRU(_RNNBase):
+    """A multi-layer GRU over a sequence, PyTorch's nn.GRU (gates r, z, n; see GRUCell):
+
+        r = sigmoid(W_ir x_t + b_ir + W_hr h + b_hr),  z = sigmoid(W_iz x_t + b_iz + W_hz h + b_hz)
+        n = tanh(W_in x_t + b_in + r * (W_hn h + b_hn)),  h_t = (1 - z) * n + z * h
+
+    GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, fused=True, dtype=None, device=None)
+    forward(x, h0=None) -> (output, h_n), shapes as in RNN.
+    """
+
+    _mode = "GRU"
+    _gates = 3
+
+    def _fused_loop(self, xs, w_hh_t, b_hh, init, steps, outs, batch):
+        apply = rnnops.GRUCellFn.apply
+        h = init[0]
+        if h is None:
+            h = self._zeros((batch, self.hidden_size))
+            gh = self._zeros((batch, 3 * self.hidden_size))
+        else:
+            gh = None
+        for t in steps:
+            if gh is None:
+                gh = h @ w_hh_t
+            h = apply(xs[t], gh, b_hh, h)
+            gh = None
+            outs[t] = h
+        return [h]
