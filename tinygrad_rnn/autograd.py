@@ -105,7 +105,7 @@ class Function:
                     device = a.device
                 elif a.device is not device:
                     raise RuntimeError(
-                        f"{cls.__name__}: inputs are on different devices ({device.name} and "
+                        f"{cls.__name__.lower()}: inputs are on different devices ({device.name} and "
                         f"{a.device.name}); move them with .to(device) first")
                 raw.append(a.data)
                 needs.append(a.requires_grad)

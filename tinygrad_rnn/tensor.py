@@ -464,8 +464,12 @@ class Tensor:
     def chunk(self, chunks, axis=0, *, dim=None):
         """`chunks` pieces of equal size (PyTorch's rule: ceil(n / chunks) each)."""
         axis = _axis(axis, dim)
+        if not isinstance(chunks, int) or chunks < 1:
+            raise ValueError(f"chunk: the number of chunks must be a positive int, got {chunks!r}")
+        if not -self.ndim <= axis < self.ndim:
+            raise AxisError(f"chunk: axis {axis} is out of range for a tensor of shape {fmt_shape(self.shape)}")
         n = self.shape[axis]
-        k = -(-n // chunks)
+        k = max(-(-n // chunks), 1)  # an empty axis still splits (into one empty piece)
         return self.split(k, axis=axis)
 
     def unbind(self, axis=0, *, dim=None):

@@ -61,6 +61,8 @@ def cross_entropy(logits, targets, reduction="mean", ignore_index=None):
     targets: (), (N,), or (N, d1, ...) integers. Targets equal to ignore_index count
     for nothing (and are left out of the mean's denominator).
     """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     t = _index_array("cross_entropy", targets, logits.device)
     xp, shape = logits.device.xp, logits.shape
     if logits.ndim == 0:

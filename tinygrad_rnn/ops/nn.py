@@ -1,13 +1,21 @@
 """Neural-network ops fused for speed and stability: softmax, log-softmax,
 cross-entropy, embedding lookup, dropout."""
 from ..autograd import Function
-from ..errors import DTypeError, IndexOutOfRange, ShapeError, fmt_shape
+from ..errors import AxisError, DTypeError, IndexOutOfRange, ShapeError, fmt_shape
+
+
+def _one_axis(op, a, axis):
+    if not isinstance(axis, int) or not -a.ndim <= axis < a.ndim:
+        raise AxisError(f"{op}: axis {axis!r} is out of range for a tensor of shape {fmt_shape(a.shape)} "
+                        f"(one int axis, from {-a.ndim} to {a.ndim - 1})")
+    return axis
 
 
 class Softmax(Function):
     @staticmethod
     def forward(ctx, a, axis=-1):
         xp = ctx.xp
+        axis = _one_axis("softmax", a, axis)
         e = xp.exp(a - xp.max(a, axis=axis, keepdims=True))
         out = e / xp.sum(e, axis=axis, keepdims=True)
         ctx.axis = axis
@@ -28,7 +36,7 @@ def _log_softmax(xp, a, axis):
 class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, a, axis=-1):
-        out = _log_softmax(ctx.xp, a, axis)
+        out = _log_softmax(ctx.xp, a, _one_axis("log_softmax", a, axis))
         ctx.axis = axis
         ctx.save_for_backward(out)
         return out
