@@ -303,8 +303,9 @@ class TrainResult:
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False, echo=print,
           progress: str = "auto", final_sample_length: int = 300, explicit=()) -> TrainResult:
     """Train (or, with resume, continue) a CharLM as `cfg` says, writing into out_dir:
-    checkpoint.npz and metrics.jsonl. `explicit` names the config fields the user set
-    (a resumed run refuses changes to those that shape the model, data or optimizer)."""
+    checkpoint.npz and metrics.jsonl. `explicit` names the config fields the caller set:
+    a resumed run takes every other field from the checkpoint, and refuses changes to
+    those that shape the model, the data or the optimizer (TrainConfig.FROZEN)."""
     out_dir = os.fspath(out_dir)
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
     metrics_path = os.path.join(out_dir, METRICS_NAME)
@@ -322,10 +323,14 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
             raise TrainError("--resume continues the saved run, whose " + ", ".join(
                 f"{k} is {getattr(old, k)!r} (not {getattr(cfg, k)!r})" for k in changed)
                 + "; leave those options out, or start a new run with another --out")
-        for k in TrainConfig.FROZEN:
-            setattr(cfg, k, getattr(old, k))
-        if "steps" not in explicit and "minutes" not in explicit:
-            cfg.steps, cfg.minutes = old.steps, old.minutes
+        # the saved run's settings, except those given now (and allowed to change)
+        for f in dataclasses.fields(TrainConfig):
+            if f.name in TrainConfig.FROZEN or f.name not in explicit:
+                setattr(cfg, f.name, getattr(old, f.name))
+        if "steps" in explicit and "minutes" not in explicit:
+            cfg.minutes = None
+        if "minutes" in explicit and "steps" not in explicit:
+            cfg.steps = None
     elif os.path.exists(ckpt_path) and not overwrite:
         raise TrainError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, "
                          f"--overwrite to start afresh there, or --out DIR for a new run")

@@ -1,0 +1,232 @@
+"""The command line, end to end: train, sample, eval, plot, ngram; exit codes and messages."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tinygrad_rnn.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT = ("the cat sat on the mat. the dog sat on the log. " * 40
+        + "a bird sang in the tree; the cat did not. " * 20)
+TINY = ["--hidden", "24", "--layers", "1", "--seq-len", "16", "--batch", "4", "--progress", "none"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text(TEXT, encoding="utf-8")
+    return str(p)
+
+
+def metrics(run):
+    with open(os.path.join(run, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(run):
+    return [(r["step"], r["train_loss"]) for r in metrics(run) if not r.get("final")]
+
+
+def run_cli(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "tinygrad_rnn", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+# ----------------------------------------------------------------------------- the happy path
+def test_train_end_to_end(tmp_path, corpus, capsys):
+    out = str(tmp_path / "run")
+    rc = main(["train", "--data", corpus, *TINY, "--steps", "60", "--lr", "1e-2", "--eval-every", "20",
+               "--log-every", "5", "--out", out])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "val loss" in text and "bits/char" in text and "--- sample ---" in text and "final (step 60" in text
+    m = metrics(out)
+    assert [r["step"] for r in m if not r.get("final")] == list(range(5, 61, 5))
+    assert {"step", "train_loss", "val_loss", "val_bpc", "tok_s", "elapsed"} <= set(m[0])
+    train = [r["train_loss"] for r in m if r["train_loss"] is not None]
+    assert train[-1] < train[0] - 0.5  # it learns
+    vals = [r["val_loss"] for r in m if r["val_loss"] is not None]
+    assert len(vals) == 3 and vals[-1] < vals[0]  # steps 20, 40 and the final
+    assert os.path.exists(os.path.join(out, "checkpoint.npz"))
+
+    assert main(["sample", out, "--prompt", "the ", "--length", "30", "--seed", "3"]) == 0
+    s1 = capsys.readouterr().out
+    assert s1.startswith("the ") and len(s1) == 4 + 30 + 1
+    assert main(["sample", os.path.join(out, "checkpoint.npz"), "--prompt", "the ", "--length", "30",
+                 "--seed", "3"]) == 0
+    assert capsys.readouterr().out == s1  # a seed reproduces the sample
+    assert main(["sample", out, "--length", "10", "--top-k", "1"]) == 0
+    capsys.readouterr()
+
+    assert main(["eval", out]) == 0
+    e = json.loads(capsys.readouterr().out)
+    assert e["val_loss"] == pytest.approx(vals[-1], rel=1e-5) and e["step"] == 60
+    assert e["val_bpc"] == pytest.approx(e["val_loss"] / np.log(2), rel=1e-5)
+
+
+def test_python_dash_m_runs(tmp_path, corpus):
+    out = str(tmp_path / "run")
+    r = run_cli("train", "--data", corpus, *TINY, "--steps", "5", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "final (step 5" in r.stdout
+    r = run_cli("--help")
+    assert r.returncode == 0 and "train" in r.stdout and "ngram" in r.stdout
+
+
+def test_ngram_command(corpus, capsys):
+    assert main(["ngram", "--data", corpus, "--order", "3"]) == 0
+    assert "3-gram" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_equals_uninterrupted(tmp_path, corpus):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    common = ["--data", corpus, *TINY, "--layers", "2", "--dropout", "0.2", "--log-every", "1",
+              "--eval-every", "6"]
+    assert main(["train", *common, "--steps", "24", "--out", a]) == 0
+    assert main(["train", *common, "--steps", "11", "--out", b]) == 0
+    assert main(["train", "--resume", "--steps", "24", "--out", b, "--progress", "none"]) == 0
+    assert train_losses(a) == train_losses(b)
+    assert len(train_losses(a)) == 24
+
+
+def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path, corpus):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    common = ["--data", corpus, *TINY, "--hidden", "48", "--log-every", "1", "--eval-every", "1000"]
+    env = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "tinygrad_rnn", "train", *common, "--steps", "100000",
+                             "--out", b], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            path = os.path.join(b, "metrics.jsonl")
+            if os.path.exists(path) and len(open(path).read().splitlines()) >= 8:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "checkpoint saved at step" in out and "Traceback" not in err
+    from tinygrad_rnn.lm.checkpoint import load
+    stopped = load(os.path.join(b, "checkpoint.npz")).meta["step"]
+    assert stopped >= 8 and train_losses(b)[-1][0] == stopped
+    total = stopped + 6
+    assert main(["train", "--resume", "--steps", str(total), "--out", b, "--progress", "none"]) == 0
+    assert main(["train", *common, "--steps", str(total), "--out", a]) == 0
+    assert train_losses(a) == train_losses(b)
+
+
+# ----------------------------------------------------------------------------- bad arguments: exit 2
+@pytest.mark.parametrize("argv, needle", [
+    ([], "COMMAND"),
+    (["fly"], "invalid choice"),
+    (["train", "--hidden", "0"], "--hidden"),
+    (["train", "--hidden", "big"], "--hidden"),
+    (["train", "--steps", "5", "--minutes", "1"], "not allowed with"),
+    (["train", "--cell", "transformer"], "--cell"),
+    (["train", "--optimizer", "lbfgs"], "--optimizer"),
+    (["train", "--dropout", "1.5"], "--dropout"),
+    (["train", "--lr", "-1"], "--lr"),
+    (["train", "--device", "tpu"], "--device"),
+    (["train", "--val-fraction", "1"], "--val-fraction"),
+    (["sample"], "CKPT"),
+    (["sample", "x.npz", "--temperature", "-0.5"], "--temperature"),
+    (["sample", "x.npz", "--top-k", "0"], "--top-k"),
+])
+def test_bad_arguments_exit_2(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_resume_and_overwrite_together(tmp_path, capsys):
+    assert main(["train", "--resume", "--overwrite", "--out", str(tmp_path)]) == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bad files: exit 1, no traceback
+def _expect_error(argv, capsys, *needles):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "Traceback" not in err and "error:" in err
+    for n in needles:
+        assert n in err, err
+
+
+def test_bad_data_files(tmp_path, capsys):
+    _expect_error(["train", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "r")], capsys,
+                  "missing.txt", "no such file")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    _expect_error(["train", "--data", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "r")], capsys, "empty")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1") * 100)
+    _expect_error(["train", "--data", str(tmp_path / "latin1.txt"), "--out", str(tmp_path / "r")], capsys,
+                  "not UTF-8")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.bin").write_bytes(b"\x00\x01")
+    _expect_error(["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r")], capsys, "no non-empty")
+    _expect_error(["ngram", "--data", str(tmp_path / "missing.txt")], capsys, "no such file")
+    (tmp_path / "short.txt").write_text("abcdefghij" * 3)
+    _expect_error(["train", "--data", str(tmp_path / "short.txt"), "--batch", "32", "--out", str(tmp_path / "r")],
+                  capsys, "lower --batch")
+
+
+def test_bad_checkpoints(tmp_path, corpus, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--data", corpus, *TINY, "--steps", "3", "--out", out]) == 0
+    capsys.readouterr()
+    ck = os.path.join(out, "checkpoint.npz")
+    raw = open(ck, "rb").read()
+    bad = tmp_path / "truncated.npz"
+    bad.write_bytes(raw[: len(raw) // 2])
+    _expect_error(["sample", str(bad)], capsys, "truncated or corrupted")
+    _expect_error(["eval", str(bad)], capsys, "truncated or corrupted")
+    txt = tmp_path / "notes.npz"
+    txt.write_text("not a checkpoint")
+    _expect_error(["sample", str(txt)], capsys, "not a tinygrad_rnn checkpoint")
+    _expect_error(["sample", str(tmp_path / "nothing.npz")], capsys, "no such checkpoint")
+    _expect_error(["sample", out, "--prompt", "Zebra"], capsys, "'Z'", "position 0")
+    # a run directory is not clobbered, and resuming nothing is an error
+    _expect_error(["train", "--data", corpus, *TINY, "--steps", "3", "--out", out], capsys, "--resume")
+    _expect_error(["train", "--resume", "--out", str(tmp_path / "empty_run")], capsys, "no checkpoint")
+    _expect_error(["train", "--resume", "--hidden", "99", "--out", out], capsys, "hidden is 24")
+    (tmp_path / "other.txt").write_text(TEXT.upper(), encoding="utf-8")
+    _expect_error(["eval", out, "--data", str(tmp_path / "other.txt")], capsys, "not in the vocabulary")
+
+
+def test_resume_refuses_a_changed_corpus(tmp_path, capsys):
+    p = tmp_path / "c.txt"
+    p.write_text(TEXT, encoding="utf-8")
+    out = str(tmp_path / "run")
+    assert main(["train", "--data", str(p), *TINY, "--steps", "2", "--out", out]) == 0
+    p.write_text(TEXT[::-1], encoding="utf-8")
+    _expect_error(["train", "--resume", "--steps", "4", "--out", out], capsys, "SHA-256")
+
+
+# ----------------------------------------------------------------------------- plot
+def test_plot_without_matplotlib(tmp_path, corpus, capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    assert main(["train", "--data", corpus, *TINY, "--steps", "4", "--log-every", "1", "--out", out]) == 0
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    _expect_error(["plot", out], capsys, "matplotlib", "pip install")
+    _expect_error(["plot", str(tmp_path / "nowhere")], capsys, "no metrics.jsonl")
+
+
+def test_plot_writes_a_png(tmp_path, corpus, capsys):
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path / "run")
+    assert main(["train", "--data", corpus, *TINY, "--steps", "6", "--log-every", "1", "--eval-every", "3",
+                 "--out", out]) == 0
+    assert main(["plot", out]) == 0
+    png = os.path.join(out, "loss.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

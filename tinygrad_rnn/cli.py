@@ -1,0 +1,378 @@
+"""The command line: `python -m tinygrad_rnn` or `tinygrad-rnn`.
+
+    train   train a character-level language model (the default corpus needs no download)
+    sample  generate text from a checkpoint
+    eval    validation loss and bits per character of a checkpoint
+    plot    the train and validation loss curves of a run, as a PNG
+    ngram   the count-based n-gram baseline on the same split
+
+Exit codes: 0 done, 1 a file or run problem (message on stderr, no traceback),
+2 bad arguments (argparse's), 130 interrupted (a checkpoint was saved).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {s!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {s!r}")
+    return v
+
+
+def _fraction(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {s!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got {s!r}")
+    return v
+
+
+def _dropout(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}")
+    return v
+
+
+def _device(s):
+    if s == "cpu" or s == "cuda" or (s.startswith("cuda:") and s[5:].isdigit()):
+        return s
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {s!r}")
+
+
+# The training defaults: a model that learns visibly on two CPU cores in two minutes.
+TRAIN_DEFAULTS = {
+    "cell": "lstm", "hidden": 256, "layers": 2, "embed_dim": None, "dropout": 0.0,
+    "seq_len": 64, "batch": 32, "optimizer": "adam", "lr": None, "clip": 5.0, "seed": 0,
+    "data": None, "max_chars": None, "val_fraction": 0.1,
+    "eval_every": 200, "eval_chars": 50_000, "sample_every": None, "log_every": 10, "save_every": None,
+    "device": "cpu",
+}
+DEFAULT_MINUTES = 2.0
+
+
+def _add_train(sub):
+    from .lm.model import available_cells
+    from .lm.train import OPTIMIZERS
+    d = TRAIN_DEFAULTS
+    p = sub.add_parser(
+        "train", help="train a character-level language model",
+        description="Train a character-level language model. With no options: an LSTM on the source of "
+                    "this Python's standard library, for 2 minutes on the CPU, ending with a sample.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH", help="a UTF-8 text file or a directory of them "
+                   "(default: the Python standard library's sources)")
+    g.add_argument("--max-chars", type=_positive_int, metavar="N",
+                   help="use at most N characters of the corpus (default for the stdlib corpus: 1000000)")
+    g.add_argument("--val-fraction", type=_fraction, metavar="F", help="the last F of the text is validation "
+                   f"(default {d['val_fraction']})")
+    g = p.add_argument_group("model")
+    g.add_argument("--cell", choices=available_cells(), help=f"recurrent layer (default {d['cell']})")
+    g.add_argument("--hidden", type=_positive_int, metavar="N", help=f"hidden size (default {d['hidden']})")
+    g.add_argument("--layers", type=_positive_int, metavar="N", help=f"stacked layers (default {d['layers']})")
+    g.add_argument("--embed-dim", type=_positive_int, metavar="N",
+                   help="learned character embedding of N dims (default: one-hot input)")
+    g.add_argument("--dropout", type=_dropout, metavar="P", help=f"dropout (default {d['dropout']})")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--seq-len", type=_positive_int, metavar="T",
+                   help=f"BPTT window: characters per step and row (default {d['seq_len']})")
+    g.add_argument("--batch", type=_positive_int, metavar="B", help=f"parallel rows (default {d['batch']})")
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS), help=f"(default {d['optimizer']})")
+    g.add_argument("--lr", type=_positive_float, help="learning rate (default: 2e-3 for adam, adamw and "
+                   "rmsprop, 0.1 for adagrad, 1.0 for sgd)")
+    g.add_argument("--clip", type=_nonneg_float, metavar="NORM",
+                   help=f"clip the global gradient norm; 0 turns it off (default {d['clip']})")
+    g.add_argument("--seed", type=_nonneg_int, help=f"(default {d['seed']})")
+    g = p.add_argument_group("budget (totals for the run; with neither, 2 minutes)")
+    b = g.add_mutually_exclusive_group()
+    b.add_argument("--steps", type=_positive_int, metavar="N", help="train until step N")
+    b.add_argument("--minutes", type=_positive_float, metavar="M", help="train for M minutes of wall time")
+    g = p.add_argument_group("running")
+    g.add_argument("--device", type=_device, help=f"cpu, cuda or cuda:N (default {d['device']})")
+    g.add_argument("--out", metavar="DIR", help="run directory for checkpoint.npz and metrics.jsonl "
+                   "(default runs/charlm)")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    g.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
+    g.add_argument("--eval-every", type=_positive_int, metavar="N",
+                   help=f"validation loss (and a checkpoint) every N steps (default {d['eval_every']})")
+    g.add_argument("--eval-chars", type=_nonneg_int, metavar="N",
+                   help="characters of validation text the periodic evaluations score; 0: all "
+                   f"(default {d['eval_chars']}; the final evaluation scores all)")
+    g.add_argument("--sample-every", type=_positive_int, metavar="N",
+                   help="print a short sample every N steps (default: with each evaluation)")
+    g.add_argument("--log-every", type=_positive_int, metavar="N",
+                   help=f"a metrics.jsonl line every N steps (default {d['log_every']})")
+    g.add_argument("--save-every", type=_positive_int, metavar="N",
+                   help="a checkpoint every N steps (default: with each evaluation)")
+    g.add_argument("--progress", choices=["auto", "bar", "lines", "none"],
+                   help="tqdm bar (auto: when tqdm is installed and stderr is a terminal), "
+                   "plain lines every 10 s, or none (default auto)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args):
+    from .lm.train import TrainConfig, train
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    out = given.pop("out", os.path.join("runs", "charlm"))
+    resume = given.pop("resume", False)
+    overwrite = given.pop("overwrite", False)
+    progress = given.pop("progress", "auto")
+    if resume and overwrite:
+        raise _UsageError("train: --resume and --overwrite contradict each other")
+    if given.get("eval_chars") == 0:
+        given["eval_chars"] = None
+    if given.get("clip") == 0:
+        given["clip"] = None
+    fields = dict(TRAIN_DEFAULTS, **given)
+    if "steps" not in given and "minutes" not in given and not resume:
+        fields["minutes"] = DEFAULT_MINUTES
+    cfg = TrainConfig(**fields)
+    result = train(cfg, out, resume=resume, overwrite=overwrite, progress=progress, explicit=set(given))
+    return EXIT_INTERRUPTED if result.status == "interrupted" else 0
+
+
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="generate text from a checkpoint",
+                       description="Generate text from a checkpoint (a file or a run directory).")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a line)")
+    p.add_argument("--length", type=_nonneg_int, default=500, help="characters to generate (default 500)")
+    p.add_argument("--temperature", type=_nonneg_float, default=0.8,
+                   help="<1 sharper, >1 wilder, 0 greedy (default 0.8)")
+    p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the K likeliest characters")
+    p.add_argument("--seed", type=_nonneg_int, default=None, help="make the sample reproducible")
+    p.add_argument("--device", type=_device, default="cpu", help="(default cpu)")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args):
+    from .data import UnknownCharError
+    from .lm.train import load_model
+    model, vocab, _ = load_model(args.checkpoint, device=args.device)
+    try:
+        text = model.generate(args.prompt, args.length, temperature=args.temperature, top_k=args.top_k,
+                              seed=args.seed)
+    except UnknownCharError as e:
+        raise _UserError(f"--prompt: {e} of this checkpoint") from None
+    sys.stdout.write(args.prompt + text + "\n")
+    return 0
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="validation loss and bits per character of a checkpoint",
+                       description="Score a checkpoint on the validation part of its corpus, or of --data.")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--data", metavar="PATH", default=None,
+                   help="a text file or directory; its last --val-fraction is scored (default: the run's corpus)")
+    p.add_argument("--val-fraction", type=_fraction, default=None, help="(default: the run's)")
+    p.add_argument("--device", type=_device, default="cpu", help="(default cpu)")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args):
+    from .data import UnknownCharError, corpus_text, validation_text
+    from .lm.train import TrainConfig, evaluate, load_model
+    model, vocab, c = load_model(args.checkpoint, device=args.device)
+    cfg = TrainConfig.from_dict(c.meta["config"])
+    frac = args.val_fraction or cfg.val_fraction
+    if args.data is not None:
+        text, name = corpus_text(args.data)
+    else:
+        text, name = corpus_text(cfg.data, cfg.max_chars)
+    val = validation_text(text, frac)
+    if len(val) < 2:
+        raise _UserError(f"{name}: its validation part ({len(val)} characters) is too short to score")
+    try:
+        ids = vocab.encode(val)
+    except UnknownCharError as e:
+        raise _UserError(f"{name}: in its validation part, {e} of this checkpoint") from None
+    loss, n = evaluate(model, ids)
+    print(json.dumps({"checkpoint": c.path, "step": c.meta.get("step"), "data": name, "chars": n,
+                      "val_loss": round(loss, 6), "val_bpc": round(loss / math.log(2), 6)}))
+    return 0
+
+
+def _add_plot(sub):
+    p = sub.add_parser("plot", help="plot a run's loss curves as a PNG (needs matplotlib)",
+                       description="Plot the train and validation loss of a run (its metrics.jsonl) as a PNG.")
+    p.add_argument("run_dir", metavar="DIR")
+    p.add_argument("--out", metavar="PNG", default=None, help="(default DIR/loss.png)")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args):
+    path = os.path.join(args.run_dir, "metrics.jsonl") if os.path.isdir(args.run_dir) else args.run_dir
+    if not os.path.exists(path):
+        raise _UserError(f"{args.run_dir}: no metrics.jsonl there (is it a run directory of `train`?)")
+    steps, train, vsteps, val = [], [], [], []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            try:
+                r = json.loads(line)
+            except ValueError:
+                raise _UserError(f"{path}: line {i} is not JSON") from None
+            if r.get("train_loss") is not None and not r.get("final"):
+                steps.append(r["step"])
+                train.append(r["train_loss"])
+            if r.get("val_loss") is not None:
+                vsteps.append(r["step"])
+                val.append(r["val_loss"])
+    if not steps and not vsteps:
+        raise _UserError(f"{path}: no losses recorded yet")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise _UserError("plot needs matplotlib, which is not installed: pip install 'tinygrad_rnn[plot]' "
+                         "(or pip install matplotlib)") from None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if steps:
+        ax.plot(steps, train, label="train", linewidth=1)
+    if vsteps:
+        ax.plot(vsteps, val, "o-", label="validation", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per character)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(os.path.basename(os.path.abspath(args.run_dir)))
+    out = args.out or os.path.join(os.path.dirname(path), "loss.png")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(out)
+    return 0
+
+
+def _add_ngram(sub):
+    p = sub.add_parser("ngram", help="the count-based n-gram baseline (add-k smoothing)",
+                       description="Fit a character n-gram model with add-k smoothing on the training part "
+                                   "and report validation loss in nats and bits per character.")
+    p.add_argument("--data", metavar="PATH", default=None, help="(default: the stdlib corpus, as train uses)")
+    p.add_argument("--max-chars", type=_positive_int, default=None, metavar="N")
+    p.add_argument("--val-fraction", type=_fraction, default=0.1)
+    p.add_argument("--order", type=_positive_int, default=5, help="n (default 5)")
+    p.add_argument("--k", type=_positive_float, default=0.03, help="add-k smoothing constant (default 0.03)")
+    p.set_defaults(func=cmd_ngram)
+
+
+def cmd_ngram(args):
+    from .data import load_corpus
+    from .lm.ngram import evaluate
+    corpus = load_corpus(args.data, args.max_chars, args.val_fraction)
+    try:
+        r = evaluate(corpus.train, corpus.val, len(corpus.vocab), args.order, args.k)
+    except ValueError as e:
+        raise _UserError(f"ngram: {e}") from None
+    r = {"data": corpus.name, **r}
+    print(f"{args.order}-gram, add-{args.k:g}: validation loss {r['val_loss']:.4f} nats/char = "
+          f"{r['bpc']:.4f} bits/char ({r['n_val']:,} chars; trained on {r['n_train']:,})")
+    return 0
+
+
+class _UserError(Exception):
+    """A problem to report in one line, exit code 1."""
+
+
+class _UsageError(Exception):
+    """Contradictory arguments that argparse cannot express: exit code 2."""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="tinygrad-rnn" if os.path.basename(sys.argv[0]) == "tinygrad-rnn"
+                                else "python -m tinygrad_rnn",
+                                description="Character-level language models on tinygrad_rnn: train, sample, "
+                                            "evaluate, plot, and compare with an n-gram baseline.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"tinygrad_rnn {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_train(sub)
+    _add_sample(sub)
+    _add_eval(sub)
+    _add_plot(sub)
+    _add_ngram(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    from .data import DataError
+    from .lm.checkpoint import CheckpointError
+    from .lm.train import TrainError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"{parser.prog} {args.command}"
+    try:
+        return args.func(args)
+    except _UsageError as e:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except (_UserError, DataError, CheckpointError, TrainError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except RuntimeError as e:  # e.g. --device cuda without CuPy or a GPU
+        if "device" in str(e):
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; the last checkpoint written (if any) is intact", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `... sample | head`
+        try:
+            sys.stdout = None
+        finally:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
