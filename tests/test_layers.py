@@ -209,7 +209,8 @@ def test_every_layer_takes_dtype_and_device(device):
 
 def test_mlp_trains_on_strict_device():
     """A Sequential of these layers, end to end on the strict device (no NumPy leaks)."""
-    model = nn.Sequential(nn.Linear(3, 8, device="strict"), nn.Tanh(), nn.Dropout(0.1), nn.Linear(8, 2, device="strict"))
+    model = nn.Sequential(nn.Linear(3, 8, device="strict"), nn.Tanh(), nn.Dropout(0.1),
+                          nn.Linear(8, 2, device="strict"))
     x = tg.randn(16, 3, device="strict")
     y = tg.tensor(np.arange(16) % 2, device="strict")
     losses = []

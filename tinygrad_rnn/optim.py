@@ -33,9 +33,11 @@ from .tensor import Tensor
 class Optimizer:
     """Base class: parameter groups, zero_grad, step, and state dicts.
 
-    A subclass sets `_defaults`-checking in `_validate(group)`, the state a parameter
-    starts with in `_init_state`, the state keys to expect in `_state_keys(group)`, and
-    the update in `_update(xp, p, g, group, state)`.
+    A subclass passes its hyperparameter defaults to __init__ and defines the update
+    `_update(xp, p, g, group, state)` on raw arrays; where it keeps state, also the
+    state a parameter starts with (`_init_state`) and the state keys that
+    load_state_dict must find (`_state_keys(group)`); where it has extra constraints on
+    hyperparameters, `_validate(group)`.
     """
 
     def __init__(self, params, defaults):
@@ -391,7 +393,7 @@ class RMSprop(Optimizer):
         return keys
 
     def _init_state(self, xp, p, group):
-        return {"step": 0, **{k: xp.zeros_like(p.data) for k in self._state_keys(group) if k != "step"}}
+        return {"step": 0, **{k: xp.zeros_like(p.data) for k in sorted(self._state_keys(group)) if k != "step"}}
 
     def _update(self, xp, p, g, group, state):
         state["step"] += 1
@@ -441,7 +443,7 @@ class Adam(Optimizer):
         return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group["amsgrad"] else set())
 
     def _init_state(self, xp, p, group):
-        return {"step": 0, **{k: xp.zeros_like(p.data) for k in self._state_keys(group) if k != "step"}}
+        return {"step": 0, **{k: xp.zeros_like(p.data) for k in sorted(self._state_keys(group)) if k != "step"}}
 
     def _update(self, xp, p, g, group, state):
         state["step"] += 1
