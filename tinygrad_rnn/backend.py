@@ -123,6 +123,10 @@ class Device:
     def is_native(self, arr) -> bool:
         raise NotImplementedError
 
+    def copy(self, arr):
+        """A new array with the same contents (no memory shared)."""
+        return arr.copy()
+
     # random numbers: one generator per device, reseeded by tg.manual_seed
     def manual_seed(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
@@ -276,6 +280,9 @@ class StrictDevice(Device):
 
     def to_host(self, arr):
         return np.asarray(arr)
+
+    def copy(self, arr):
+        return self.xp.asarray(arr, copy=True)
 
     def is_native(self, arr):
         return isinstance(arr, self.xp.asarray(0.0).__class__)

@@ -28,9 +28,11 @@ class Tensor:
             src_dev, arr = data.device, data.data
         else:
             src_dev, arr = _native_device(data), data
+        # Always a copy, as torch.tensor makes: optimizers update parameters in place,
+        # and must never write into the caller's array.
         if src_dev is None:  # Python numbers, lists, NumPy arrays, NumPy scalars
             dev = dev or B.get_default_device()
-            host = np.asarray(arr)
+            host = np.array(arr)
             if dtype is None:
                 dtype = _host_dtype(host, arr)
             self.data = dev.from_host(host, B.to_dtype(dtype))
@@ -38,6 +40,8 @@ class Tensor:
             dev = dev or src_dev
             if dev is not src_dev:
                 arr = dev.from_host(src_dev.to_host(arr))
+            elif dtype is None or dev.dtype_of(arr) is B.to_dtype(dtype):
+                arr = dev.copy(arr)
             if dtype is not None and dev.dtype_of(arr) is not B.to_dtype(dtype):
                 arr = dev.xp.astype(arr, dev.native(B.to_dtype(dtype)))
             self.data = arr
