@@ -245,12 +245,26 @@ def test_optional_against_real_pytorch():
         m = ours(I, H, num_layers=2, bidirectional=True, dtype=tg.float64)
         m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
         assert list(m.state_dict()) == list(tm.state_dict())
-        xt = torch.tensor(x, requires_grad=True)
-        to, ts = tm(xt)
-        o, s = m(_t(x))
+        h0 = rng.standard_normal((4, B, H))
+        ts0 = (torch.tensor(h0), torch.tensor(h0 * 0.5)) if tcls is torch.nn.LSTM else torch.tensor(h0)
+        s0 = (_t(h0), _t(h0 * 0.5)) if ours is nn.LSTM else _t(h0)
+        xt, ours_x = torch.tensor(x, requires_grad=True), _t(x, True)
+        to, ts = tm(xt, ts0)
+        o, s = m(ours_x, s0)
         np.testing.assert_allclose(o.numpy(), to.detach().numpy(), rtol=1e-10, atol=1e-12)
-        to.sum().backward()
-        o.sum().backward()
+        for a, b in zip(s if ours is nn.LSTM else (s,), ts if ours is nn.LSTM else (ts,)):
+            np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-10, atol=1e-12)
+        (to.sum() + (ts[0] if ours is nn.LSTM else ts).pow(2).sum()).backward()
+        (o.sum() + ((s[0] if ours is nn.LSTM else s) ** 2).sum()).backward()
+        np.testing.assert_allclose(ours_x.grad.numpy(), xt.grad.numpy(), rtol=1e-9, atol=1e-12)
         for k, p in tm.named_parameters():
             np.testing.assert_allclose(getattr(m, k).grad.numpy(), p.grad.numpy(), rtol=1e-9, atol=1e-12,
                                        err_msg=k)
+    for tcls, ours in ((torch.nn.LSTMCell, nn.LSTMCell), (torch.nn.GRUCell, nn.GRUCell), (torch.nn.RNNCell, nn.RNNCell)):
+        tc = tcls(I, H).double()
+        c = ours(I, H, dtype=tg.float64)
+        c.load_state_dict({k: v.detach().numpy() for k, v in tc.state_dict().items()})
+        to = tc(torch.tensor(x[0]))
+        o = c(_t(x[0]))
+        for a, b in zip(o if ours is nn.LSTMCell else (o,), to if ours is nn.LSTMCell else (to,)):
+            np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-10, atol=1e-12)
