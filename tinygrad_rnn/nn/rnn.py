@@ -19,6 +19,7 @@ import warnings
 from .. import backend as B
 from ..errors import DTypeError, ShapeError, fmt_shape
 from ..ops import rnn as rnnops
+from ..ops.linalg import MatMul
 from ..tensor import Tensor, concat, stack
 from . import functional as F
 from .module import Module, Parameter
@@ -446,7 +447,7 @@ class RNN(_RNNBase):
         apply, nl = rnnops.RNNCellFn.apply, self.nonlinearity
         h = init[0]
         for t in steps:
-            gh = h @ w_hh_t if h is not None else self._zeros((batch, self.hidden_size))
+            gh = MatMul.apply(h, w_hh_t) if h is not None else self._zeros((batch, self.hidden_size))
             h = apply(xs[t], gh, nl)
             outs[t] = h
         return [h]
@@ -473,7 +474,7 @@ class LSTM(_RNNBase):
         if c is None:
             c = self._zeros((batch, self.hidden_size))
         for t in steps:
-            gh = h @ w_hh_t if h is not None else self._zeros((batch, 4 * self.hidden_size))
+            gh = MatMul.apply(h, w_hh_t) if h is not None else self._zeros((batch, 4 * self.hidden_size))
             h, c = apply(xs[t], gh, c)
             outs[t] = h
         return [h, c]
@@ -503,7 +504,7 @@ class GRU(_RNNBase):
             gh = None
         for t in steps:
             if gh is None:
-                gh = h @ w_hh_t
+                gh = MatMul.apply(h, w_hh_t)
             h = apply(xs[t], gh, b_hh, h)
             gh = None
             outs[t] = h
