@@ -206,6 +206,9 @@ def run_backward(root, grad, retain_graph=False):
         return
     pending = {root_ctx: _empty_slots(root_ctx)}
     pending[root_ctx][root._index] = grad
+    # leaf gradients are summed as raw arrays and wrapped in a Tensor once at the end: a
+    # weight shared by T timesteps would otherwise allocate T throwaway Tensors
+    leaf_grads = {}
     for node in _topological_order(root_ctx):
         grads = pending.pop(node, None)
         if grads is None:  # reachable, but no gradient flows into it from root
@@ -233,13 +236,17 @@ def run_backward(root, grad, retain_graph=False):
         for inp, g, need in zip(node.inputs, in_grads, node.needs_input_grad):
             if not need or g is None:
                 continue
-            if g.shape != inp.data.shape:
-                g = unbroadcast(xp, g, inp.data.shape)
-            if g.dtype != inp.data.dtype:
-                g = xp.astype(g, inp.data.dtype)
+            data = inp.data
+            if g.shape != data.shape:
+                g = unbroadcast(xp, g, data.shape)
+            dt = data.dtype
+            if g.dtype != dt:
+                g = xp.astype(g, dt)
             c = inp._ctx
             if c is None:
-                inp._accumulate(g)
+                prev = leaf_grads.get(inp)  # keyed by identity: Tensor hashes as an object
+                # out of place: g may be the very array another branch holds
+                leaf_grads[inp] = g if prev is None else prev + g
             else:
                 slots = pending.get(c)
                 if slots is None:
@@ -251,6 +258,8 @@ def run_backward(root, grad, retain_graph=False):
             node.inputs = None
             node.saved_tensors = None
             node.__dict__.clear()
+    for leaf, g in leaf_grads.items():
+        leaf._accumulate(g)
 
 
 def _empty_slots(ctx):

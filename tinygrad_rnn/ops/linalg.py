@@ -24,9 +24,13 @@ class MatMul(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        xp = ctx.xp
         a, b = ctx.saved_tensors
         na, nb = ctx.needs_input_grad
+        if a.ndim == 2 and b.ndim == 2:
+            # the common case (x @ W.T at every RNN step) needs no reshape or unbroadcast,
+            # which would cost more than the two tiny matmuls themselves
+            return (grad @ b.T if na else None), (a.T @ grad if nb else None)
+        xp = ctx.xp
         # treat 1-D operands as a row (a) or a column (b) matrix, as matmul itself does
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
