@@ -235,6 +235,17 @@ def test_retain_grad_keeps_intermediate_grad(device):
     assert h.grad.grad_fn is None and not h.grad.requires_grad
 
 
+def test_retained_grad_accumulates_like_a_leafs(device):
+    x = T([1.0, 2.0], device)
+    h = x * 2.0
+    h.retain_grad()
+    y = (h * h).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_allclose(h.grad.numpy(), 2 * (2 * h.numpy()))
+    np.testing.assert_allclose(x.grad.numpy(), 2 * (8 * x.numpy()))
+
+
 def test_retain_grad_on_one_output_of_a_multi_output_node(device):
     x = T(np.arange(4.0), device)
     a, b = x.split(2)

@@ -650,6 +650,47 @@ def test_cross_entropy_ignored_rows_get_no_gradient(device):
     np.testing.assert_allclose(loss.item(), manual, rtol=1e-12)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@given(data=st.data(), ignore=st.booleans())
+def test_nll_loss(device, reduction, data, ignore):
+    n, c = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    logp = data.draw(tgst.arrays((n, c)))
+    targets = data.draw(tgst.index_arrays(c, shape=(n,)))
+    ignore_index = None
+    if ignore:
+        ignore_index = -100
+        targets = np.where(data.draw(tgst.arrays((n,))) > 1.0, -100, targets)
+        if reduction == "mean":
+            assume(np.any(targets != -100))
+    keep = np.ones(n) if ignore_index is None else (targets != ignore_index).astype(float)
+
+    def np_fn(a):
+        p = a[np.arange(n), np.where(keep > 0, targets, 0)] * keep
+        return -p if reduction == "none" else -p.sum() if reduction == "sum" else -p.sum() / keep.sum()
+
+    check(device, lambda t: F.nll_loss(t, targets, reduction=reduction, ignore_index=ignore_index), np_fn, logp)
+
+
+@given(x=tgst.arrays(tgst.shapes(min_dims=1, max_dims=3, max_side=3)), data=st.data(), bias=st.booleans())
+def test_linear(device, x, data, bias):
+    k = x.shape[-1]
+    m = data.draw(st.integers(1, 3))
+    w = data.draw(tgst.arrays((m, k)))
+    b = data.draw(tgst.arrays((m,)))
+    if bias:
+        check(device, lambda t, wt, bt: F.linear(t, wt, bt), lambda a, wa, ba: a @ wa.T + ba, x, w, b)
+    else:
+        check(device, lambda t, wt: F.linear(t, wt), lambda a, wa: a @ wa.T, x, w)
+
+
+def test_one_hot(device):
+    idx = np.array([[0, 2], [1, 1]])
+    out = F.one_hot(tg.tensor(idx, device=device), 3)
+    np.testing.assert_array_equal(out.numpy(), np.eye(3)[idx])
+    assert out.dtype is tg.float32 and not out.requires_grad
+    assert F.one_hot(idx, 4, dtype=tg.float64, device=device).dtype is tg.float64
+
+
 @given(data=st.data(), padding=st.booleans())
 def test_embedding(device, data, padding):
     v, d = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 3))

@@ -230,7 +230,7 @@ def run_backward(root, grad, retain_graph=False):
             for i, ref in node.retained.items():
                 t = ref()
                 if t is not None and grads[i] is not None:
-                    t.grad = Tensor._make(grads[i], node.device, None, 0)
+                    t._accumulate(grads[i])  # like a leaf's, .grad adds up over backward calls
         if type(in_grads) is not tuple:
             in_grads = (in_grads,)
         for inp, g, need in zip(node.inputs, in_grads, node.needs_input_grad):

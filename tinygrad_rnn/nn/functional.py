@@ -85,10 +85,17 @@ def cross_entropy(logits, targets, reduction="mean", ignore_index=None):
 
 def nll_loss(log_probs, targets, reduction="mean", ignore_index=None):
     """Negative log-likelihood of targets under log-probabilities (N, C)."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"nll_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     t = _index_array("nll_loss", targets, log_probs.device)
-    picked = log_probs[log_probs.device.xp.arange(log_probs.shape[0]), t]
-    if ignore_index is not None:
-        keep = Tensor(log_probs.device.xp.astype(t != ignore_index, log_probs.data.dtype), device=log_probs.device)
+    xp = log_probs.device.xp
+    valid = None if ignore_index is None else t != ignore_index
+    if valid is not None:
+        # an ignored target need not be a class (-100): look up class 0 there, masked out below
+        t = xp.where(valid, t, xp.zeros_like(t))
+    picked = log_probs[xp.arange(log_probs.shape[0]), t]
+    if valid is not None:
+        keep = Tensor(xp.astype(valid, log_probs.data.dtype), device=log_probs.device)
         picked = picked * keep
         if reduction == "mean":
             return -picked.sum() / keep.sum().item()
