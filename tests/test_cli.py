@@ -230,3 +230,21 @@ def test_plot_writes_a_png(tmp_path, corpus, capsys):
     assert main(["plot", out]) == 0
     png = os.path.join(out, "loss.png")
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- progress display
+def test_progress_bar_with_tqdm(tmp_path, corpus, capsys):
+    pytest.importorskip("tqdm")
+    out = str(tmp_path / "run")
+    args = [a for a in TINY if a not in ("--progress", "none")]
+    assert main(["train", "--data", corpus, *args, "--steps", "5", "--progress", "bar", "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert "tok/s" in err and "5/5" in err
+
+
+def test_progress_without_tqdm(tmp_path, corpus, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if it were not installed
+    out = str(tmp_path / "run")
+    args = [a for a in TINY if a not in ("--progress", "none")]
+    assert main(["train", "--data", corpus, *args, "--steps", "5", "--progress", "bar", "--out", out]) == 0
+    assert "final (step 5" in capsys.readouterr().out

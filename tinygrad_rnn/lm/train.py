@@ -30,7 +30,7 @@ import numpy as np
 from .. import __version__
 from .. import backend as B
 from .. import nn
-from ..nn.utils import clip_grad_norm_
+from ..nn.utils import NonFiniteNormError, clip_grad_norm_
 from .. import optim as optim_mod
 from ..autograd import no_grad
 from ..data import BPTTStream, CharVocab, DataError, load_corpus
@@ -431,13 +431,21 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
                 if reset:
                     state = None
                 loss, state = model.loss(x, y, state)
+                lv = float(loss.item())
+                if not math.isfinite(lv):
+                    raise TrainError(f"the loss became {lv} at step {step + 1}; the last checkpoint is intact: "
+                                     f"lower --lr (or use --clip) and start again")
                 opt.zero_grad()
                 loss.backward()
                 if cfg.clip:
-                    clip_grad_norm_(params, cfg.clip)
+                    try:
+                        clip_grad_norm_(params, cfg.clip)
+                    except NonFiniteNormError:
+                        raise TrainError(f"the gradients became infinite or NaN at step {step + 1} (loss "
+                                         f"{lv:.4g}); the last checkpoint is intact: lower --lr, or "
+                                         f"--clip, and start again") from None
                 opt.step()
                 state = detach_state(state)
-                lv = float(loss.item())
                 dt = time.perf_counter() - t0
                 step += 1
                 tokens_seen += x.size
