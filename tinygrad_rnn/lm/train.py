@@ -43,7 +43,7 @@ METRICS_NAME = "metrics.jsonl"
 LN2 = math.log(2.0)
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad", "sgd": "SGD"}
-DEFAULT_LR = {"adam": 2e-3, "adamw": 2e-3, "rmsprop": 2e-3, "adagrad": 0.1, "sgd": 1.0}
+DEFAULT_LR = {"adam": 1e-2, "adamw": 1e-2, "rmsprop": 2e-3, "adagrad": 0.1, "sgd": 1.0}
 
 
 class TrainError(Exception):
@@ -58,8 +58,8 @@ class TrainConfig:
     val_fraction: float = 0.1
     # model
     cell: str = "lstm"
-    hidden: int = 256
-    layers: int = 2
+    hidden: int = 128                  # the command line's defaults: see cli.TRAIN_DEFAULTS
+    layers: int = 1
     embed_dim: int | None = None
     dropout: float = 0.0
     # optimisation
@@ -75,7 +75,7 @@ class TrainConfig:
     # where and how often
     device: str = "cpu"
     eval_every: int = 200
-    eval_chars: int | None = 50_000    # periodic evaluations use this much of validation; the final one all
+    eval_chars: int | None = None      # periodic evaluations score this much of validation (None: all)
     sample_every: int | None = None    # None: with each evaluation
     sample_length: int = 200
     log_every: int = 10
