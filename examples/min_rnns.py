@@ -172,7 +172,7 @@ def main(argv=None):
     assert worst < 1e-10, "the two modes must agree"
     assert res["mingru_bpc"] < res["unigram_bpc"] and res["minlstm_bpc"] < res["unigram_bpc"], \
         "the min-RNN language models should beat a unigram model"
-    assert res["cli_mingru_bpc"] < np.log2(len(corpus.vocab)), "the train command's minGRU should learn something"
+    assert res["cli_mingru_bpc"] < res["unigram_bpc"], "the train command's minGRU should beat a unigram model too"
     return res
 
 

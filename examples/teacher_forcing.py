@@ -11,7 +11,7 @@ per layer, no loop over time at all. At test time there are no true outputs to f
 the network runs free, fed back its own y_{t-1}, and its small one-step errors compound.
 The gap between the two errors is the price of teacher forcing (exposure bias).
 
-    python examples/teacher_forcing.py --quick      # ~10 s
+    python examples/teacher_forcing.py --quick      # ~6 s
 """
 import argparse
 import os
@@ -71,10 +71,10 @@ class JordanNet(nn.Module):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="a Jordan network trained with teacher forcing")
-    p.add_argument("--quick", action="store_true", help="1500 steps (~10 s)")
+    p.add_argument("--quick", action="store_true", help="1000 steps (~6 s)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    steps, T, batch = (1500, 50, 32) if args.quick else (6000, 50, 64)
+    steps, T, batch = (1000, 50, 32) if args.quick else (6000, 50, 64)
     t0 = time.perf_counter()
     tg.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
