@@ -294,7 +294,7 @@ class TrainResult:
     train_loss: float | None = None
     val_loss: float | None = None
     val_bpc: float | None = None
-    tok_s: float | None = None
+    tok_s: float | None = None       # average over this invocation's training steps
     elapsed: float = 0.0
     sample: str | None = None
     losses: list = field(default_factory=list)
@@ -421,7 +421,7 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
     sample_every = cfg.sample_every or cfg.eval_every
     save_every = cfg.save_every or cfg.eval_every
     window_tokens, window_time = 0, 0.0
-    last_tok_s = None
+    run_tokens, run_train_time = 0, 0.0  # this invocation's, for the average speed
     params = list(model.parameters())
     with _StopFlag(prog.write) as stop:
         try:
@@ -451,6 +451,8 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
                 tokens_seen += x.size
                 window_tokens += x.size
                 window_time += dt
+                run_tokens += x.size
+                run_train_time += dt
                 acc[0] += lv
                 acc[1] += 1
                 result.losses.append(lv)
@@ -460,7 +462,6 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
                 if step % cfg.log_every == 0 or is_eval:
                     rec = {"step": step, "train_loss": acc[0] / acc[1], "val_loss": None, "val_bpc": None,
                            "tok_s": tok_s, "elapsed": round(elapsed_before + run_time(), 3), "tokens": tokens_seen}
-                    last_tok_s = tok_s
                     acc = [0.0, 0]
                     window_tokens, window_time = 0, 0.0
                     if is_eval and not out_of_budget():
@@ -489,8 +490,7 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
         # the budget is spent: score all of validation and show what the model writes
         vl, n = evaluate(model, corpus.val, eval_batch, should_stop=stop)
         result.elapsed = elapsed_before + run_time()
-        result.tok_s = last_tok_s if last_tok_s is not None else (
-            window_tokens / window_time if window_time else None)
+        result.tok_s = run_tokens / run_train_time if run_train_time else None
         if acc[1]:
             result.train_loss = acc[0] / acc[1]
         if vl is not None:
@@ -501,7 +501,7 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
                                           "final": True})
             echo(f"final (step {step}, {_fmt_time(result.elapsed)}): validation loss {vl:.4f} nats/char = "
                  f"{vl / LN2:.4f} bits/char over {n:,} chars"
-                 + (f"; {result.tok_s:,.0f} tok/s" if result.tok_s else ""))
+                 + (f"; {result.tok_s:,.0f} tok/s on average" if result.tok_s else ""))
         if final_sample_length and not stop():
             result.sample = sample_text(final_sample_length, [cfg.seed, step, 1])
             echo("--- sample ---\n" + result.sample + "\n---")
