@@ -204,8 +204,13 @@ def run_backward(root, grad, retain_graph=False):
     if root_ctx is None:  # a leaf: its gradient is the seed itself
         root._accumulate(grad)
         return
-    pending = {root_ctx: _empty_slots(root_ctx)}
-    pending[root_ctx][root._index] = grad
+    # pending[node]: the gradient of its output so far; for a multi-output node, a list
+    # with one slot per output. Single-output nodes (nearly all) skip the list.
+    if root_ctx.out_meta is None:
+        pending = {root_ctx: grad}
+    else:
+        pending = {root_ctx: _empty_slots(root_ctx)}
+        pending[root_ctx][root._index] = grad
     # leaf gradients are summed as raw arrays and wrapped in a Tensor once at the end: a
     # weight shared by T timesteps would otherwise allocate T throwaway Tensors
     leaf_grads = {}
@@ -219,7 +224,9 @@ def run_backward(root, grad, retain_graph=False):
                 f"freed after the first backward; pass retain_graph=True to the first call")
         xp = node.xp
         if node.out_meta is None:
-            in_grads = node.fn.backward(node, grads[0])
+            in_grads = node.fn.backward(node, grads)
+            if node.retained:
+                grads = (grads,)
         else:
             for i, g in enumerate(grads):
                 if g is None:  # an output nobody used: its gradient is zero
@@ -243,16 +250,18 @@ def run_backward(root, grad, retain_graph=False):
             if g.dtype != dt:
                 g = xp.astype(g, dt)
             c = inp._ctx
+            # sums are out of place: g may be the very array another branch holds
             if c is None:
                 prev = leaf_grads.get(inp)  # keyed by identity: Tensor hashes as an object
-                # out of place: g may be the very array another branch holds
                 leaf_grads[inp] = g if prev is None else prev + g
+            elif c.out_meta is None:
+                prev = pending.get(c)
+                pending[c] = g if prev is None else prev + g
             else:
                 slots = pending.get(c)
                 if slots is None:
                     slots = pending[c] = _empty_slots(c)
                 prev = slots[inp._index]
-                # out of place: g may be the very array another branch holds
                 slots[inp._index] = g if prev is None else prev + g
         if not retain_graph:
             node.inputs = None
