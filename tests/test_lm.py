@@ -282,6 +282,20 @@ def test_resume_across_an_epoch_boundary(tmp_path, corpus_file):
     assert part.losses + rest.losses == full.losses
 
 
+def test_checkpoint_with_weights_of_another_model_is_refused(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    train(_cfg(corpus_file, steps=2), out, echo=lambda s: None, progress="none", final_sample_length=0)
+    c = C.load(out / "checkpoint.npz")
+    c.model_state["head.weight"] = np.zeros((3, 3), np.float32)
+    C.save(out / "checkpoint.npz", meta=c.meta, model_state=c.model_state, optim_state=c.optim_state,
+           hidden=c.hidden)
+    with pytest.raises(C.CheckpointError, match="cannot continue.*head.weight"):
+        train(_cfg(corpus_file, steps=4), out, resume=True, explicit={"steps"}, echo=lambda s: None,
+              progress="none")
+    with pytest.raises(C.CheckpointError, match="do not fit.*head.weight"):
+        load_model(out)
+
+
 # ----------------------------------------------------------------------------- n-gram baseline
 def test_ngram_known_probabilities():
     ids = np.array([0, 1] * 50)  # "abab...": after a always b, after b always a

@@ -358,13 +358,17 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
 
     if saved is not None:
         m = saved.meta
-        model.load_state_dict(saved.model_state)
-        if saved.optim_state is not None:
-            opt.load_state_dict(saved.optim_state)
-        step, elapsed_before, tokens_seen = int(m["step"]), float(m["elapsed"]), int(m["tokens_seen"])
-        stream.position = m["data_position"]
-        acc = list(m.get("loss_acc", [0.0, 0]))
-        state = state_from_host(saved.hidden, device, model.dtype)
+        try:
+            model.load_state_dict(saved.model_state)
+            if saved.optim_state is not None:
+                opt.load_state_dict(saved.optim_state)
+            step, elapsed_before, tokens_seen = int(m["step"]), float(m["elapsed"]), int(m["tokens_seen"])
+            stream.position = m["data_position"]
+            acc = list(m.get("loss_acc", [0.0, 0]))
+            state = state_from_host(saved.hidden, device, model.dtype)
+        except (KeyError, TypeError, ValueError, DataError, nn.StateDictError) as e:
+            raise ckpt.CheckpointError(f"{ckpt_path}: cannot continue from this checkpoint "
+                                       f"({type(e).__name__}: {e})") from None
         rng = m.get("rng", {})
         if rng.get("device") == device.name:
             device.set_rng_state(rng["state"])
