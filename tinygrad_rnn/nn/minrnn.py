@@ -37,7 +37,7 @@ import math
 
 from .. import backend as B
 from ..errors import ShapeError, fmt_shape
-from ..tensor import Tensor, stack, where, zeros
+from ..tensor import Tensor, stack, where
 from . import functional as F
 from .module import Module, Parameter
 
@@ -61,7 +61,6 @@ class _MinRNN(Module):
     gate count and the two forms (log-space coefficients; linear-space coefficients)."""
 
     n_gates = 0
-    gate_names = ""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  mode="parallel", device=None, dtype=None):
@@ -224,7 +223,6 @@ class MinGRU(_MinRNN):
     """
 
     n_gates = 2
-    gate_names = "z,h"
 
     def _log_coeffs(self, gates):
         k, pre = gates.chunk(2, axis=-1)
@@ -245,7 +243,6 @@ class MinLSTM(_MinRNN):
     """
 
     n_gates = 3
-    gate_names = "f,i,h"
 
     def _log_coeffs(self, gates):
         f, i, pre = gates.chunk(3, axis=-1)
