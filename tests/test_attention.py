@@ -2,6 +2,8 @@
 the cached key projection, and errors."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tinygrad_rnn as tg
 from tinygrad_rnn import nn
@@ -57,6 +59,21 @@ def test_gradcheck(device):
     vt = tg.tensor(rng.standard_normal((4, 2, 2)), device=device, requires_grad=True)
     params = list(attn.parameters())
     assert tg.gradcheck(lambda q, k, v, *ps: attn(q, k, values=v), [qt, kt, vt, *params])
+
+
+@settings(max_examples=10)
+@given(data=st.data())
+def test_gradcheck_drawn_shapes(device, data):
+    S, B, dq, dk, h, dv = (data.draw(st.integers(1, n)) for n in (5, 3, 3, 3, 4, 3))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+    attn = AdditiveAttention(dq, dk, h, dtype=tg.float64, device=device)
+    q = tg.tensor(rng.standard_normal((B, dq)), device=device, requires_grad=True)
+    k = tg.tensor(rng.standard_normal((S, B, dk)), device=device, requires_grad=True)
+    v = tg.tensor(rng.standard_normal((S, B, dv)), device=device, requires_grad=True)
+    mask = rng.random((S, B)) < 0.7
+    mask[rng.integers(S, size=B), np.arange(B)] = True  # something to attend to in every column
+    m = tg.tensor(mask, device=device)
+    assert tg.gradcheck(lambda q, k, v, *ps: attn(q, k, values=v, mask=m), [q, k, v, *attn.parameters()])
 
 
 def test_gradcheck_masked_and_masked_keys_get_no_gradient(device):
