@@ -136,6 +136,7 @@ def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path, corpus):
     (["train", "--optimizer", "lbfgs"], "--optimizer"),
     (["train", "--dropout", "1.5"], "--dropout"),
     (["train", "--lr", "-1"], "--lr"),
+    (["train", "--lr-decay", "0"], "--lr-decay"),
     (["train", "--device", "tpu"], "--device"),
     (["train", "--val-fraction", "1"], "--val-fraction"),
     (["sample"], "CKPT"),

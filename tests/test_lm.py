@@ -272,14 +272,17 @@ def test_resume_equals_uninterrupted(tmp_path, corpus_file, cell, dropout, optim
     assert rest.val_loss == full.val_loss
 
 
-def test_resume_across_an_epoch_boundary(tmp_path, corpus_file):
+def test_resume_across_an_epoch_boundary_with_lr_decay(tmp_path, corpus_file):
     quiet = dict(echo=lambda s: None, progress="none", final_sample_length=0)
-    # 2840 chars of train in 4 rows of 639: 40 windows of 16 per epoch
-    kw = dict(batch=4, seq_len=16, eval_every=1000)
+    # 2484 chars of train in 4 rows of 621: 39 windows of 16 per epoch
+    kw = dict(batch=4, seq_len=16, eval_every=1000, lr_decay=0.5)
     full = train(_cfg(corpus_file, steps=50, **kw), tmp_path / "a", **quiet)
-    part = train(_cfg(corpus_file, steps=40, **kw), tmp_path / "b", **quiet)
+    part = train(_cfg(corpus_file, steps=39, **kw), tmp_path / "b", **quiet)
     rest = train(_cfg(corpus_file, steps=50, **kw), tmp_path / "b", resume=True, explicit={"steps"}, **quiet)
     assert part.losses + rest.losses == full.losses
+    const = train(_cfg(corpus_file, steps=50, **dict(kw, lr_decay=1.0)), tmp_path / "c", **quiet)
+    # the same until the first window of epoch 1 has been trained on with half the rate
+    assert const.losses[:40] == full.losses[:40] and const.losses[40:] != full.losses[40:]
 
 
 def test_checkpoint_with_weights_of_another_model_is_refused(tmp_path, corpus_file):

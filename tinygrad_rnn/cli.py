@@ -81,6 +81,16 @@ def _dropout(s):
     return v
 
 
+def _decay(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}")
+    return v
+
+
 def _device(s):
     if s == "cpu" or s == "cuda" or (s.startswith("cuda:") and s[5:].isdigit()):
         return s
@@ -93,7 +103,7 @@ def _device(s):
 # 2x256 at 2e-3 had done under 200 steps (2.8). Bigger models want a lower --lr.
 TRAIN_DEFAULTS = {
     "cell": "lstm", "hidden": 128, "layers": 1, "embed_dim": None, "dropout": 0.0,
-    "seq_len": 64, "batch": 32, "optimizer": "adam", "lr": None, "clip": 5.0, "seed": 0,
+    "seq_len": 64, "batch": 32, "optimizer": "adam", "lr": None, "lr_decay": 1.0, "clip": 5.0, "seed": 0,
     "data": None, "max_chars": None, "val_fraction": 0.1,
     "eval_every": 200, "eval_chars": None, "sample_every": None, "log_every": 10, "save_every": None,
     "device": "cpu",
@@ -132,6 +142,9 @@ def _add_train(sub):
     g.add_argument("--lr", type=_positive_float, help="learning rate (default: 1e-2 for adam and adamw, "
                    "2e-3 for rmsprop, 0.1 for adagrad, 1.0 for sgd; larger models learn better with less, "
                    "e.g. 2e-3 for 2x256)")
+    g.add_argument("--lr-decay", type=_decay, metavar="G",
+                   help="multiply the learning rate by G after each pass over the training text "
+                   "(default 1: constant)")
     g.add_argument("--clip", type=_nonneg_float, metavar="NORM",
                    help=f"clip the global gradient norm; 0 turns it off (default {d['clip']})")
     g.add_argument("--seed", type=_nonneg_int, help=f"(default {d['seed']})")

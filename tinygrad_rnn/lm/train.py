@@ -68,6 +68,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float | None = None            # None: DEFAULT_LR[optimizer]
     clip: float | None = 5.0           # max global gradient norm; None or 0: no clipping
+    lr_decay: float = 1.0              # the learning rate is lr * lr_decay ** epoch (epochs of the train text)
     seed: int = 0
     # budget: totals for the run (a resumed run counts what it did before)
     steps: int | None = None
@@ -83,7 +84,7 @@ class TrainConfig:
 
     # what a resumed run must keep (changing them would make it a different run)
     FROZEN = ("data", "max_chars", "val_fraction", "cell", "hidden", "layers", "embed_dim", "dropout",
-              "seq_len", "batch", "optimizer", "lr", "clip", "seed")
+              "seq_len", "batch", "optimizer", "lr", "clip", "lr_decay", "seed")
 
     def model_kwargs(self) -> dict:
         return {"cell": self.cell, "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout,
@@ -118,6 +119,8 @@ class TrainConfig:
             problems.append(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.lr is not None and not self.lr > 0:
             problems.append(f"lr must be positive, got {self.lr}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            problems.append(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.clip is not None and self.clip < 0:
             problems.append(f"clip must be non-negative, got {self.clip}")
         if self.minutes is not None and not self.minutes > 0:
@@ -385,7 +388,8 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
     echo(f"corpus: {corpus.name}: {len(corpus.text):,} chars, {len(vocab)} distinct; "
          f"train {len(corpus.train):,} / validation {len(corpus.val):,}")
     echo(f"model: {cfg.cell} {cfg.layers}x{cfg.hidden}, {n_params:,} parameters on {device.name}; "
-         f"{cfg.optimizer} lr {lr:g}, batch {cfg.batch} x seq_len {cfg.seq_len}")
+         f"{cfg.optimizer} lr {lr:g}" + (f" x {cfg.lr_decay:g}^epoch" if cfg.lr_decay != 1.0 else "")
+         + f", batch {cfg.batch} x seq_len {cfg.seq_len}")
     budget = []
     if cfg.steps is not None:
         budget.append(f"{cfg.steps} steps")
@@ -431,6 +435,10 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
         try:
             while not out_of_budget() and not stop():
                 t0 = time.perf_counter()
+                if cfg.lr_decay != 1.0:
+                    # a function of the data position alone, so a resumed run follows the same schedule
+                    for group in opt.param_groups:
+                        group["lr"] = lr * cfg.lr_decay ** stream.epoch
                 x, y, reset = stream.next()
                 if reset:
                     state = None
