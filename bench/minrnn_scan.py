@@ -25,9 +25,12 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
-import tinygrad_rnn as tg
-from tinygrad_rnn import nn
+# benchmark the checkout this file is in, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import tinygrad_rnn as tg  # noqa: E402
+from tinygrad_rnn import nn  # noqa: E402
 
 
 def build(kind, args, device):
