@@ -222,3 +222,17 @@ def test_mlp_trains_on_strict_device():
             p.data -= 0.5 * p.grad.data
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_sequential_and_module_list_index_count_iterate_and_register():
+    a, b = nn.Linear(3, 4), nn.Linear(4, 2)
+    seq = nn.Sequential(a, nn.Tanh(), b)
+    assert len(seq) == 3 and seq[0] is a and seq[-1] is b and list(seq)[1].__class__ is nn.Tanh
+    assert [n for n, _ in seq.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    x = tg.randn(5, 3)
+    np.testing.assert_allclose(seq(x).numpy(), b(a(x).tanh()).numpy(), rtol=1e-6)
+
+    layers = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)]).append(nn.Linear(2, 1))
+    assert len(layers) == 4 and layers[3].weight.shape == (1, 2)
+    assert len(list(layers.parameters())) == 8
+    assert [n for n, _ in layers.named_parameters()][-2:] == ["3.weight", "3.bias"]

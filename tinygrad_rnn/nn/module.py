@@ -244,13 +244,8 @@ class Module:
         return "\n".join(lines) + "\n)"
 
 
-class Sequential(Module):
-    """Modules applied in order; each one's output is the next one's input."""
-
-    def __init__(self, *modules):
-        super().__init__()
-        for i, m in enumerate(modules):
-            self.add_module(str(i), m)
+class _Container(Module):
+    """Submodules registered under "0", "1", ...: indexed, counted and iterated in order."""
 
     def __getitem__(self, i):
         return list(self._modules.values())[i]
@@ -261,13 +256,22 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
+
+class Sequential(_Container):
+    """Modules applied in order; each one's output is the next one's input."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            self.add_module(str(i), m)
+
     def forward(self, x):
         for m in self._modules.values():
             x = m(x)
         return x
 
 
-class ModuleList(Module):
+class ModuleList(_Container):
     """A list of submodules, registered under "0", "1", ... (for stacked layers)."""
 
     def __init__(self, modules=()):
@@ -279,11 +283,3 @@ class ModuleList(Module):
         self.add_module(str(len(self._modules)), m)
         return self
 
-    def __getitem__(self, i):
-        return list(self._modules.values())[i]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
