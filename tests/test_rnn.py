@@ -525,3 +525,14 @@ def test_fused_functions_check_shapes():
         rnnops.GRUCellFn.apply(tg.zeros(2, 12), tg.zeros(2, 12), tg.zeros(4), tg.zeros(2, 4))
     with pytest.raises(ValueError, match=r"rnn_cell: nonlinearity must be 'tanh' or 'relu'"):
         rnnops.RNNCellFn.apply(tg.zeros(2, 4), tg.zeros(2, 4), "sigmoid")
+
+
+def test_module_to_moves_gradients_with_parameters(device):
+    m = nn.GRU(3, 4)
+    m(tg.randn(5, 2, 3))[0].sum().backward()
+    before = {k: p.grad.numpy() for k, p in m.named_parameters()}
+    m.to(tg.float64).to(device)
+    for k, p in m.named_parameters():
+        assert p.grad.dtype is tg.float64 and p.grad.device is p.device is tg.device(device), k
+        assert p.grad.requires_grad is False and p.grad._ctx is None, k
+        np.testing.assert_allclose(p.grad.numpy(), before[k], rtol=1e-7, err_msg=k)

@@ -166,7 +166,10 @@ class Module:
                     if is_dtype and not t.dtype.is_floating:
                         continue  # integer buffers keep their dtype
                     moved = t.detach().to(target)
-                    t.data, t.device, t.grad = moved.data, moved.device, None
+                    # a gradient moves with its parameter (as in PyTorch), so an optimizer
+                    # step after .to() still sees it
+                    grad = None if t.grad is None else t.grad.to(target)
+                    t.data, t.device, t.grad = moved.data, moved.device, grad
         return self
 
     def cpu(self):
