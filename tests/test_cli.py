@@ -150,6 +150,23 @@ def test_bad_arguments_exit_2(argv, needle, capsys):
     assert needle in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--steps", "1.5"], "argument --steps: expected a positive integer, got '1.5'"),
+    (["train", "--seed", "-1"], "argument --seed: expected a non-negative integer, got '-1'"),
+    (["train", "--lr", "nan"], "argument --lr: expected a positive number, got 'nan'"),
+    (["train", "--minutes", "inf"], "argument --minutes: expected a positive number, got 'inf'"),
+    (["train", "--clip", "-0.1"], "argument --clip: expected a non-negative number, got '-0.1'"),
+    (["train", "--dropout", "1"], "argument --dropout: expected a number in [0, 1), got '1'"),
+    (["train", "--lr-decay", "1.01"], "argument --lr-decay: expected a number in (0, 1], got '1.01'"),
+    (["ngram", "--val-fraction", "0"], "argument --val-fraction: expected a number between 0 and 1 (exclusive), got '0'"),
+])
+def test_number_arguments_say_what_they_expect(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_resume_and_overwrite_together(tmp_path, capsys):
     assert main(["train", "--resume", "--overwrite", "--out", str(tmp_path)]) == 2
     assert "contradict" in capsys.readouterr().err

@@ -40,8 +40,6 @@ _nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _number(float, lambda v: v > 0, "a positive number")
 _nonneg_float = _number(float, lambda v: v >= 0, "a non-negative number")
 _fraction = _number(float, lambda v: 0.0 < v < 1.0, "a number between 0 and 1 (exclusive)")
-
-
 _dropout = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 _decay = _number(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
