@@ -1,23 +1,33 @@
-"""One training step of a character LSTM language model, fused cells against composed.
+"""One training step of a character-level language model, ours against PyTorch's.
 
-The step: embedding -> LSTM -> linear -> cross-entropy -> backward -> Adam, on random
-tokens, for each hidden size (default 128, 256, 512; batch 32, sequence 64, vocabulary
-65, embedding size = hidden size, float32). `fused` is nn.LSTM's default (one graph node
-per step for the gate math); `composed` runs the same layer with fused=False (the cell
-equations as primitive ops, about 14 nodes per step).
+The step: embedding -> recurrent layer(s) -> linear -> cross-entropy -> backward -> Adam,
+on random tokens (sequence 64, vocabulary 65, embedding size = hidden size, float32 by
+default). Each configuration (cell, hidden, batch, layers) is timed for every `--impl`
+of our layers ("sequence": one op per layer and direction, the default; "step": one
+fused op per timestep; "composed": the cell equations as primitive ops) and, when
+PyTorch is importable (never required), for the same model in PyTorch.
 
-Prints one JSON object per measurement as it goes, then a table: milliseconds per step
-(median of --steps timed steps after --warmup untimed ones) and tokens per second
-(batch * sequence / step time). If PyTorch happens to be importable, the same model in
-PyTorch is timed too and shown beside ours as a ratio; PyTorch is never required.
+Timing, so that the figures are honest on a shared 2-core machine: the libraries run in
+alternating blocks (`--rounds` rounds of `--steps` timed steps each), and the first
+`--warmup` steps after every switch are dropped, since both libraries keep thread pools
+spinning and interleaving step by step slows both. A configuration's figure is the
+median of all its timed steps. Run it as
 
-    python bench/rnn_step.py
-    python bench/rnn_step.py --hidden 256 --steps 5 --device cuda
-    OPENBLAS_NUM_THREADS=1 python bench/rnn_step.py --threads 1   # one core, for both libraries
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/rnn_step.py --preset issue
+
+(those variables, set on some machines for old OpenBLAS builds, halve current NumPy's
+GEMM speed). It prints the CPU, NumPy's BLAS (kernel and threads) and PyTorch's threads,
+then one JSON object per measurement, then a table of ms per step, tokens per second and
+torch ms / ours ms (above 1: we are faster).
+
+    python bench/rnn_step.py --cell lstm --hidden 256 --batch 32 --layers 1
+    python bench/rnn_step.py --cell gru lstm --hidden 512 --impl sequence step --no-torch
+    python bench/rnn_step.py --device cuda --hidden 512 --batch 64 --seq 128
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -28,40 +38,61 @@ import time
 # run from a checkout without installing: the repository root is one level up
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# the rows of the table in issue 9: (cell, hidden, batch, layers)
+PRESETS = {
+    "issue": [("lstm", 128, 32, 1), ("lstm", 256, 32, 1), ("lstm", 512, 32, 1), ("lstm", 256, 32, 2),
+              ("lstm", 256, 1, 1), ("gru", 256, 32, 1), ("gru", 256, 32, 2), ("rnn", 256, 32, 1)],
+}
+
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hidden", type=int, nargs="+", default=[128, 256, 512])
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--cell", nargs="+", default=["lstm"], choices=["lstm", "gru", "rnn"])
+    ap.add_argument("--hidden", type=int, nargs="+", default=[256])
+    ap.add_argument("--batch", type=int, nargs="+", default=[32])
+    ap.add_argument("--layers", type=int, nargs="+", default=[1])
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="a fixed list of configurations instead")
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--vocab", type=int, default=65)
     ap.add_argument("--embed", type=int, default=None, help="embedding size (default: the hidden size)")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--modes", nargs="+", default=["fused", "composed"], choices=["fused", "composed"])
+    ap.add_argument("--impl", nargs="+", default=["sequence"], choices=["sequence", "step", "composed"])
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per block")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps after every switch of library")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating blocks per library")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=None,
-                    help="BLAS threads for PyTorch (set OPENBLAS_NUM_THREADS too, for NumPy)")
+                    help="BLAS threads for both libraries (NumPy's through threadpoolctl)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    ap.add_argument("--profile", action="store_true", help="cProfile one fused step per hidden size")
+    ap.add_argument("--profile", action="store_true", help="cProfile one step of our first impl per configuration")
     return ap.parse_args(argv)
 
 
-def _median_ms(step, n, warmup, sync):
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3, min(times) * 1e3
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
-def ours(args, hidden, fused):
+def blas_info():
+    """NumPy's BLAS: library, kernel (architecture) and threads, as threadpoolctl reports them."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {"blas": "unknown (pip install threadpoolctl to see it)"}
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            return {"blas": lib.get("internal_api"), "blas_version": lib.get("version"),
+                    "blas_kernel": lib.get("architecture"), "blas_threads": lib.get("num_threads")}
+    return {"blas": "none found"}
+
+
+def ours(args, cell, hidden, batch, layers, impl):
     import numpy as np
 
     import tinygrad_rnn as tg
@@ -72,51 +103,67 @@ def ours(args, hidden, fused):
     dt = getattr(tg, args.dtype)
     tg.manual_seed(0)
     E = args.embed or hidden
+    layer_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
     emb = nn.Embedding(args.vocab, E, dtype=dt, device=dev)
-    lstm = nn.LSTM(E, hidden, fused=fused, dtype=dt, device=dev)
+    rnn = layer_cls(E, hidden, num_layers=layers, impl=impl, dtype=dt, device=dev)
     head = nn.Linear(hidden, args.vocab, dtype=dt, device=dev)
-    params = list(emb.parameters()) + list(lstm.parameters()) + list(head.parameters())
+    params = list(emb.parameters()) + list(rnn.parameters()) + list(head.parameters())
     opt = optim.Adam(params, lr=1e-3)
     rng = np.random.default_rng(0)
-    data = rng.integers(0, args.vocab, (args.seq + 1, args.batch))
+    data = rng.integers(0, args.vocab, (args.seq + 1, batch))
     x = tg.tensor(data[:-1], device=dev)
     y = tg.tensor(data[1:].reshape(-1), device=dev)
-    T, B = args.seq, args.batch
+    T = args.seq
 
     def step():
-        out, _ = lstm(emb(x))
-        loss = F.cross_entropy(head(out.reshape(T * B, hidden)), y)
+        out, _ = rnn(emb(x))
+        loss = F.cross_entropy(head(out.reshape(T * batch, hidden)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return loss
 
     return step, dev.synchronize
 
 
-def pytorch(args, hidden, torch):
+def pytorch(args, torch, cell, hidden, batch, layers):
     torch.manual_seed(0)
     dev = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
     dt = getattr(torch, args.dtype)
     E = args.embed or hidden
+    layer_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
     emb = torch.nn.Embedding(args.vocab, E).to(dev, dt)
-    lstm = torch.nn.LSTM(E, hidden).to(dev, dt)
+    rnn = layer_cls(E, hidden, num_layers=layers).to(dev, dt)
     head = torch.nn.Linear(hidden, args.vocab).to(dev, dt)
-    params = list(emb.parameters()) + list(lstm.parameters()) + list(head.parameters())
+    params = list(emb.parameters()) + list(rnn.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
-    x = torch.randint(0, args.vocab, (args.seq, args.batch), device=dev)
-    y = torch.randint(0, args.vocab, (args.seq * args.batch,), device=dev)
+    x = torch.randint(0, args.vocab, (args.seq, batch), device=dev)
+    y = torch.randint(0, args.vocab, (args.seq * batch,), device=dev)
 
     def step():
-        out, _ = lstm(emb(x))
+        out, _ = rnn(emb(x))
         loss = torch.nn.functional.cross_entropy(head(out.reshape(-1, hidden)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return loss
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     return step, sync
+
+
+def time_blocks(runners, steps, warmup, rounds):
+    """{name: [seconds per step]}: each runner in turn, `rounds` times, `warmup` steps dropped per block."""
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, (step, sync) in runners.items():
+            for _ in range(warmup):
+                step()
+            sync()
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                step()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def main(argv=None):
@@ -125,31 +172,39 @@ def main(argv=None):
     if not args.no_torch:
         try:
             import torch  # noqa: F811  (optional: a benchmark-only comparison)
-            if args.threads:
-                torch.set_num_threads(args.threads)
         except ImportError:
             torch = None
-    tokens = args.batch * args.seq
+    limiter = None
+    if args.threads:
+        try:
+            from threadpoolctl import threadpool_limits
+            limiter = threadpool_limits(limits=args.threads, user_api="blas")
+        except ImportError:
+            sys.exit("--threads needs threadpoolctl (pip install threadpoolctl)")
+        if torch is not None:
+            torch.set_num_threads(args.threads)
+    env = {"bench": "rnn_step_env", "cpu": cpu_model(), "cores": os.cpu_count(), **blas_info(),
+           "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "unset"),
+           "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE", "unset")}
     try:
-        load = os.getloadavg()[0]
+        env["load1"] = round(os.getloadavg()[0], 2)
     except OSError:
-        load = float("nan")
+        pass
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+    print(json.dumps(env), flush=True)
+    configs = PRESETS[args.preset] if args.preset else list(
+        itertools.product(args.cell, args.hidden, args.batch, args.layers))
     rows = []
-    for hidden in args.hidden:
-        row = {"hidden": hidden}
-        for mode in args.modes:
-            step, sync = ours(args, hidden, fused=(mode == "fused"))
-            ms, ms_min = _median_ms(step, args.steps, args.warmup, sync)
-            row[mode] = ms
-            rec = {"bench": "rnn_step", "library": "tinygrad_rnn", "mode": mode, "hidden": hidden,
-                   "batch": args.batch, "seq": args.seq, "vocab": args.vocab, "device": args.device,
-                   "dtype": args.dtype, "ms_per_step": round(ms, 3), "ms_min": round(ms_min, 3),
-                   "tokens_per_s": round(tokens / ms * 1e3, 1), "load1": round(load, 2)}
-            print(json.dumps(rec), flush=True)
+    for cell, hidden, batch, layers in configs:
+        runners = {impl: ours(args, cell, hidden, batch, layers, impl) for impl in args.impl}
+        if torch is not None:
+            runners["torch"] = pytorch(args, torch, cell, hidden, batch, layers)
         if args.profile:
             import cProfile
             import pstats
-            step, sync = ours(args, hidden, fused=True)
+            step, sync = runners[args.impl[0]]
             step()
             pr = cProfile.Profile()
             pr.enable()
@@ -157,38 +212,41 @@ def main(argv=None):
             sync()
             pr.disable()
             pstats.Stats(pr, stream=sys.stderr).sort_stats("tottime").print_stats(15)
-        if torch is not None:
-            step, sync = pytorch(args, hidden, torch)
-            ms, ms_min = _median_ms(step, args.steps, args.warmup, sync)
-            row["torch"] = ms
-            print(json.dumps({"bench": "rnn_step", "library": "torch " + torch.__version__, "hidden": hidden,
-                              "batch": args.batch, "seq": args.seq, "vocab": args.vocab, "device": args.device,
-                              "dtype": args.dtype, "ms_per_step": round(ms, 3), "ms_min": round(ms_min, 3),
-                              "tokens_per_s": round(tokens / ms * 1e3, 1),
-                              "threads": torch.get_num_threads()}), flush=True)
+        times = time_blocks(runners, args.steps, args.warmup, args.rounds)
+        row = {"cell": cell, "hidden": hidden, "batch": batch, "layers": layers}
+        tokens = batch * args.seq
+        for name, ts in times.items():
+            ms = statistics.median(ts) * 1e3
+            row[name] = ms
+            lib = "torch " + torch.__version__ if name == "torch" else "tinygrad_rnn"
+            rec = {"bench": "rnn_step", "library": lib, "impl": None if name == "torch" else name, "cell": cell,
+                   "hidden": hidden, "batch": batch, "layers": layers, "seq": args.seq, "vocab": args.vocab,
+                   "device": args.device, "dtype": args.dtype, "ms_per_step": round(ms, 3),
+                   "ms_min": round(min(ts) * 1e3, 3), "tokens_per_s": round(tokens / ms * 1e3, 1),
+                   "timed_steps": len(ts)}
+            print(json.dumps(rec), flush=True)
         rows.append(row)
+    if limiter is not None:
+        limiter.restore_original_limits()
 
-    print(f"\nLSTM LM training step: batch {args.batch}, seq {args.seq}, vocab {args.vocab}, {args.dtype}, "
-          f"device {args.device}, {platform.processor() or platform.machine()}, load {load:.2f}, "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
-    head = f"{'hidden':>6}"
-    for mode in args.modes:
-        head += f" | {mode + ' ms':>12} {mode + ' tok/s':>15}"
-    if "fused" in args.modes and "composed" in args.modes:
-        head += f" | {'composed/fused':>14}"
+    print(f"\nchar-LM training step: seq {args.seq}, vocab {args.vocab}, {args.dtype}, device {args.device}; "
+          f"{env['cpu']}, {env.get('blas')} {env.get('blas_kernel', '')} x{env.get('blas_threads', '?')} threads, "
+          f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}" + (f", torch {env['torch']} x{env['torch_threads']}"
+                                                              if torch is not None else ""))
+    head = f"{'cell':>4} {'H':>4} {'B':>3} {'L':>2}"
+    for impl in args.impl:
+        head += f" | {impl + ' ms':>12} {'tok/s':>8}"
     if torch is not None:
-        head += f" | {'torch ms':>9} {'ours/torch':>10}"
+        head += f" | {'torch ms':>9} | " + " ".join(f"{'torch/' + impl:>15}" for impl in args.impl)
     print(head)
     print("-" * len(head))
     for r in rows:
-        line = f"{r['hidden']:>6}"
-        for mode in args.modes:
-            line += f" | {r[mode]:>12.1f} {tokens / r[mode] * 1e3:>15,.0f}"
-        if "fused" in args.modes and "composed" in args.modes:
-            line += f" | {r['composed'] / r['fused']:>13.2f}x"
+        tokens = r["batch"] * args.seq
+        line = f"{r['cell']:>4} {r['hidden']:>4} {r['batch']:>3} {r['layers']:>2}"
+        for impl in args.impl:
+            line += f" | {r[impl]:>12.1f} {tokens / r[impl] * 1e3:>8,.0f}"
         if torch is not None:
-            best = r.get("fused", r.get("composed"))
-            line += f" | {r['torch']:>9.1f} {best / r['torch']:>9.2f}x"
+            line += f" | {r['torch']:>9.1f} | " + " ".join(f"{r['torch'] / r[impl]:>15.2f}" for impl in args.impl)
         print(line)
 
 

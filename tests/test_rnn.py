@@ -1,5 +1,6 @@
-"""Recurrent cells and layers: numerical gradient checks through time, fused against
-composed, truncated BPTT, long sequences, shapes, dropout, and bad inputs."""
+"""Recurrent cells and layers: numerical gradient checks through time, the three
+implementations (sequence, step, composed) against each other, truncated BPTT, long
+sequences, shapes, dropout, and bad inputs."""
 import gc
 import time
 import warnings
@@ -10,7 +11,6 @@ import pytest
 import tinygrad_rnn as tg
 from tinygrad_rnn import nn
 from tinygrad_rnn.autograd import Context
-from tinygrad_rnn.backend import Device
 from tinygrad_rnn.ops import rnn as rnnops
 
 F64 = tg.float64
@@ -76,14 +76,14 @@ def _case_id(c):
     return "L{}{}{}{}".format(c[0], "-bi" if c[1] else "", "-batch_first" if c[2] else "", "-h0" if c[3] else "")
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
+@pytest.mark.parametrize("impl", nn.rnn.IMPLS)
 @pytest.mark.parametrize("case", LAYER_CASES, ids=_case_id)
 @pytest.mark.parametrize("mode", MODES)
-def test_gradcheck_layer_through_5_steps(mode, case, fused):
+def test_gradcheck_layer_through_5_steps(mode, case, impl):
     L, bi, bf, given = case
     T, B, I, H = 5, 2, 3, 3
     D = 2 if bi else 1
-    m = make_layer(mode, I, H, num_layers=L, bidirectional=bi, batch_first=bf, fused=fused, dtype=F64)
+    m = make_layer(mode, I, H, num_layers=L, bidirectional=bi, batch_first=bf, impl=impl, dtype=F64)
     x = randn(*((B, T, I) if bf else (T, B, I)))
     h0, c0 = randn(L * D, B, H), randn(L * D, B, H)
 
@@ -100,11 +100,11 @@ def test_gradcheck_layer_through_5_steps(mode, case, fused):
     assert tg.gradcheck(fn, inputs, fast_mode=not small)
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
+@pytest.mark.parametrize("impl", nn.rnn.IMPLS)
 @pytest.mark.parametrize("mode", MODES)
-def test_gradcheck_layer_on_device(mode, fused, device):
+def test_gradcheck_layer_on_device(mode, impl, device):
     T, B, I, H = 5, 2, 3, 2
-    m = make_layer(mode, I, H, num_layers=2, bidirectional=True, fused=fused, dtype=F64, device=device)
+    m = make_layer(mode, I, H, num_layers=2, bidirectional=True, impl=impl, dtype=F64, device=device)
     x = randn(T, B, I, device=device)
     h0 = randn(4, B, H, device=device)
     c0 = randn(4, B, H, device=device)
@@ -129,7 +129,7 @@ def test_gradcheck_fused_functions_directly(fn, gates, device):
         assert tg.gradcheck(lambda a, b: fn.apply(a, b, "relu"), (gx, gh))
 
 
-# ----------------------------------------------------------------------------- fused vs composed
+# ----------------------------------------------------------------------------- the three implementations
 def _run(m, mode, x, state, seeds):
     m.zero_grad()
     for t in (x,) + tuple(s for s in (state if isinstance(state, tuple) else (state,)) if s is not None):
@@ -146,7 +146,7 @@ def _run(m, mode, x, state, seeds):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("case", LAYER_CASES, ids=_case_id)
 @pytest.mark.parametrize("mode", MODES)
-def test_fused_matches_composed(mode, case, bias, device):
+def test_step_and_sequence_match_composed(mode, case, bias, device):
     L, bi, bf, given = case
     T, B, I, H = 7, 3, 4, 5
     D = 2 if bi else 1
@@ -159,12 +159,26 @@ def test_fused_matches_composed(mode, case, bias, device):
     rng = np.random.default_rng(0)
     shapes = [(B, T, D * H) if bf else (T, B, D * H)] + [(L * D, B, H)] * (2 if mode == "LSTM" else 1)
     seeds = [rng.standard_normal(s) for s in shapes]
-    m.fused = True
-    out_f, g_f = _run(m, mode, x, state, seeds)
-    m.fused = False
+    m.impl = "composed"
     out_c, g_c = _run(m, mode, x, state, seeds)
-    for a, b in zip(out_f + g_f, out_c + g_c):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for impl in ("step", "sequence"):
+        m.impl = impl
+        out_f, g_f = _run(m, mode, x, state, seeds)
+        for a, b in zip(out_f + g_f, out_c + g_c):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=impl)
+
+
+class _Portable:
+    """A CUDA device's namespace with its kernels switched off: the portable cell math on the GPU."""
+
+    def __init__(self, dev):
+        self._dev = dev
+
+    def elementwise_kernel(self, *args, **kw):
+        return None
+
+    def __getattr__(self, name):
+        return getattr(self._dev, name)
 
 
 def test_cuda_kernels_match_portable_versions():
@@ -172,51 +186,55 @@ def test_cuda_kernels_match_portable_versions():
     if not ok:
         pytest.skip(f"cuda: {why}")
     dev = tg.get_device("cuda")
+    portable = _Portable(dev)
     rng = np.random.default_rng(0)
     B, H = 5, 7
     for dt in (tg.float64, tg.float32):
         tol = 1e-12 if dt is tg.float64 else 1e-5
         arr = lambda *s: dev.from_host(rng.standard_normal(s) * 2, dt)  # noqa: E731
-        host = lambda a: dev.to_host(a)  # noqa: E731
+        empty = lambda *s: dev.xp.empty(s, dtype=dev.native(dt))  # noqa: E731
 
-        def both(name, *args):
-            return getattr(dev, name)(*args), getattr(Device, name)(dev, *args)
+        def both(fn, args, outs):
+            """fn run by the kernel and by the portable form, each into its own fresh outputs."""
+            res = []
+            for d in (dev, portable):
+                o = [empty(*s) for s in outs]
+                fn(d, *args(o))
+                res.append([dev.to_host(a) for a in o])
+            for k, p in zip(*res):
+                np.testing.assert_allclose(k, p, rtol=tol, atol=tol, err_msg=fn.__name__)
+            return res[1]
 
         for nl in ("tanh", "relu"):
             gx, gh, dh = arr(B, H), arr(B, H), arr(B, H)
-            (k, ks), (p, ps) = both("rnn_cell_forward", gx, gh, nl)
-            np.testing.assert_allclose(host(k), host(p), rtol=tol, atol=tol)
-            k, p = both("rnn_cell_backward", ks, dh, nl)[0], Device.rnn_cell_backward(dev, ps, dh, nl)
-            np.testing.assert_allclose(host(k), host(p), rtol=tol, atol=tol)
+            (h,) = both(rnnops.rnn_forward, lambda o: (gx, gh, o[0], nl), [(B, H)])
+            both(rnnops.rnn_backward, lambda o: (dev.from_host(h), dh, o[0], nl), [(B, H)])
         gx, gh, c, dh, dc = arr(B, 4 * H), arr(B, 4 * H), arr(B, H), arr(B, H), arr(B, H)
-        (kh, kc, ks), (ph, pc, ps) = both("lstm_cell_forward", gx, gh, c)
-        for a, b in ((kh, ph), (kc, pc)):
-            np.testing.assert_allclose(host(a), host(b), rtol=tol, atol=tol)
-        kg = dev.lstm_cell_backward(ks, dh, dc)
-        pg = Device.lstm_cell_backward(dev, ps, dh, dc)
-        for a, b in zip(kg, pg):
-            np.testing.assert_allclose(host(a), host(b), rtol=tol, atol=tol)
+        h, c_new, act = both(rnnops.lstm_forward, lambda o: (gx, gh, c, o[2], o[0], o[1]),
+                             [(B, H), (B, H), (B, 4 * H)])
+        act, c_new = dev.from_host(act), dev.from_host(c_new)
+        both(rnnops.lstm_backward, lambda o: (act, c, c_new, dh, dc, o[0], o[1]), [(B, 4 * H), (B, H)])
         gx, gh, b, h, dh = arr(B, 3 * H), arr(B, 3 * H), arr(3 * H), arr(B, H), arr(B, H)
         for bias in (b, None):
-            (kh, ks), (ph, ps) = both("gru_cell_forward", gx, gh, bias, h)
-            np.testing.assert_allclose(host(kh), host(ph), rtol=tol, atol=tol)
-            for a, b2 in zip(dev.gru_cell_backward(ks, dh), Device.gru_cell_backward(dev, ps, dh)):
-                np.testing.assert_allclose(host(a), host(b2), rtol=tol, atol=tol)
-        # and the whole layer on the GPU against the CPU
+            _, act = both(rnnops.gru_forward, lambda o: (gx, gh, bias, h, o[1], o[0]), [(B, H), (B, 4 * H)])
+            act = dev.from_host(act)
+            both(rnnops.gru_backward, lambda o: (act, h, dh, o[0], o[1]), [(B, 4 * H), (B, H)])
+        # and the whole layer on the GPU against the CPU, every implementation
         for mode in MODES:
-            tg.manual_seed(0)
-            m_gpu = make_layer(mode, 4, H, num_layers=2, bidirectional=True, dtype=dt, device="cuda")
-            m_cpu = make_layer(mode, 4, H, num_layers=2, bidirectional=True, dtype=dt)
-            m_cpu.load_state_dict(m_gpu.state_dict())
-            x = rng.standard_normal((6, B, 4))
-            og = m_gpu(tg.tensor(x, dtype=dt, device="cuda"))[0]
-            oc = m_cpu(tg.tensor(x, dtype=dt))[0]
-            og.sum().backward()
-            oc.sum().backward()
-            np.testing.assert_allclose(og.numpy(), oc.numpy(), rtol=tol * 10, atol=tol * 10)
-            for (k, pg_), (_, pc_) in zip(m_gpu.named_parameters(), m_cpu.named_parameters()):
-                np.testing.assert_allclose(pg_.grad.numpy(), pc_.grad.numpy(), rtol=tol * 100, atol=tol * 100,
-                                           err_msg=k)
+            for impl in nn.rnn.IMPLS:
+                tg.manual_seed(0)
+                m_gpu = make_layer(mode, 4, H, num_layers=2, bidirectional=True, impl=impl, dtype=dt, device="cuda")
+                m_cpu = make_layer(mode, 4, H, num_layers=2, bidirectional=True, impl=impl, dtype=dt)
+                m_cpu.load_state_dict(m_gpu.state_dict())
+                x = rng.standard_normal((6, B, 4))
+                og = m_gpu(tg.tensor(x, dtype=dt, device="cuda"))[0]
+                oc = m_cpu(tg.tensor(x, dtype=dt))[0]
+                og.sum().backward()
+                oc.sum().backward()
+                np.testing.assert_allclose(og.numpy(), oc.numpy(), rtol=tol * 10, atol=tol * 10)
+                for (k, pg_), (_, pc_) in zip(m_gpu.named_parameters(), m_cpu.named_parameters()):
+                    np.testing.assert_allclose(pg_.grad.numpy(), pc_.grad.numpy(), rtol=tol * 100,
+                                               atol=tol * 100, err_msg=f"{mode} {impl} {k}")
 
 
 # ----------------------------------------------------------------------------- graph shape
@@ -233,9 +251,9 @@ def _node_counts(*outputs):
     return counts
 
 
-def test_fused_layer_graph_is_one_projection_one_split_two_nodes_per_step_one_stack():
+def test_step_layer_graph_is_one_projection_one_split_two_nodes_per_step_one_stack():
     T = 9
-    m = nn.LSTM(3, 4)
+    m = nn.LSTM(3, 4, impl="step")
     h0, c0 = tg.randn(1, 2, 4, requires_grad=True), tg.randn(1, 2, 4, requires_grad=True)
     out, (h, c) = m(tg.randn(T, 2, 3), (h0, c0))
     n = _node_counts(out, h, c)
@@ -244,9 +262,20 @@ def test_fused_layer_graph_is_one_projection_one_split_two_nodes_per_step_one_st
     assert n["Unbind"] == 3 and n["Stack"] == 3  # x-projection, h0, c0 in; output, h_n, c_n out
     assert n["Permute"] == 2  # W_ih^T and W_hh^T, once per call
     assert "GetItem" not in n and "Split" not in n
-    m = nn.GRU(3, 4)
+    m = nn.GRU(3, 4, impl="step")
     n = _node_counts(*m(tg.randn(T, 2, 3)))
-    assert n["GRUCellFn"] == T and n["MatMul"] == T  # first step: h0 = 0 needs no matmul
+    assert n["GRUCellFn"] == T and n["MatMul"] == T + 1
+
+
+def test_sequence_layer_graph_is_one_node_per_layer_and_direction():
+    m = nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    h0, c0 = tg.randn(4, 2, 4, requires_grad=True), tg.randn(4, 2, 4, requires_grad=True)
+    out, (h, c) = m(tg.randn(9, 2, 3), (h0, c0))
+    n = _node_counts(out, h, c)
+    assert n.pop("LSTMSequence") == 4
+    assert n.pop("Concat") == 2  # the two directions' outputs, per layer
+    assert set(n) <= {"Unbind", "Stack"}  # the states split per layer in, joined out
+    assert "MatMul" not in n and "LSTMCellFn" not in n
 
 
 # ----------------------------------------------------------------------------- truncated BPTT
@@ -279,9 +308,9 @@ def _live_contexts():
     return sum(1 for o in gc.get_objects() if isinstance(o, Context))
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
-def test_truncated_bptt_memory_does_not_grow_over_1000_chunks(fused):
-    m = nn.LSTM(3, 8, fused=fused)
+@pytest.mark.parametrize("impl", nn.rnn.IMPLS)
+def test_truncated_bptt_memory_does_not_grow_over_1000_chunks(impl):
+    m = nn.LSTM(3, 8, impl=impl)
     x = tg.randn(4, 2, 3)
     state = None
     counts = []
@@ -298,8 +327,8 @@ def test_truncated_bptt_memory_does_not_grow_over_1000_chunks(fused):
 
 def test_lstm_over_5000_timesteps_backpropagates():
     T = 5000
-    for fused in (True, False):
-        m = nn.LSTM(2, 3, fused=fused)
+    for impl in nn.rnn.IMPLS:
+        m = nn.LSTM(2, 3, impl=impl)
         x = tg.randn(T, 1, 2, requires_grad=True)
         out, (h, c) = m(x)
         (out.sum() + c.sum()).backward()
@@ -412,7 +441,7 @@ def test_no_grad_builds_no_graph():
 
 def test_repr():
     assert repr(nn.LSTM(3, 4, num_layers=2, bidirectional=True)) == "LSTM(3, 4, num_layers=2, bidirectional=True)"
-    assert repr(nn.RNN(3, 4, nonlinearity="relu", fused=False)) == "RNN(3, 4, nonlinearity='relu', fused=False)"
+    assert repr(nn.RNN(3, 4, nonlinearity="relu", impl="composed")) == "RNN(3, 4, nonlinearity='relu', impl='composed')"
     assert repr(nn.GRUCell(3, 4, bias=False)) == "GRUCell(3, 4, bias=False)"
 
 

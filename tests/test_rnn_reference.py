@@ -32,11 +32,11 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
+@pytest.mark.parametrize("impl", ["sequence", "step", "composed"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "L{}{}{}{}{}".format(
     c[0], "-bi" if c[1] else "", "-bf" if c[2] else "", "" if c[3] else "-nobias", "-h0" if c[4] else ""))
 @pytest.mark.parametrize("mode", list(LAYERS))
-def test_layer_matches_numpy_reference(mode, cfg, fused):
+def test_layer_matches_numpy_reference(mode, cfg, impl):
     L, bi, batch_first, bias, given = cfg
     T, B, I, H = 6, 3, 4, 5
     D = 2 if bi else 1
@@ -52,7 +52,7 @@ def test_layer_matches_numpy_reference(mode, cfg, fused):
     g_cn = rng.standard_normal(hn_r.shape) if mode == "LSTM" else None
     dx_r, grads_r, dh0_r, dc0_r = ref.layer_backward(mode, params, tape, g_out, g_hn, g_cn, L, bi)
 
-    m = LAYERS[mode](I, H, num_layers=L, bias=bias, batch_first=batch_first, bidirectional=bi, fused=fused,
+    m = LAYERS[mode](I, H, num_layers=L, bias=bias, batch_first=batch_first, bidirectional=bi, impl=impl,
                      dtype=tg.float64)
     m.load_state_dict(params)
     xt = _t(x.transpose(1, 0, 2) if batch_first else x, requires_grad=True)
@@ -162,8 +162,8 @@ def test_min_char_rnn_hand_written_bptt():
         dhnext = Whh.T @ dhraw
 
     # --- the same model on the engine (bias_hh held at zero: min-char-rnn has one bias)
-    for fused in (True, False):
-        rnn = nn.RNN(V, H, dtype=tg.float64, fused=fused)
+    for impl in ("sequence", "step", "composed"):
+        rnn = nn.RNN(V, H, dtype=tg.float64, impl=impl)
         rnn.load_state_dict({"weight_ih_l0": Wxh, "weight_hh_l0": Whh, "bias_ih_l0": bh[:, 0],
                              "bias_hh_l0": np.zeros(H)})
         W_y, b_y = _t(Why, True), _t(by[:, 0], True)

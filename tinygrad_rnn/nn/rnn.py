@@ -3,12 +3,14 @@ order, equations and default initialisation.
 
 The cells (`RNNCell`, `LSTMCell`, `GRUCell`) are written from primitive ops exactly as
 their equations read, so backpropagation through time is nothing but the engine: they
-are the reference. The layers (`RNN`, `LSTM`, `GRU`) run a whole sequence: the input
-projection of all timesteps as one matmul per layer and direction, the projected
-sequence cut into timesteps by one multi-output node, a step loop that applies only the
-recurrent part, the outputs joined by one stack. With `fused=True` (the default) each
-step's gate math is one node (`ops/rnn.py`); `fused=False` uses the composed cell
-equations instead, and the tests hold the two to agree to rounding.
+are the reference. The layers (`RNN`, `LSTM`, `GRU`) run a whole sequence, in one of
+three ways (`impl=`): "sequence" (the default) runs each layer and direction as one op
+(`ops/rnn.py`: the input projection of all timesteps as one GEMM, the time loop into
+preallocated buffers, backward through time by hand with the weight gradients as one
+GEMM each); "step" runs the input projection as one matmul, cuts it into timesteps with
+one multi-output node and loops over time with one fused node per step for the gate
+math; "composed" does the same with the cell equations as primitive ops. The tests hold
+the three to agree to rounding.
 """
 from __future__ import annotations
 
@@ -232,13 +234,39 @@ class GRUCell(_Cell):
 
 
 # ----------------------------------------------------------------------------- layers
+IMPLS = ("sequence", "step", "composed")
+
+
+class _Kind:
+    """What tells one recurrent kind from another: its gate count, whether it carries a cell
+    state, and its three implementations over one layer and direction."""
+
+    def __init__(self, name, gates, has_cell, sequence, cell, composed):
+        self.name, self.gates, self.has_cell = name, gates, has_cell
+        self.sequence = sequence  # ops/rnn.py: the whole sequence as one node
+        self.cell = cell          # step: (gx_t, gh, b_hh, h, c, nonlinearity) -> (h, c), one fused node
+        self.composed = composed  # the same signature, from primitive ops as the equations read
+
+    def __repr__(self):
+        return f"<recurrent kind {self.name}>"
+
+
+_RNN = _Kind("RNN", 1, False, rnnops.RNNSequence,
+             cell=lambda gx, gh, b_hh, h, c, nl: (rnnops.RNNCellFn.apply(gx, gh, nl), None),
+             composed=lambda gx, gh, b_hh, h, c, nl: (rnn_step(gx, gh if b_hh is None else gh + b_hh, nl), None))
+_LSTM = _Kind("LSTM", 4, True, rnnops.LSTMSequence,
+              cell=lambda gx, gh, b_hh, h, c, nl: rnnops.LSTMCellFn.apply(gx, gh, c),
+              composed=lambda gx, gh, b_hh, h, c, nl: lstm_step(gx, gh if b_hh is None else gh + b_hh, c))
+_GRU = _Kind("GRU", 3, False, rnnops.GRUSequence,
+             cell=lambda gx, gh, b_hh, h, c, nl: (rnnops.GRUCellFn.apply(gx, gh, b_hh, h), None),
+             composed=lambda gx, gh, b_hh, h, c, nl: (gru_step(gx, gh if b_hh is None else gh + b_hh, h), None))
+
+
 class _RNNBase(Module):
-    _mode = "RNN"
-    _gates = 1
-    _is_lstm = False
+    kind = _RNN
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, fused=True, dtype=None, device=None):
+                 bidirectional=False, impl="sequence", dtype=None, device=None):
         super().__init__()
         name = type(self).__name__
         _check_sizes(name, input_size, hidden_size)
@@ -251,9 +279,10 @@ class _RNNBase(Module):
                           f"between layers, not after the last)", stacklevel=3)
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
-        self.dropout, self.fused = float(dropout), bool(fused)
+        self.dropout = float(dropout)
+        self.impl = impl
         D = 2 if bidirectional else 1
-        G = self._gates * self.hidden_size
+        G = self.kind.gates * self.hidden_size
         # PyTorch's registration order (so state_dict keys come out in its order):
         # per layer, per direction: weight_ih, weight_hh, bias_ih, bias_hh
         names = []
@@ -270,6 +299,21 @@ class _RNNBase(Module):
                 names.append(group)
         self._flat_names = names
         self.reset_parameters()
+
+    @property
+    def impl(self):
+        """How each layer and direction runs: "sequence" (default: one fused op for the whole
+        sequence), "step" (one fused op per timestep) or "composed" (the cell equations as
+        primitive ops: BPTT by the engine alone, the reference). All three give the same
+        numbers to rounding; the tests hold them to that."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, impl):
+        if impl not in IMPLS:
+            raise ValueError(f"{type(self).__name__}: impl must be one of {', '.join(map(repr, IMPLS))}, "
+                             f"got {impl!r}")
+        self._impl = impl
 
     @property
     def num_directions(self):
@@ -295,8 +339,8 @@ class _RNNBase(Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
-        if not self.fused:
-            s += ", fused=False"
+        if self.impl != "sequence":
+            s += f", impl='{self.impl}'"
         return s
 
     # ------------------------------------------------------------------ input checks
@@ -323,10 +367,10 @@ class _RNNBase(Module):
             raise ShapeError(f"{name}: the input sequence is empty (shape {fmt_shape(x.shape)}, seq_len 0)")
         LD, H = self.num_layers * self.num_directions, self.hidden_size
         want = (LD, batch, H) if batched else (LD, H)
-        what = ("h0", "c0") if self._is_lstm else ("h0",)
+        what = ("h0", "c0") if self.kind.has_cell else ("h0",)
         if hx is None:
             return x, [None] * len(what), batched
-        if self._is_lstm:
+        if self.kind.has_cell:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 raise TypeError(f"{name}: the initial state must be a tuple (h0, c0), got {type(hx).__name__}")
             states = list(hx)
@@ -368,58 +412,46 @@ class _RNNBase(Module):
             finals = [f.squeeze(1) for f in finals]
         elif self.batch_first:
             output = output.transpose(0, 1)
-        return output, (tuple(finals) if self._is_lstm else finals[0])
+        return output, (tuple(finals) if self.kind.has_cell else finals[0])
 
     def _direction(self, x, k, init, reverse):
         """One layer in one direction over x (T, B, I): (outputs (T, B, H), [final states])."""
         p = self._parameters
         w_ih, w_hh, b_ih, b_hh = (p.get(n) for n in self._flat_names[k])
+        kind, nl = self.kind, getattr(self, "nonlinearity", "tanh")
+        h, c = init[0], (init[1] if kind.has_cell else None)
+        if self._impl == "sequence":
+            res = kind.sequence.apply(x, w_ih, w_hh, b_ih, b_hh, h, c, reverse=reverse, nonlinearity=nl)
+            return res[0], list(res[1:])
         T, batch, I = x.shape
-        H, G = self.hidden_size, self._gates * self.hidden_size
-        fused = self.fused
-        # Fused RNN/LSTM cells take one bias: fold b_hh into the projection once per call
+        H, G = self.hidden_size, kind.gates * self.hidden_size
+        # The fused RNN/LSTM steps take one bias: fold b_hh into the projection once per call
         # instead of adding it at every step. The GRU cannot, since b_hn sits inside r * (...).
-        bias = b_ih
-        if fused and b_ih is not None and self._mode != "GRU":
-            bias = b_ih + b_hh
+        step, bias, b_step = kind.composed, b_ih, b_hh
+        if self._impl == "step":
+            step = kind.cell
+            if kind is not _GRU:
+                bias = b_ih if b_ih is None else b_ih + b_hh
+                b_step = None
         proj = x.reshape(T * batch, I) @ w_ih.T  # all timesteps in one matmul
         if bias is not None:
             proj = proj + bias
         xs = proj.reshape(T, batch, G).unbind(0)  # one node, T outputs
         w_hh_t = w_hh.T  # transposed once per call, not once per step
-        steps = range(T - 1, -1, -1) if reverse else range(T)
+        if h is None:
+            h = self._zeros((batch, H))
+        if kind.has_cell and c is None:
+            c = self._zeros((batch, H))
         outs = [None] * T
-        if fused:
-            last = self._fused_loop(xs, w_hh_t, b_hh, init, steps, outs, batch)
-        else:
-            last = self._composed_loop(xs, w_hh_t, b_hh, init, steps, outs, batch)
-        return stack(outs, axis=0), last
+        for t in range(T - 1, -1, -1) if reverse else range(T):
+            # even from a zero initial state: W_hh then gets a zero gradient, not none, as in PyTorch
+            h, c = step(xs[t], MatMul.apply(h, w_hh_t), b_step, h, c, nl)
+            outs[t] = h
+        return stack(outs, axis=0), ([h, c] if kind.has_cell else [h])
 
     def _zeros(self, shape):
         w = self.weight_ih_l0
-        return w.device.xp.zeros(shape, dtype=w.data.dtype)
-
-    def _composed_loop(self, xs, w_hh_t, b_hh, init, steps, outs, batch):
-        w = self.weight_ih_l0
-        states = [s if s is not None else Tensor._make(self._zeros((batch, self.hidden_size)), w.device, None, 0)
-                  for s in init]
-        h = states[0]
-        c = states[1] if self._is_lstm else None
-        for t in steps:
-            gh = h @ w_hh_t
-            if b_hh is not None:
-                gh = gh + b_hh
-            if self._is_lstm:
-                h, c = lstm_step(xs[t], gh, c)
-            elif self._mode == "GRU":
-                h = gru_step(xs[t], gh, h)
-            else:
-                h = rnn_step(xs[t], gh, self.nonlinearity)
-            outs[t] = h
-        return [h, c] if self._is_lstm else [h]
-
-    def _fused_loop(self, xs, w_hh_t, b_hh, init, steps, outs, batch):
-        raise NotImplementedError
+        return Tensor._make(w.device.xp.zeros(shape, dtype=w.data.dtype), w.device, None, 0)
 
 
 class RNN(_RNNBase):
@@ -428,29 +460,23 @@ class RNN(_RNNBase):
         h_t = tanh(W_ih x_t + b_ih + W_hh h_(t-1) + b_hh)   (or relu)
 
     RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
-        batch_first=False, dropout=0.0, bidirectional=False, fused=True, dtype=None, device=None)
+        batch_first=False, dropout=0.0, bidirectional=False, impl='sequence', dtype=None, device=None)
     forward(x, h0=None) -> (output, h_n): x (T, B, I) ((B, T, I) if batch_first, or (T, I)
     unbatched), h0 (num_layers * num_directions, B, H); output (T, B, num_directions * H),
     h_n like h0. Layer k > 0 takes the previous layer's output; dropout (training only)
     goes between layers. Parameters weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k},
-    bias_hh_l{k}, and ..._reverse for the backward direction.
+    bias_hh_l{k}, and ..._reverse for the backward direction. `impl` picks the
+    implementation (see `impl`).
     """
 
+    kind = _RNN
+
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, fused=True, dtype=None, device=None):
+                 dropout=0.0, bidirectional=False, impl="sequence", dtype=None, device=None):
         _check_nonlinearity("RNN", nonlinearity)
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, fused,
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, impl,
                          dtype, device)
         self.nonlinearity = nonlinearity
-
-    def _fused_loop(self, xs, w_hh_t, b_hh, init, steps, outs, batch):
-        apply, nl = rnnops.RNNCellFn.apply, self.nonlinearity
-        h = init[0]
-        for t in steps:
-            gh = MatMul.apply(h, w_hh_t) if h is not None else self._zeros((batch, self.hidden_size))
-            h = apply(xs[t], gh, nl)
-            outs[t] = h
-        return [h]
 
 
 class LSTM(_RNNBase):
@@ -460,24 +486,11 @@ class LSTM(_RNNBase):
         c_t = f * c_(t-1) + i * g,    h_t = o * tanh(c_t)
 
     LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-         bidirectional=False, fused=True, dtype=None, device=None)
+         bidirectional=False, impl='sequence', dtype=None, device=None)
     forward(x, (h0, c0)=None) -> (output, (h_n, c_n)), shapes as in RNN.
     """
 
-    _mode = "LSTM"
-    _gates = 4
-    _is_lstm = True
-
-    def _fused_loop(self, xs, w_hh_t, b_hh, init, steps, outs, batch):
-        apply = rnnops.LSTMCellFn.apply
-        h, c = init
-        if c is None:
-            c = self._zeros((batch, self.hidden_size))
-        for t in steps:
-            gh = MatMul.apply(h, w_hh_t) if h is not None else self._zeros((batch, 4 * self.hidden_size))
-            h, c = apply(xs[t], gh, c)
-            outs[t] = h
-        return [h, c]
+    kind = _LSTM
 
 
 class GRU(_RNNBase):
@@ -487,25 +500,8 @@ class GRU(_RNNBase):
         n = tanh(W_in x_t + b_in + r * (W_hn h + b_hn)),  h_t = (1 - z) * n + z * h
 
     GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-        bidirectional=False, fused=True, dtype=None, device=None)
+        bidirectional=False, impl='sequence', dtype=None, device=None)
     forward(x, h0=None) -> (output, h_n), shapes as in RNN.
     """
 
-    _mode = "GRU"
-    _gates = 3
-
-    def _fused_loop(self, xs, w_hh_t, b_hh, init, steps, outs, batch):
-        apply = rnnops.GRUCellFn.apply
-        h = init[0]
-        if h is None:
-            h = self._zeros((batch, self.hidden_size))
-            gh = self._zeros((batch, 3 * self.hidden_size))
-        else:
-            gh = None
-        for t in steps:
-            if gh is None:
-                gh = MatMul.apply(h, w_hh_t)
-            h = apply(xs[t], gh, b_hh, h)
-            gh = None
-            outs[t] = h
-        return [h]
+    kind = _GRU

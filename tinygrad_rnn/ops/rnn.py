@@ -1,16 +1,29 @@
-"""Fused recurrent cells: the gate nonlinearities and state update of one timestep as
-one graph node with a hand-derived backward.
+"""Recurrent ops, each kind (RNN, LSTM, GRU) whole in one place: its cell math in a
+portable array-API form and a CUDA form side by side, one saved layout for both, and
+the two fused ops built on that math:
 
-The matmuls stay ordinary engine ops; these take the gate pre-activations in two parts,
-`gx` (the input side, with the biases folded in, one row of the layer's single input
-projection) and `gh` (h @ W_hh^T), in PyTorch's blocked gate order. The elementwise math
-lives on the device (`Device.lstm_cell_forward` & co. in backend.py: array-API code, one
-CUDA kernel each way on CuPy), so these classes only check shapes and route gradients.
+- `LSTMCellFn` & co. ("step"): one timestep's gate math as one graph node; the matmuls
+  around it stay ordinary engine ops.
+- `LSTMSequence` & co. ("sequence", what the layers run by default): a layer's entire
+  sequence in one direction as one node, as cuDNN and oneDNN do. Forward: the input
+  projection of all timesteps as one GEMM, then per step only the recurrent GEMM and the
+  cell math, written into buffers allocated once. Backward through time by hand: per step
+  only what the recurrence needs (d gates_t, then dh_{t-1} = d gates_t @ W_hh); after the
+  loop dW_hh, dW_ih, dx and the biases as one GEMM (or sum) each over all timesteps.
+
+The cell math writes into the arrays it is given (`out=` on NumPy and CuPy; the strict
+device assigns instead, `Device.xp_out`). On CUDA each cell function is one elementwise
+kernel each way (`Device.elementwise_kernel`), one thread per (batch, unit) element of
+the state reading and writing that unit's gate columns (b * G * H + j + k * H, PyTorch's
+blocked gate layout), as Chainer's functions/activation/lstm.py does. The kernels compute
+sigmoid(x) as 0.5 tanh(0.5 x) + 0.5 like the portable form, but in the GPU's own tanh:
+the two agree to rounding (a few ulp), not bit for bit, and the CUDA tests hold them to that.
 
 Derivations (s' = s(1 - s) for a sigmoid s, t' = 1 - t^2 for a tanh t; d. = dLoss/d.):
 
 RNN:  h = act(p), p = gx + gh.
       dp = dh (1 - h^2) for tanh, dh [h > 0] for relu; dgx = dgh = dp.
+      saved: h.
 
 LSTM: a = gx + gh = [a_i, a_f, a_g, a_o]; i, f, o = sigmoid(a_i, a_f, a_o), g = tanh(a_g);
       c' = f c + i g;  h' = o tanh(c').
@@ -18,20 +31,274 @@ LSTM: a = gx + gh = [a_i, a_f, a_g, a_o]; i, f, o = sigmoid(a_i, a_f, a_o), g = 
         dc~ = dc' + dh' o (1 - tanh(c')^2)
       then  da_i = dc~ g i',  da_f = dc~ c f',  da_g = dc~ i (1 - g^2),
             da_o = dh' tanh(c') o',  dc = dc~ f;  dgx = dgh = da.
+      saved: act = [i, f, g, o] (B, 4H), c, c'.
 
-GRU (PyTorch's): gh excludes b_hh, which comes in separately because its n part sits
-      inside r * (...):  r = sigmoid(gx_r + gh_r + b_hr), z = sigmoid(gx_z + gh_z + b_hz),
+GRU (PyTorch's): gh = W_hh h excludes b_hh, which comes in separately because its n part
+      sits inside r * (...):  r = sigmoid(gx_r + gh_r + b_hr), z = sigmoid(gx_z + gh_z + b_hz),
       hn = gh_n + b_hn,  n = tanh(gx_n + r hn),  h' = (1 - z) n + z h = n + z (h - n).
         dn~ = dh' (1 - z) (1 - n^2)          (d of n's pre-activation)
         dr~ = dn~ hn r',   dz~ = dh' (h - n) z',   dh = dh' z
-      dgx = [dr~, dz~, dn~],  dgh = [dr~, dz~, dn~ r],  db_hh = dgh summed over the batch
-      (the engine's unbroadcast does that sum, since b_hh has shape (3H,)).
+      dgx = [dr~, dz~, dn~],  dgh = [dr~, dz~, dn~ r],  db_hh = dgh summed over the batch.
+      saved: act = [r, z, n, hn] (B, 4H), h.  d gates come out as [dr~, dz~, dn~ r, dn~]
+      (B, 4H), so dgh is the first 3H columns and dgx the first 2H and the last H.
+
+Through time (one direction, h_t = cell(gx_t, h_{t-1} W_hh^T)): dh_t is the gradient from
+the output at t plus the one flowing back from step t + 1 (dh_{t} = d gates_{t+1} W_hh,
+and, for the GRU, + dh_{t+1} z_{t+1}); the LSTM's dc_t flows back the same way. With every
+step's d gates in one (T, B, G) buffer, the weight gradients are sums over t of rank-B
+products, i.e. single GEMMs over T * B rows: dW_hh = dG^T H_prev, dW_ih = dG_x^T X,
+dX = dG_x W_ih, and the biases are column sums of dG.
 """
+from __future__ import annotations
+
 from ..autograd import Function
-from ..errors import ShapeError, fmt_shape
+from ..errors import DTypeError, ShapeError, fmt_shape
+
+# ----------------------------------------------------------------------------- CUDA sources
+# `i` is the thread's element of the (B, H) state; b, j its batch row and unit; k the same
+# unit's first gate column. A `T x` parameter is the thread's element, a `raw T x` the whole
+# array indexed by hand. tests/test_rnn_kernels.py compiles these bodies as host C++ and runs
+# them against the portable forms, so the index arithmetic is checked without a GPU.
+CUDA_PREAMBLE = r"""
+template <typename T> __device__ __forceinline__ T tg_sigmoid(T x) {
+  const T half = 0.5;
+  return tanh(x * half) * half + half;  // as the portable form: no overflow for large |x|
+}
+"""
+
+CUDA_KERNELS = {
+    "rnn_tanh_fwd": ("T gx, T gh", "T h", "h = tanh(gx + gh);"),
+    "rnn_tanh_bwd": ("T h, T dh", "T dpre", "dpre = dh * (1 - h * h);"),
+    "rnn_relu_fwd": ("T gx, T gh", "T h", "const T p = gx + gh; h = p > 0 ? p : T(0);"),
+    "rnn_relu_bwd": ("T h, T dh", "T dpre", "dpre = h > 0 ? dh : T(0);"),
+    "lstm_fwd": (
+        "raw T gx, raw T gh, T c_prev, int32 H",
+        "T h, T c, raw T act",
+        """
+        const ptrdiff_t b = i / H, j = i % H;
+        const ptrdiff_t k = b * 4 * H + j;
+        const T ig = tg_sigmoid(gx[k] + gh[k]);
+        const T fg = tg_sigmoid(gx[k + H] + gh[k + H]);
+        const T gg = tanh(gx[k + 2 * H] + gh[k + 2 * H]);
+        const T og = tg_sigmoid(gx[k + 3 * H] + gh[k + 3 * H]);
+        act[k] = ig; act[k + H] = fg; act[k + 2 * H] = gg; act[k + 3 * H] = og;
+        const T cn = fg * c_prev + ig * gg;
+        c = cn;
+        h = og * tanh(cn);
+        """),
+    "lstm_bwd": (
+        "raw T act, T c_prev, T c, T dh, T dc, int32 H",
+        "raw T dgates, T dc_prev",
+        """
+        const ptrdiff_t b = i / H, j = i % H;
+        const ptrdiff_t k = b * 4 * H + j;
+        const T ig = act[k], fg = act[k + H], gg = act[k + 2 * H], og = act[k + 3 * H];
+        const T tc = tanh(c);
+        const T dct = dc + dh * og * (1 - tc * tc);
+        dgates[k] = dct * gg * ig * (1 - ig);
+        dgates[k + H] = dct * c_prev * fg * (1 - fg);
+        dgates[k + 2 * H] = dct * ig * (1 - gg * gg);
+        dgates[k + 3 * H] = dh * tc * og * (1 - og);
+        dc_prev = dct * fg;
+        """),
+    "gru_fwd": (
+        "raw T gx, raw T gh, raw T bh, T h_prev, int32 H",
+        "T h, raw T act",
+        """
+        const ptrdiff_t b = i / H, j = i % H;
+        const ptrdiff_t k = b * 3 * H + j, s = b * 4 * H + j;
+        const T rg = tg_sigmoid(gx[k] + gh[k] + bh[j]);
+        const T zg = tg_sigmoid(gx[k + H] + gh[k + H] + bh[j + H]);
+        const T hn = gh[k + 2 * H] + bh[j + 2 * H];
+        const T ng = tanh(gx[k + 2 * H] + rg * hn);
+        act[s] = rg; act[s + H] = zg; act[s + 2 * H] = ng; act[s + 3 * H] = hn;
+        h = ng + zg * (h_prev - ng);
+        """),
+    "gru_bwd": (
+        "raw T act, T h_prev, T dh, int32 H",
+        "raw T dgates, T dh_z",
+        """
+        const ptrdiff_t b = i / H, j = i % H;
+        const ptrdiff_t s = b * 4 * H + j;
+        const T rg = act[s], zg = act[s + H], ng = act[s + 2 * H], hn = act[s + 3 * H];
+        const T dn = dh * (1 - zg) * (1 - ng * ng);
+        dgates[s] = dn * hn * rg * (1 - rg);
+        dgates[s + H] = dh * (h_prev - ng) * zg * (1 - zg);
+        dgates[s + 2 * H] = dn * rg;
+        dgates[s + 3 * H] = dn;
+        dh_z = dh * zg;
+        """),
+}
 
 
-def _check(op, gx, gh, state, gates):
+def _kernel(dev, name):
+    """The compiled CUDA kernel `name` on dev, or None where the portable form runs."""
+    return dev.elementwise_kernel(name, *CUDA_KERNELS[name], preamble=CUDA_PREAMBLE)
+
+
+# ----------------------------------------------------------------------------- cell math
+# Each function writes its results into the arrays it is given and returns nothing. Inputs
+# are never written, except where a docstring says an output may be the same array.
+
+def rnn_forward(dev, gx, gh, h, nonlinearity):
+    """h <- act(gx + gh)."""
+    k = _kernel(dev, f"rnn_{nonlinearity}_fwd")
+    if k is not None:
+        k(gx, gh, h)
+        return
+    xo = dev.xp_out
+    xo.add(gx, gh, out=h)
+    if nonlinearity == "tanh":
+        xo.tanh(h, out=h)
+    else:
+        xo.maximum(h, 0.0, out=h)
+
+
+def rnn_backward(dev, h, dh, dpre, nonlinearity):
+    """dpre <- d(pre-activation) from dh and the saved output h."""
+    k = _kernel(dev, f"rnn_{nonlinearity}_bwd")
+    if k is not None:
+        k(h, dh, dpre)
+        return
+    if nonlinearity == "tanh":
+        xo = dev.xp_out
+        xo.multiply(h, h, out=dpre)
+        xo.subtract(1.0, dpre, out=dpre)
+        dpre *= dh
+    else:  # h > 0 exactly where the pre-activation is (where has no out=)
+        dpre[...] = dev.xp.where(h > 0, dh, 0.0)
+
+
+_lstm_consts_cache = {}
+
+
+def _lstm_consts(dev, H, dtype):
+    # Per-column constants that let one tanh serve all four gates: act = s tanh(s a) + b,
+    # sigmoid(a) = 0.5 tanh(0.5 a) + 0.5 on the i, f, o blocks and tanh(a) on g; and the
+    # local derivative act (alpha - act) + beta (s(1 - s) or 1 - t^2).
+    key = (dev.name, H, dtype)
+    c = _lstm_consts_cache.get(key)
+    if c is None:
+        xp = dev.xp
+
+        def block(vals):
+            parts = [xp.full((H,), v, dtype=dtype) for v in vals]
+            return xp.concat(parts)
+        c = _lstm_consts_cache[key] = (block([0.5, 0.5, 1.0, 0.5]), block([0.5, 0.5, 0.0, 0.5]),
+                                       block([1.0, 1.0, 0.0, 1.0]), block([0.0, 0.0, 1.0, 0.0]))
+    return c
+
+
+def lstm_forward(dev, gx, gh, c_prev, act, h, c):
+    """act <- gates [i, f, g, o] of gx + gh (act may be gx itself); c <- f c_prev + i g;
+    h <- o tanh(c)."""
+    H = c_prev.shape[-1]
+    k = _kernel(dev, "lstm_fwd")
+    if k is not None:
+        k(gx, gh, c_prev, H, h, c, act)
+        return
+    xo = dev.xp_out
+    s, b, _, _ = _lstm_consts(dev, H, act.dtype)
+    xo.add(gx, gh, out=act)
+    act *= s
+    xo.tanh(act, out=act)
+    act *= s
+    act += b
+    i, f, g, o = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
+    xo.multiply(f, c_prev, out=c)
+    xo.multiply(i, g, out=h)  # h as scratch
+    c += h
+    xo.tanh(c, out=h)
+    h *= o
+
+
+def lstm_backward(dev, act, c_prev, c, dh, dc, dgates, dc_prev):
+    """dgates <- d[a_i, a_f, a_g, a_o]; dc_prev <- dc~ f, from dh', dc' and the saved act, c, c'."""
+    H = c_prev.shape[-1]
+    k = _kernel(dev, "lstm_bwd")
+    if k is not None:
+        k(act, c_prev, c, dh, dc, H, dgates, dc_prev)
+        return
+    xp, xo = dev.xp, dev.xp_out
+    _, _, alpha, beta = _lstm_consts(dev, H, act.dtype)
+    i, f, g, o = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
+    tc = xp.tanh(c)
+    dct = tc * tc
+    xo.subtract(1.0, dct, out=dct)
+    dct *= o
+    dct *= dh
+    dct += dc  # c' feeds both the next step and h'
+    xo.subtract(alpha, act, out=dgates)
+    dgates *= act
+    dgates += beta  # the gates' local derivatives
+    for col, factor in ((slice(0, H), g), (slice(H, 2 * H), c_prev), (slice(2 * H, 3 * H), i)):
+        d = dgates[:, col]
+        d *= factor
+        d *= dct
+    d = dgates[:, 3 * H:]
+    d *= tc
+    d *= dh
+    xo.multiply(dct, f, out=dc_prev)
+
+
+def gru_forward(dev, gx, gh, b_hh, h_prev, act, h):
+    """act <- [r, z, n, hn]; h <- n + z (h_prev - n). gh = h_prev W_hh^T without its bias b_hh
+    (which may be None)."""
+    H = h_prev.shape[-1]
+    k = _kernel(dev, "gru_fwd")
+    if k is not None:
+        if b_hh is None:
+            b_hh = dev.xp.zeros((3 * H,), dtype=h.dtype)
+        k(gx, gh, b_hh, h_prev, H, h, act)
+        return
+    xo = dev.xp_out
+    rz, n, hn = act[:, :2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
+    xo.add(gx[:, :2 * H], gh[:, :2 * H], out=rz)
+    if b_hh is not None:
+        rz += b_hh[:2 * H]
+        xo.add(gh[:, 2 * H:], b_hh[2 * H:], out=hn)
+    else:
+        hn[...] = gh[:, 2 * H:]
+    rz *= 0.5
+    xo.tanh(rz, out=rz)
+    rz *= 0.5
+    rz += 0.5
+    xo.multiply(act[:, :H], hn, out=n)
+    n += gx[:, 2 * H:]
+    xo.tanh(n, out=n)
+    xo.subtract(h_prev, n, out=h)
+    h *= act[:, H:2 * H]
+    h += n
+
+
+def gru_backward(dev, act, h_prev, dh, dgates, dh_z):
+    """dgates <- [dr~, dz~, dn~ r, dn~] (B, 4H); dh_z <- dh' z, the part of dh that skips W_hh."""
+    H = h_prev.shape[-1]
+    k = _kernel(dev, "gru_bwd")
+    if k is not None:
+        k(act, h_prev, dh, H, dgates, dh_z)
+        return
+    xo = dev.xp_out
+    r, z, n, hn = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
+    dr, dz, dnr, dn = dgates[:, :H], dgates[:, H:2 * H], dgates[:, 2 * H:3 * H], dgates[:, 3 * H:]
+    xo.multiply(dh, z, out=dh_z)
+    xo.multiply(n, n, out=dn)
+    xo.subtract(1.0, dn, out=dn)
+    xo.subtract(dh, dh_z, out=dnr)  # dh (1 - z), in a block not yet written
+    dn *= dnr
+    xo.subtract(1.0, r, out=dr)
+    dr *= r
+    dr *= hn
+    dr *= dn
+    xo.subtract(1.0, z, out=dz)
+    dz *= dh_z
+    xo.subtract(h_prev, n, out=dnr)
+    dz *= dnr
+    xo.multiply(dn, r, out=dnr)
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_step(op, gx, gh, state, gates):
     if state.ndim != 2:
         raise ShapeError(f"{op}: the state must be 2-D (batch, hidden), got shape {fmt_shape(state.shape)}")
     B, H = state.shape
@@ -42,23 +309,31 @@ def _check(op, gx, gh, state, gates):
                          f"and gh {fmt_shape(gh.shape)}")
 
 
+def _check_nonlinearity(op, nonlinearity):
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"{op}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+# ----------------------------------------------------------------------------- one step
 class RNNCellFn(Function):
     """h' = tanh(gx + gh) or relu(gx + gh)."""
 
     @staticmethod
     def forward(ctx, gx, gh, nonlinearity="tanh"):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"rnn_cell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        _check_nonlinearity("rnn_cell", nonlinearity)
         if tuple(gx.shape) != tuple(gh.shape):
             raise ShapeError(f"rnn_cell: gx {fmt_shape(gx.shape)} and gh {fmt_shape(gh.shape)} must have the same shape")
-        h, saved = ctx.device.rnn_cell_forward(gx, gh, nonlinearity)
+        h = ctx.xp.empty(gx.shape, dtype=gx.dtype)
+        rnn_forward(ctx.device, gx, gh, h, nonlinearity)
         ctx.nonlinearity = nonlinearity
-        ctx.save_for_backward(*saved)
+        ctx.save_for_backward(h)
         return h
 
     @staticmethod
     def backward(ctx, dh):
-        dp = ctx.device.rnn_cell_backward(ctx.saved_tensors, dh, ctx.nonlinearity)
+        (h,) = ctx.saved_tensors
+        dp = ctx.xp.empty(h.shape, dtype=h.dtype)
+        rnn_backward(ctx.device, h, dh, dp, ctx.nonlinearity)
         return dp, dp
 
 
@@ -67,14 +342,20 @@ class LSTMCellFn(Function):
 
     @staticmethod
     def forward(ctx, gx, gh, c):
-        _check("lstm_cell", gx, gh, c, 4)
-        h, c_new, saved = ctx.device.lstm_cell_forward(gx, gh, c)
-        ctx.save_for_backward(*saved)
+        _check_step("lstm_cell", gx, gh, c, 4)
+        xp = ctx.xp
+        act = xp.empty(gx.shape, dtype=gx.dtype)
+        h, c_new = xp.empty(c.shape, dtype=c.dtype), xp.empty(c.shape, dtype=c.dtype)
+        lstm_forward(ctx.device, gx, gh, c, act, h, c_new)
+        ctx.save_for_backward(act, c, c_new)
         return h, c_new
 
     @staticmethod
     def backward(ctx, dh, dc):
-        da, dc_prev = ctx.device.lstm_cell_backward(ctx.saved_tensors, dh, dc)
+        act, c, c_new = ctx.saved_tensors
+        xp = ctx.xp
+        da, dc_prev = xp.empty(act.shape, dtype=act.dtype), xp.empty(c.shape, dtype=c.dtype)
+        lstm_backward(ctx.device, act, c, c_new, dh, dc, da, dc_prev)
         return da, da, dc_prev
 
 
@@ -83,14 +364,255 @@ class GRUCellFn(Function):
 
     @staticmethod
     def forward(ctx, gx, gh, b_hh, h):
-        _check("gru_cell", gx, gh, h, 3)
+        _check_step("gru_cell", gx, gh, h, 3)
         if b_hh is not None and tuple(b_hh.shape) != (gx.shape[1],):
             raise ShapeError(f"gru_cell: b_hh must have shape ({gx.shape[1]},), got {fmt_shape(b_hh.shape)}")
-        h_new, saved = ctx.device.gru_cell_forward(gx, gh, b_hh, h)
-        ctx.save_for_backward(*saved)
+        xp = ctx.xp
+        B, H = h.shape
+        act = xp.empty((B, 4 * H), dtype=h.dtype)
+        h_new = xp.empty(h.shape, dtype=h.dtype)
+        gru_forward(ctx.device, gx, gh, b_hh, h, act, h_new)
+        ctx.save_for_backward(act, h)
         return h_new
 
     @staticmethod
     def backward(ctx, dh):
-        dgx, dgh, dh_prev = ctx.device.gru_cell_backward(ctx.saved_tensors, dh)
-        return dgx, dgh, (dgh if ctx.needs_input_grad[2] else None), dh_prev
+        act, h = ctx.saved_tensors
+        xp = ctx.xp
+        H = h.shape[-1]
+        dg, dh_z = xp.empty(act.shape, dtype=act.dtype), xp.empty(h.shape, dtype=h.dtype)
+        gru_backward(ctx.device, act, h, dh, dg, dh_z)
+        dgh = dg[:, :3 * H]
+        dgx = xp.concat([dg[:, :2 * H], dg[:, 3 * H:]], axis=1)
+        return dgx, dgh, (dgh if ctx.needs_input_grad[2] else None), dh_z
+
+
+# ----------------------------------------------------------------------------- whole sequence
+def _views(a):
+    return None if a is None else [a[t, ...] for t in range(a.shape[0])]
+
+
+class _Sequence(Function):
+    """One layer, one direction, all timesteps.
+
+    apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse=False[, nonlinearity]) with x (T, B, I),
+    w_ih (G, I), w_hh (G, H), biases (G,) or None, h0 and c0 (B, H) or None (zeros; c0 is
+    the LSTM's and None for the others). Returns (out (T, B, H), h_n[, c_n]), out[t] being
+    the state at time t whichever way the direction runs.
+
+    Buffers: `hs` (T + 1, B, H) holds every hidden state in time order, the initial one
+    at the end the direction starts from (hs[0] forward, hs[T] reverse), so the previous
+    states of all steps are one contiguous slice; `out` is a view of the other slice. The
+    LSTM's `cs` likewise. `act` (T, B, A) keeps every step's gate activations.
+    """
+
+    gates = 1   # G = gates * H
+    name = "?"
+    has_cell = False             # the LSTM's second state c
+    dgate_blocks = 1             # d gates buffer (T, B, dgate_blocks * H)
+    state_skips_weights = False  # the GRU's dh_{t-1} has a term (dh z) that bypasses W_hh
+
+    @classmethod
+    def _check(cls, x, w_ih, w_hh, b_ih, b_hh, h0, c0, nonlinearity):
+        op = cls.name
+        if x.ndim != 3:
+            raise ShapeError(f"{op}: the input must be 3-D (seq_len, batch, input_size), got shape {fmt_shape(x.shape)}")
+        T, B, I = x.shape
+        if T == 0:
+            raise ShapeError(f"{op}: the input sequence is empty (shape {fmt_shape(x.shape)}, seq_len 0)")
+        if w_hh.ndim != 2 or w_hh.shape[0] != cls.gates * w_hh.shape[1]:
+            raise ShapeError(f"{op}: weight_hh must have shape ({cls.gates} * hidden, hidden), "
+                             f"got {fmt_shape(w_hh.shape)}")
+        G, H = w_hh.shape
+        if tuple(w_ih.shape) != (G, I):
+            raise ShapeError(f"{op}: weight_ih must have shape {fmt_shape((G, I))} for input of shape "
+                             f"{fmt_shape(x.shape)} and weight_hh {fmt_shape(w_hh.shape)}, got {fmt_shape(w_ih.shape)}")
+        for what, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
+            if b is not None and tuple(b.shape) != (G,):
+                raise ShapeError(f"{op}: {what} must have shape ({G},), got {fmt_shape(b.shape)}")
+        for what, s in (("h0", h0), ("c0", c0)):
+            if s is not None and tuple(s.shape) != (B, H):
+                raise ShapeError(f"{op}: {what} must have shape {fmt_shape((B, H))} (batch, hidden), "
+                                 f"got {fmt_shape(s.shape)}")
+        for what, a in (("weight_ih", w_ih), ("weight_hh", w_hh), ("bias_ih", b_ih), ("bias_hh", b_hh),
+                        ("h0", h0), ("c0", c0)):
+            if a is not None and a.dtype != x.dtype:
+                raise DTypeError(f"{op}: {what} is {a.dtype} but the input is {x.dtype}; all must share one dtype")
+        return T, B, I, G, H
+
+    @classmethod
+    def forward(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse=False, nonlinearity="tanh"):
+        T, B, I, G, H = cls._check(x, w_ih, w_hh, b_ih, b_hh, h0, c0, nonlinearity)
+        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        dt = x.dtype
+        gx = xp.reshape(xp.matmul(xp.reshape(x, (T * B, I)), xp.permute_dims(w_ih, (1, 0))), (T, B, G))
+        bias = cls._input_bias(b_ih, b_hh)
+        if bias is not None:
+            gx += bias
+        hs = xp.empty((T + 1, B, H), dtype=dt)
+        first = T if reverse else 0
+        if h0 is None:
+            hs[first, ...] = 0
+        else:
+            hs[first, ...] = h0
+        cs = None
+        if cls.has_cell:
+            cs = xp.empty((T + 1, B, H), dtype=dt)
+            if c0 is None:
+                cs[first, ...] = 0
+            else:
+                cs[first, ...] = c0
+        act = cls._act_buffer(xp, gx, hs, T, B, H)
+        gh = xp.empty((B, G), dtype=dt)
+        w_hh_t = dev.contiguous(xp.permute_dims(w_hh, (1, 0)))  # once per call, for every step's GEMM
+        ctx.nonlinearity = nonlinearity
+        # per-timestep views, made once (the array API indexes a leading axis as a[t, ...])
+        hv, cv, gxv, av = _views(hs), _views(cs), _views(gx), _views(act)
+        for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
+            p, q = (t + 1, t) if reverse else (t, t + 1)  # previous and new state's slot
+            if n == 0 and h0 is None:
+                gh[...] = 0
+            else:
+                xo.matmul(hv[p], w_hh_t, out=gh)
+            cls._step_forward(ctx, gxv[t], gh, b_hh, hv, cv, av, t, p, q)
+        ctx.reverse = reverse
+        ctx.save_for_backward(x, w_ih, w_hh, act, hs, cs)
+        last = 0 if reverse else T
+        out = hs[:T, ...] if reverse else hs[1:, ...]
+        finals = (dev.copy(hv[last]),) + ((dev.copy(cv[last]),) if cls.has_cell else ())
+        return (out,) + finals
+
+    @classmethod
+    def backward(cls, ctx, d_out, d_hn, d_cn=None):
+        x, w_ih, w_hh, act, hs, cs = ctx.saved_tensors
+        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        need = ctx.needs_input_grad
+        reverse = ctx.reverse
+        T, B, I = x.shape
+        G, H = w_hh.shape
+        dt = x.dtype
+        dg = xp.empty((T, B, cls.dgate_blocks * H), dtype=dt)
+        dgh = dg[..., :G]  # the gates' gradient on the hidden side (all of dg but the GRU's)
+        dh = dev.copy(d_hn)
+        dc = dev.copy(d_cn) if cls.has_cell else None
+        scratch = xp.empty((B, H), dtype=dt)  # a second state-sized buffer to write into
+        steps = range(T) if reverse else range(T - 1, -1, -1)
+        hv, cv, av, dgv, dghv, dov = _views(hs), _views(cs), _views(act), _views(dg), _views(dgh), _views(d_out)
+        for n, t in enumerate(steps):
+            p, q = (t + 1, t) if reverse else (t, t + 1)
+            dh += dov[t]
+            cls._step_backward(ctx, av, hv, cv, dh, dc, dgv, scratch, t, p, q)
+            if cls.has_cell:  # scratch got dc_{t-1}; dc's buffer is free for the next step
+                dc, scratch = scratch, dc
+            if n == T - 1 and not need[5]:
+                break  # dh0 is not wanted: skip the last recurrent GEMM
+            xo.matmul(dghv[t], w_hh, out=dh)
+            if cls.state_skips_weights:  # the GRU's dh' z, in scratch
+                dh += scratch
+        # the weight gradients of all timesteps: one GEMM each over T * B rows
+        dgh2 = xp.reshape(dgh, (T * B, G))
+        h_prev = hs[1:, ...] if reverse else hs[:T, ...]
+        dw_hh = xp.matmul(xp.permute_dims(dgh2, (1, 0)), xp.reshape(h_prev, (T * B, H))) if need[2] else None
+        db_hh = xp.sum(dgh2, axis=0) if need[4] else None
+        dgx2 = xp.reshape(cls._dgx(dg, G), (T * B, G))
+        dx = xp.reshape(xp.matmul(dgx2, w_ih), (T, B, I)) if need[0] else None
+        dw_ih = xp.matmul(xp.permute_dims(dgx2, (1, 0)), xp.reshape(x, (T * B, I))) if need[1] else None
+        db_ih = None
+        if need[3]:  # where both sides share d gates, so do the two biases (as separate arrays)
+            db_ih = dev.copy(db_hh) if db_hh is not None and cls.dgate_blocks == cls.gates else xp.sum(dgx2, axis=0)
+        dh0 = dh if need[5] else None
+        dc0 = dc if need[6] else None
+        return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0
+
+    # per-kind parts
+    @staticmethod
+    def _input_bias(b_ih, b_hh):
+        """The bias folded into the input projection (RNN, LSTM: both, added once, not per step)."""
+        if b_ih is None:
+            return None
+        return b_ih + b_hh
+
+    @staticmethod
+    def _dgx(dg, G):
+        """d gates on the input side, (T, B, G)."""
+        return dg
+
+
+class RNNSequence(_Sequence):
+    """An Elman RNN layer's sequence in one direction: h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)."""
+
+    gates = 1
+    name = "rnn_sequence"
+
+    @classmethod
+    def _check(cls, x, w_ih, w_hh, b_ih, b_hh, h0, c0, nonlinearity):
+        _check_nonlinearity(cls.name, nonlinearity)
+        return super()._check(x, w_ih, w_hh, b_ih, b_hh, h0, c0, nonlinearity)
+
+    @staticmethod
+    def _act_buffer(xp, gx, hs, T, B, H):
+        return None  # the saved outputs are the states themselves
+
+    @staticmethod
+    def _step_forward(ctx, gx_t, gh, b_hh, hs, cs, act, t, p, q):
+        rnn_forward(ctx.device, gx_t, gh, hs[q], ctx.nonlinearity)
+
+    @staticmethod
+    def _step_backward(ctx, act, hs, cs, dh, dc, dg, scratch, t, p, q):
+        rnn_backward(ctx.device, hs[q], dh, dg[t], ctx.nonlinearity)
+
+
+class LSTMSequence(_Sequence):
+    """An LSTM layer's sequence in one direction (gates i, f, g, o; see LSTMCellFn)."""
+
+    gates = 4
+    name = "lstm_sequence"
+    has_cell = True
+    dgate_blocks = 4
+
+    @staticmethod
+    def _act_buffer(xp, gx, hs, T, B, H):
+        return gx  # the projection's buffer becomes the activations', step by step
+
+    @staticmethod
+    def _step_forward(ctx, gx_t, gh, b_hh, hs, cs, act, t, p, q):
+        lstm_forward(ctx.device, gx_t, gh, cs[p], gx_t, hs[q], cs[q])
+
+    @staticmethod
+    def _step_backward(ctx, act, hs, cs, dh, dc, dg, scratch, t, p, q):
+        lstm_backward(ctx.device, act[t], cs[p], cs[q], dh, dc, dg[t], scratch)
+
+
+class GRUSequence(_Sequence):
+    """A GRU layer's sequence in one direction, PyTorch's equations (gates r, z, n; see GRUCellFn).
+
+    b_hh stays out of the input projection (its n part is multiplied by r); the d gates
+    buffer is (T, B, 4H) in the [dr, dz, dn r, dn] layout of gru_backward."""
+
+    gates = 3
+    name = "gru_sequence"
+    dgate_blocks = 4
+    state_skips_weights = True
+
+    @staticmethod
+    def _input_bias(b_ih, b_hh):
+        return b_ih
+
+    @staticmethod
+    def _act_buffer(xp, gx, hs, T, B, H):
+        return xp.empty((T, B, 4 * H), dtype=gx.dtype)
+
+    @staticmethod
+    def _step_forward(ctx, gx_t, gh, b_hh, hs, cs, act, t, p, q):
+        gru_forward(ctx.device, gx_t, gh, b_hh, hs[p], act[t], hs[q])
+
+    @staticmethod
+    def _step_backward(ctx, act, hs, cs, dh, dc, dg, scratch, t, p, q):
+        gru_backward(ctx.device, act[t], hs[p], dh, dg[t], scratch)
+
+    @staticmethod
+    def _dgx(dg, G):
+        # d gx = [dr, dz, dn]: the dn r block (used above for dW_hh) is overwritten with dn
+        H = G // 3
+        dg[..., 2 * H:3 * H] = dg[..., 3 * H:]
+        return dg[..., :G]
