@@ -183,6 +183,7 @@ def main(argv=None):
             sys.exit("--threads needs threadpoolctl (pip install threadpoolctl)")
         if torch is not None:
             torch.set_num_threads(args.threads)
+    import numpy  # noqa: F401  (loaded first, so that threadpoolctl sees its BLAS)
     env = {"bench": "rnn_step_env", "cpu": cpu_model(), "cores": os.cpu_count(), **blas_info(),
            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "unset"),
            "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE", "unset")}

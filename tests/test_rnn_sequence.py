@@ -195,3 +195,59 @@ def test_bad_impl_is_refused():
     with pytest.raises(ValueError, match=r"LSTM: impl must be one of"):
         m.impl = "fused"
     assert m.impl == "sequence"
+
+
+# ----------------------------------------------------------------------------- embedding fold
+def _folded(out):
+    """Whether the sequence op behind out read its projection from an embedding lookup."""
+    seen, stack = set(), [out._ctx]
+    while stack:
+        n = stack.pop()
+        if n is None or n in seen:
+            continue
+        seen.add(n)
+        if n.fn.__name__.endswith("Sequence") and n.inputs[1] is None:
+            return True
+        stack.extend(i._ctx for i in n.inputs if isinstance(i, tg.Tensor))
+    return False
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("mode", MODES)
+def test_embedding_fold_matches_composed(mode, bias, device):
+    V, E, H, T, B = 5, 3, 4, 6, 2  # V < T * B: folded
+    emb = nn.Embedding(V, E, dtype=F64, device=device)
+    m = make_layer(mode, E, H, num_layers=2, bidirectional=True, bias=bias, dtype=F64, device=device)
+    ids = tg.tensor(np.random.default_rng(0).integers(0, V, (T, B)), device=device)
+    res = {}
+    for impl in ("composed", "sequence"):
+        m.impl = impl
+        m.zero_grad()
+        emb.zero_grad()
+        out, _ = m(emb(ids))
+        assert _folded(out) == (impl == "sequence")
+        (out * out).sum().backward()
+        res[impl] = [out.numpy(), emb.weight.grad.numpy()] + [p.grad.numpy() for p in m.parameters()]
+    for a, b in zip(res["sequence"], res["composed"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_embedding_is_not_folded_where_it_would_change_or_cost_something():
+    T, B, E, H = 4, 2, 3, 5
+    ids = tg.tensor(np.arange(T * B).reshape(T, B) % 6)
+    m = nn.GRU(E, H, dtype=F64)
+    big = nn.Embedding(T * B, E, dtype=F64)  # as many rows as the sequence: no gain
+    assert not _folded(m(big(ids))[0])
+    pad = nn.Embedding(6, E, padding_idx=0, dtype=F64)
+    out, _ = m(pad(ids))
+    assert not _folded(out)
+    out.sum().backward()
+    assert np.all(pad.weight.grad.numpy()[0] == 0)
+    small = nn.Embedding(6, E, dtype=F64)
+    x = small(ids)
+    x.retain_grad()  # its gradient is asked for, so it must flow through x
+    out, _ = m(x)
+    assert not _folded(out)
+    out.sum().backward()
+    assert x.grad is not None
+    assert _folded(m(small(ids))[0])

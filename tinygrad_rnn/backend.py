@@ -216,8 +216,17 @@ class CPUDevice(Device):
     def scatter_add(self, target, index, values):
         if (isinstance(index, np.ndarray) and index.ndim == 1 and values.ndim == target.ndim
                 and values.shape[0] == index.shape[0] and index.shape[0]):
-            # rows (embedding backward): sorting once and summing runs of equal indices with
-            # reduceat is 2-4x faster than np.add.at, which handles one element at a time
+            # rows (embedding backward). Into a small table (a character vocabulary) the sum is
+            # one GEMM with the one-hot matrix of the indices, 4-5x faster than sorting (measured
+            # at V = 65, 2,048 rows of 256 to 2,048 columns); past a few hundred rows the sort
+            # wins: sorting once and summing runs of equal indices with reduceat is 2-4x faster
+            # than np.add.at, which handles one element at a time
+            V, N = target.shape[0], index.shape[0]
+            if V <= 256 and V * N <= 1 << 22 and target.dtype.kind == "f" and values.dtype == target.dtype:
+                onehot = (index[None, :] == np.arange(V)[:, None]).astype(target.dtype)
+                flat = values.reshape(N, -1)
+                target.reshape(V, -1)[...] += onehot @ flat
+                return
             order = np.argsort(index, kind="stable")
             rows = index[order]
             starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))

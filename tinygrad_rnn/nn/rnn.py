@@ -20,6 +20,7 @@ import warnings
 
 from .. import backend as B
 from ..errors import DTypeError, ShapeError, fmt_shape
+from ..ops import nn as nnops
 from ..ops import rnn as rnnops
 from ..ops.linalg import MatMul
 from ..tensor import Tensor, concat, stack
@@ -262,6 +263,19 @@ _GRU = _Kind("GRU", 3, False, rnnops.GRUSequence,
              composed=lambda gx, gh, b_hh, h, c, nl: (gru_step(gx, gh if b_hh is None else gh + b_hh, h), None))
 
 
+def _embedding_lookup(x):
+    """(ids, weight) when x is the output of an embedding lookup whose table is smaller than
+    the lookup (fewer rows than timesteps * batch) and nothing else watches x's gradient
+    (retain_grad) or shapes it (padding_idx); else None."""
+    node = x._ctx
+    if node is None or node.fn is not nnops.Embedding or node.retained or node.padding_idx is not None:
+        return None
+    ids, weight = node.inputs
+    if not isinstance(weight, Tensor) or weight.shape[0] >= x.shape[0] * x.shape[1] or ids.ndim != 2:
+        return None
+    return ids, weight
+
+
 class _RNNBase(Module):
     kind = _RNN
 
@@ -421,7 +435,22 @@ class _RNNBase(Module):
         kind, nl = self.kind, getattr(self, "nonlinearity", "tanh")
         h, c = init[0], (init[1] if kind.has_cell else None)
         if self._impl == "sequence":
-            res = kind.sequence.apply(x, w_ih, w_hh, b_ih, b_hh, h, c, reverse=reverse, nonlinearity=nl)
+            lookup = _embedding_lookup(x) if k < self.num_directions else None
+            if lookup is not None:
+                # x = E[ids] straight from an embedding: x W_ih^T = (E W_ih^T)[ids], so the input
+                # projection of all timesteps is a row gather from a (V, G) table, and backward
+                # sums d gates into V rows instead of two GEMMs over T * B rows. The same
+                # numbers to rounding; used where the table has fewer rows than the sequence.
+                ids, emb_w = lookup
+                table = emb_w @ w_ih.T
+                bias = kind.sequence._input_bias(b_ih, b_hh)
+                if bias is not None:
+                    table = table + bias
+                gx = nnops.Embedding.apply(ids, table)
+                res = kind.sequence.apply(gx, None, w_hh, None, b_hh if kind is _GRU else None, h, c,
+                                          reverse=reverse, nonlinearity=nl)
+            else:
+                res = kind.sequence.apply(x, w_ih, w_hh, b_ih, b_hh, h, c, reverse=reverse, nonlinearity=nl)
             return res[0], list(res[1:])
         T, batch, I = x.shape
         H, G = self.hidden_size, kind.gates * self.hidden_size

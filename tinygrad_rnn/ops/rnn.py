@@ -397,7 +397,8 @@ class _Sequence(Function):
 
     apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse=False[, nonlinearity]) with x (T, B, I),
     w_ih (G, I), w_hh (G, H), biases (G,) or None, h0 and c0 (B, H) or None (zeros; c0 is
-    the LSTM's and None for the others). Returns (out (T, B, H), h_n[, c_n]), out[t] being
+    the LSTM's and None for the others). With w_ih None, x is the input projection
+    x W_ih^T itself (T, B, G), made by the caller (the layers fold an embedding lookup into it). Returns (out (T, B, H), h_n[, c_n]), out[t] being
     the state at time t whichever way the direction runs.
 
     Buffers: `hs` (T + 1, B, H) holds every hidden state in time order, the initial one
@@ -424,7 +425,11 @@ class _Sequence(Function):
             raise ShapeError(f"{op}: weight_hh must have shape ({cls.gates} * hidden, hidden), "
                              f"got {fmt_shape(w_hh.shape)}")
         G, H = w_hh.shape
-        if tuple(w_ih.shape) != (G, I):
+        if w_ih is None:
+            if I != G:
+                raise ShapeError(f"{op}: without weight_ih the input is the input projection and must have "
+                                 f"{G} features ({cls.gates} * hidden), got shape {fmt_shape(x.shape)}")
+        elif tuple(w_ih.shape) != (G, I):
             raise ShapeError(f"{op}: weight_ih must have shape {fmt_shape((G, I))} for input of shape "
                              f"{fmt_shape(x.shape)} and weight_hh {fmt_shape(w_hh.shape)}, got {fmt_shape(w_ih.shape)}")
         for what, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
@@ -445,10 +450,16 @@ class _Sequence(Function):
         T, B, I, G, H = cls._check(x, w_ih, w_hh, b_ih, b_hh, h0, c0, nonlinearity)
         dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
         dt = x.dtype
-        gx = xp.reshape(xp.matmul(xp.reshape(x, (T * B, I)), xp.permute_dims(w_ih, (1, 0))), (T, B, G))
         bias = cls._input_bias(b_ih, b_hh)
-        if bias is not None:
-            gx += bias
+        if w_ih is not None:  # one GEMM for all timesteps, into an array this op owns
+            gx = xp.reshape(xp.matmul(xp.reshape(x, (T * B, I)), xp.permute_dims(w_ih, (1, 0))), (T, B, G))
+            if bias is not None:
+                gx += bias
+        elif bias is not None:
+            gx = x + bias
+        else:
+            gx = x  # the caller's projection: read, never written
+        owned = gx is not x
         hs = xp.empty((T + 1, B, H), dtype=dt)
         first = T if reverse else 0
         if h0 is None:
@@ -462,12 +473,12 @@ class _Sequence(Function):
                 cs[first, ...] = 0
             else:
                 cs[first, ...] = c0
-        act = cls._act_buffer(xp, gx, hs, T, B, H)
-        gh = xp.empty((B, G), dtype=dt)
+        act = cls._act_buffer(xp, gx, owned, T, B, H)
         w_hh_t = dev.contiguous(xp.permute_dims(w_hh, (1, 0)))  # once per call, for every step's GEMM
         ctx.nonlinearity = nonlinearity
         # per-timestep views, made once (the array API indexes a leading axis as a[t, ...])
         hv, cv, gxv, av = _views(hs), _views(cs), _views(gx), _views(act)
+        gh = xp.empty((B, G), dtype=dt)
         for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
             p, q = (t + 1, t) if reverse else (t, t + 1)  # previous and new state's slot
             if n == 0 and h0 is None:
@@ -476,7 +487,7 @@ class _Sequence(Function):
                 xo.matmul(hv[p], w_hh_t, out=gh)
             cls._step_forward(ctx, gxv[t], gh, b_hh, hv, cv, av, t, p, q)
         ctx.reverse = reverse
-        ctx.save_for_backward(x, w_ih, w_hh, act, hs, cs)
+        ctx.save_for_backward(x if w_ih is not None else None, w_ih, w_hh, act, hs, cs)
         last = 0 if reverse else T
         out = hs[:T, ...] if reverse else hs[1:, ...]
         finals = (dev.copy(hv[last]),) + ((dev.copy(cv[last]),) if cls.has_cell else ())
@@ -488,17 +499,16 @@ class _Sequence(Function):
         dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
         need = ctx.needs_input_grad
         reverse = ctx.reverse
-        T, B, I = x.shape
+        T, B = hs.shape[0] - 1, hs.shape[1]
         G, H = w_hh.shape
-        dt = x.dtype
+        dt = hs.dtype
         dg = xp.empty((T, B, cls.dgate_blocks * H), dtype=dt)
         dgh = dg[..., :G]  # the gates' gradient on the hidden side (all of dg but the GRU's)
         dh = dev.copy(d_hn)
         dc = dev.copy(d_cn) if cls.has_cell else None
         scratch = xp.empty((B, H), dtype=dt)  # a second state-sized buffer to write into
-        steps = range(T) if reverse else range(T - 1, -1, -1)
-        hv, cv, av, dgv, dghv, dov = _views(hs), _views(cs), _views(act), _views(dg), _views(dgh), _views(d_out)
-        for n, t in enumerate(steps):
+        hv, cv, av, dgv, dghv, dov = (_views(a) for a in (hs, cs, act, dg, dgh, d_out))
+        for n, t in enumerate(range(T) if reverse else range(T - 1, -1, -1)):
             p, q = (t + 1, t) if reverse else (t, t + 1)
             dh += dov[t]
             cls._step_backward(ctx, av, hv, cv, dh, dc, dgv, scratch, t, p, q)
@@ -514,9 +524,13 @@ class _Sequence(Function):
         h_prev = hs[1:, ...] if reverse else hs[:T, ...]
         dw_hh = xp.matmul(xp.permute_dims(dgh2, (1, 0)), xp.reshape(h_prev, (T * B, H))) if need[2] else None
         db_hh = xp.sum(dgh2, axis=0) if need[4] else None
-        dgx2 = xp.reshape(cls._dgx(dg, G), (T * B, G))
-        dx = xp.reshape(xp.matmul(dgx2, w_ih), (T, B, I)) if need[0] else None
-        dw_ih = xp.matmul(xp.permute_dims(dgx2, (1, 0)), xp.reshape(x, (T * B, I))) if need[1] else None
+        dgx = cls._dgx(dg, G)
+        dgx2 = xp.reshape(dgx, (T * B, G))
+        if w_ih is None:  # the input was the projection itself
+            dx, dw_ih = (dgx if need[0] else None), None
+        else:
+            dx = xp.reshape(xp.matmul(dgx2, w_ih), (T, B, x.shape[2])) if need[0] else None
+            dw_ih = xp.matmul(xp.permute_dims(dgx2, (1, 0)), xp.reshape(x, (T * B, x.shape[2]))) if need[1] else None
         db_ih = None
         if need[3]:  # where both sides share d gates, so do the two biases (as separate arrays)
             db_ih = dev.copy(db_hh) if db_hh is not None and cls.dgate_blocks == cls.gates else xp.sum(dgx2, axis=0)
@@ -550,7 +564,7 @@ class RNNSequence(_Sequence):
         return super()._check(x, w_ih, w_hh, b_ih, b_hh, h0, c0, nonlinearity)
 
     @staticmethod
-    def _act_buffer(xp, gx, hs, T, B, H):
+    def _act_buffer(xp, gx, owned, T, B, H):
         return None  # the saved outputs are the states themselves
 
     @staticmethod
@@ -571,12 +585,13 @@ class LSTMSequence(_Sequence):
     dgate_blocks = 4
 
     @staticmethod
-    def _act_buffer(xp, gx, hs, T, B, H):
-        return gx  # the projection's buffer becomes the activations', step by step
+    def _act_buffer(xp, gx, owned, T, B, H):
+        # the projection's buffer becomes the activations', step by step, if it is this op's
+        return gx if owned else xp.empty(gx.shape, dtype=gx.dtype)
 
     @staticmethod
     def _step_forward(ctx, gx_t, gh, b_hh, hs, cs, act, t, p, q):
-        lstm_forward(ctx.device, gx_t, gh, cs[p], gx_t, hs[q], cs[q])
+        lstm_forward(ctx.device, gx_t, gh, cs[p], act[t], hs[q], cs[q])
 
     @staticmethod
     def _step_backward(ctx, act, hs, cs, dh, dc, dg, scratch, t, p, q):
@@ -599,7 +614,7 @@ class GRUSequence(_Sequence):
         return b_ih
 
     @staticmethod
-    def _act_buffer(xp, gx, hs, T, B, H):
+    def _act_buffer(xp, gx, owned, T, B, H):
         return xp.empty((T, B, 4 * H), dtype=gx.dtype)
 
     @staticmethod
