@@ -455,18 +455,27 @@ class Adam(Optimizer):
                 p.data *= 1.0 - lr * wd
             else:
                 g = g + wd * p.data
+        # in place, through one temporary: an LSTM's weights are millions of numbers, and a
+        # fresh array per term costs more than the arithmetic
+        xo = p.device.xp_out
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m *= beta1
-        m += (1.0 - beta1) * g
+        tmp = g * (1.0 - beta1)
+        m += tmp
+        xo.multiply(g, g, out=tmp)
+        tmp *= 1.0 - beta2
         v *= beta2
-        v += (1.0 - beta2) * g * g
+        v += tmp
         if group["amsgrad"]:
             vmax = state["max_exp_avg_sq"]
-            vmax[...] = xp.maximum(vmax, v)
+            xo.maximum(vmax, v, out=vmax)
             v = vmax
-        step_size = lr / (1.0 - beta1 ** t)
-        denom = xp.sqrt(v) / math.sqrt(1.0 - beta2 ** t) + group["eps"]
-        p.data -= step_size * m / denom
+        xo.sqrt(v, out=tmp)
+        tmp /= math.sqrt(1.0 - beta2 ** t)
+        tmp += group["eps"]  # the denominator
+        xo.divide(m, tmp, out=tmp)
+        tmp *= lr / (1.0 - beta1 ** t)
+        p.data -= tmp
 
 
 class AdamW(Adam):
