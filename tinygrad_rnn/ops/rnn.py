@@ -475,6 +475,7 @@ class _Sequence(Function):
                 cs[first, ...] = c0
         act = cls._act_buffer(xp, gx, owned, T, B, H)
         w_hh_t = dev.contiguous(xp.permute_dims(w_hh, (1, 0)))  # once per call, for every step's GEMM
+        b_step = cls._step_bias(dev, b_hh, G, dt)
         ctx.nonlinearity = nonlinearity
         # per-timestep views, made once (the array API indexes a leading axis as a[t, ...])
         hv, cv, gxv, av = _views(hs), _views(cs), _views(gx), _views(act)
@@ -485,7 +486,7 @@ class _Sequence(Function):
                 gh[...] = 0
             else:
                 xo.matmul(hv[p], w_hh_t, out=gh)
-            cls._step_forward(ctx, gxv[t], gh, b_hh, hv, cv, av, t, p, q)
+            cls._step_forward(ctx, gxv[t], gh, b_step, hv, cv, av, t, p, q)
         ctx.reverse = reverse
         ctx.save_for_backward(x if w_ih is not None else None, w_ih, w_hh, act, hs, cs)
         last = 0 if reverse else T
@@ -550,6 +551,11 @@ class _Sequence(Function):
     def _dgx(dg, G):
         """d gates on the input side, (T, B, G)."""
         return dg
+
+    @staticmethod
+    def _step_bias(dev, b_hh, G, dt):
+        """The bias each step adds on the hidden side (the GRU's b_hh; the others fold theirs)."""
+        return b_hh
 
 
 class RNNSequence(_Sequence):
@@ -624,6 +630,12 @@ class GRUSequence(_Sequence):
     @staticmethod
     def _step_backward(ctx, act, hs, cs, dh, dc, dg, scratch, t, p, q):
         gru_backward(ctx.device, act[t], hs[p], dh, dg[t], scratch)
+
+    @staticmethod
+    def _step_bias(dev, b_hh, G, dt):
+        if b_hh is None and _kernel(dev, "gru_fwd") is not None:
+            return dev.xp.zeros((G,), dtype=dt)  # the kernel always adds one: zeros, made once per call
+        return b_hh
 
     @staticmethod
     def _dgx(dg, G):
