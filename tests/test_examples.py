@@ -34,6 +34,12 @@ def test_vanishing_gradients(tmp_path):
     assert res["lstm_decay"] > 10 * res["rnn_decay"]
 
 
+def test_bptt_hooks_trace(tmp_path):
+    res = run_example("bptt_hooks", "--out", str(tmp_path / "trace.png"))
+    assert len(res["rnn"]) == len(res["lstm"]) == 30
+    assert res["rnn_decay"] < 1e-3 and res["lstm_decay"] > 100 * res["rnn_decay"]
+
+
 def test_many_to_one_parity():
     res = run_example("many_to_one")
     assert res["lstm"]["all_trained_strings_right"] and res["gru"]["all_trained_strings_right"]

@@ -26,9 +26,10 @@ from __future__ import annotations
 import contextlib
 import weakref
 
-from .errors import TinygradError, fmt_shape
+from .errors import ShapeError, TinygradError, fmt_shape
 
 _grad_enabled = True
+_anomaly = False  # detect_anomaly(): record where each node was made, check every backward rule
 
 
 def is_grad_enabled() -> bool:
@@ -59,11 +60,46 @@ def enable_grad():
     return _GradMode(True)
 
 
+class AnomalyError(TinygradError, RuntimeError):
+    """A backward rule produced NaN or infinity under detect_anomaly()."""
+
+
+class detect_anomaly(contextlib.ContextDecorator):
+    """Context manager and decorator: while it is on, every op records the file and line of
+    the forward call that made it, and the first backward rule whose gradient holds a NaN
+    or an infinity raises AnomalyError naming the op and that line. It costs a stack walk per
+    op and a finiteness check per gradient, so it is for debugging, not for training."""
+
+    def __enter__(self):
+        global _anomaly
+        self.prev = _anomaly
+        _anomaly = True
+        return self
+
+    def __exit__(self, *exc):
+        global _anomaly
+        _anomaly = self.prev
+        return False
+
+
+def _caller_outside_package():
+    """'file:line in function' of the innermost frame that is not tinygrad_rnn's own code."""
+    import os
+    import sys
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    f = sys._getframe(2)
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(pkg):
+        f = f.f_back
+    if f is None:
+        return "an unknown place"
+    return f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
+
+
 class Context:
     """One recorded op call: the node of the graph. `ctx` in forward/backward."""
 
     __slots__ = ("fn", "inputs", "needs_input_grad", "saved_tensors", "xp", "device",
-                 "out_meta", "retained", "__dict__", "__weakref__")
+                 "out_meta", "retained", "hooks", "__dict__", "__weakref__")
 
     def __init__(self, device, needs_input_grad):
         self.device = device
@@ -71,6 +107,7 @@ class Context:
         self.needs_input_grad = needs_input_grad
         self.saved_tensors = ()
         self.retained = None
+        self.hooks = None  # {output index: {handle id: fn}}, from Tensor.register_hook
 
     def save_for_backward(self, *arrays):
         self.saved_tensors = arrays
@@ -127,6 +164,8 @@ class Function:
         else:
             ctx.fn = cls
             ctx.inputs = args
+            if _anomaly:
+                ctx.trace = _caller_outside_package()
         if type(out) is tuple:
             if ctx is not None:
                 ctx.out_meta = tuple((o.shape, o.dtype) for o in out)
@@ -167,15 +206,15 @@ def unbroadcast(xp, grad, shape):
     return grad
 
 
-def _topological_order(root_ctx):
-    """Nodes reachable from root_ctx, each after every node that consumes it.
+def _topological_order(root_ctxs):
+    """Nodes reachable from the root nodes, each after every node that consumes it.
 
     Iterative depth-first post-order: a BPTT graph of 100,000 steps would overflow
-    Python's recursion limit.
+    Python's recursion limit. This is the order in which backward visits the nodes.
     """
     order = []
     seen = set()
-    stack = [(root_ctx, False)]
+    stack = [(c, False) for c in reversed(root_ctxs)]
     while stack:
         node, expanded = stack.pop()
         if expanded:
@@ -198,48 +237,60 @@ def _topological_order(root_ctx):
     return order
 
 
-def run_backward(root, grad, retain_graph=False):
-    """Propagate `grad` (an array shaped like root) from `root` to every leaf that requires grad."""
-    root_ctx = root._ctx
-    if root_ctx is None:  # a leaf: its gradient is the seed itself
-        root._accumulate(grad)
-        return
+def run_backward(roots, grads, retain_graph=False, inputs=None):
+    """Propagate grads (arrays shaped like roots) from the root tensors through the graph.
+
+    inputs None (Tensor.backward): accumulate into the .grad of every leaf that requires
+    grad. inputs a sequence of tensors (autograd.grad): return {id(tensor): array or None}
+    for those alone, leaving every .grad as it was.
+    """
     # pending[node]: the gradient of its output so far; for a multi-output node, a list
     # with one slot per output. Single-output nodes (nearly all) skip the list.
-    if root_ctx.out_meta is None:
-        pending = {root_ctx: grad}
-    else:
-        pending = {root_ctx: _empty_slots(root_ctx)}
-        pending[root_ctx][root._index] = grad
-    # leaf gradients are summed as raw arrays and wrapped in a Tensor once at the end: a
-    # weight shared by T timesteps would otherwise allocate T throwaway Tensors
-    leaf_grads = {}
-    for node in _topological_order(root_ctx):
-        grads = pending.pop(node, None)
-        if grads is None:  # reachable, but no gradient flows into it from root
+    pending = {}
+    leaf_grads = {}  # summed as raw arrays, wrapped once at the end: a weight shared by T steps
+    for root, grad in zip(roots, grads):
+        c = root._ctx
+        if c is None:
+            if inputs is None or any(root is t for t in inputs):
+                prev = leaf_grads.get(root)
+                leaf_grads[root] = grad if prev is None else prev + grad
+        else:
+            _add_pending(pending, c, root._index, grad)
+    wanted = wanted_leaves = None
+    if inputs is not None:
+        wanted = {}  # node -> [(output index, tensor)]: the intermediate tensors asked for
+        wanted_leaves = set()
+        for t in inputs:
+            if t._ctx is not None:
+                wanted.setdefault(t._ctx, []).append((t._index, t))
+            else:
+                wanted_leaves.add(t)
+    found = {}
+    root_ctxs = [r._ctx for r in roots if r._ctx is not None]
+    for node in _topological_order(root_ctxs):
+        grads_in = pending.pop(node, None)
+        if grads_in is None:  # reachable, but no gradient flows into it from the roots
             continue
         if node.inputs is None:
             raise RuntimeError(
                 f"backward through {node.fn.__name__} a second time: its saved arrays were "
                 f"freed after the first backward; pass retain_graph=True to the first call")
         xp = node.xp
-        if node.out_meta is None:
-            in_grads = node.fn.backward(node, grads)
-            if node.retained:
-                grads = (grads,)
-        else:
-            for i, g in enumerate(grads):
+        if node.out_meta is not None:
+            for i, g in enumerate(grads_in):
                 if g is None:  # an output nobody used: its gradient is zero
                     shape, dtype = node.out_meta[i]
-                    grads[i] = xp.zeros(shape, dtype=dtype)
-            in_grads = node.fn.backward(node, *grads)
-        if node.retained:
-            for i, ref in node.retained.items():
-                t = ref()
-                if t is not None and grads[i] is not None:
-                    t._accumulate(grads[i])  # like a leaf's, .grad adds up over backward calls
+                    grads_in[i] = xp.zeros(shape, dtype=dtype)
+        if node.hooks or node.retained or wanted:
+            grads_in = _observe(node, grads_in, wanted, found)
+        if node.out_meta is None:
+            in_grads = node.fn.backward(node, grads_in)
+        else:
+            in_grads = node.fn.backward(node, *grads_in)
         if type(in_grads) is not tuple:
             in_grads = (in_grads,)
+        if _anomaly:
+            _check_finite(node, in_grads)
         for inp, g, need in zip(node.inputs, in_grads, node.needs_input_grad):
             if not need or g is None:
                 continue
@@ -252,23 +303,175 @@ def run_backward(root, grad, retain_graph=False):
             c = inp._ctx
             # sums are out of place: g may be the very array another branch holds
             if c is None:
-                prev = leaf_grads.get(inp)  # keyed by identity: Tensor hashes as an object
-                leaf_grads[inp] = g if prev is None else prev + g
-            elif c.out_meta is None:
-                prev = pending.get(c)
-                pending[c] = g if prev is None else prev + g
+                if wanted is None or inp in wanted_leaves:
+                    prev = leaf_grads.get(inp)  # keyed by identity: Tensor hashes as an object
+                    leaf_grads[inp] = g if prev is None else prev + g
             else:
-                slots = pending.get(c)
-                if slots is None:
-                    slots = pending[c] = _empty_slots(c)
-                prev = slots[inp._index]
-                slots[inp._index] = g if prev is None else prev + g
+                _add_pending(pending, c, inp._index, g)
         if not retain_graph:
             node.inputs = None
             node.saved_tensors = None
             node.__dict__.clear()
     for leaf, g in leaf_grads.items():
-        leaf._accumulate(g)
+        if leaf._hooks:
+            g = _run_hooks(leaf._hooks, g, leaf.device, "a leaf")
+        if wanted is None:
+            leaf._accumulate(g)
+        else:
+            found[id(leaf)] = g
+    return found
+
+
+def _observe(node, grads_in, wanted, found):
+    """What watches a node's output gradients before its backward runs: hooks (which may
+    replace them), retain_grad, and autograd.grad's intermediate inputs."""
+    single = node.out_meta is None
+    gs = [grads_in] if single else grads_in
+    if node.hooks:
+        for i, fns in node.hooks.items():
+            gs[i] = _run_hooks(fns, gs[i], node.device, node.fn.__name__)
+    if node.retained and wanted is None:
+        for i, ref in node.retained.items():
+            t = ref()
+            if t is not None:
+                t._accumulate(gs[i])  # like a leaf's, .grad adds up over backward calls
+    if wanted and node in wanted:
+        for i, t in wanted[node]:
+            found[id(t)] = gs[i]
+    return gs[0] if single else gs
+
+
+def _add_pending(pending, c, index, g):
+    if c.out_meta is None:
+        prev = pending.get(c)
+        pending[c] = g if prev is None else prev + g
+    else:
+        slots = pending.get(c)
+        if slots is None:
+            slots = pending[c] = _empty_slots(c)
+        prev = slots[index]
+        slots[index] = g if prev is None else prev + g
+
+
+def _run_hooks(fns, g, device, where):
+    """Each hook in registration order sees the gradient so far and may return a replacement."""
+    for fn in list(fns.values()):
+        res = fn(Tensor._make(g, device, None, 0))
+        if res is None:
+            continue
+        if not isinstance(res, Tensor):
+            raise TypeError(f"hook {getattr(fn, '__name__', fn)!r} on the gradient of {where} returned a "
+                            f"{type(res).__name__}; a hook returns a Tensor or None")
+        if tuple(res.shape) != tuple(g.shape) or res.device is not device:
+            raise ShapeError(f"hook {getattr(fn, '__name__', fn)!r} on the gradient of {where} returned shape "
+                             f"{fmt_shape(res.shape)} on {res.device.name}; the gradient has shape "
+                             f"{fmt_shape(g.shape)} on {device.name}")
+        g = res.data
+    return g
+
+
+def _check_finite(node, in_grads):
+    xp = node.xp
+    for k, g in enumerate(in_grads):
+        if g is None or not node.needs_input_grad[k]:
+            continue
+        if not bool(xp.all(xp.isfinite(g))):
+            n_nan = int(xp.sum(xp.astype(xp.isnan(g), xp.int64)))
+            what = f"{n_nan} NaN" if n_nan else "infinity"
+            where = node.__dict__.get("trace", "an unknown place (made before detect_anomaly was on)")
+            raise AnomalyError(f"detect_anomaly: the backward of {node.fn.__name__} produced {what} in the "
+                               f"gradient of its input {k} (shape {fmt_shape(g.shape)}); the op was called "
+                               f"at {where}")
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, allow_unused=False):
+    """d(outputs)/d(inputs) as a tuple of Tensors, PyTorch's torch.autograd.grad.
+
+    outputs: a Tensor or a sequence; grad_outputs: one gradient per output (Tensors, arrays
+    or None; None is allowed for a one-element output, meaning 1). inputs: tensors that
+    require grad, leaves or intermediates. Nothing is accumulated into any .grad. An input
+    the outputs do not depend on is an error, unless allow_unused=True, and then its entry
+    is None. retain_graph (default False) keeps the graph for another backward.
+    """
+    outputs = _seq("grad", "outputs", outputs)
+    inputs = _seq("grad", "inputs", inputs)
+    for k, t in enumerate(inputs):
+        if not t.requires_grad:
+            raise RuntimeError(f"grad: input {k} (shape {fmt_shape(t.shape)}) does not require grad, so no "
+                               f"gradient flows to it; make it with requires_grad=True")
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif isinstance(grad_outputs, Tensor) or not isinstance(grad_outputs, (list, tuple)):
+        grad_outputs = [grad_outputs]
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(f"grad: {len(outputs)} output(s) but {len(grad_outputs)} grad_outputs")
+    seeds = []
+    for k, (o, g) in enumerate(zip(outputs, grad_outputs)):
+        if not o.requires_grad:
+            raise RuntimeError(f"grad: output {k} does not require grad and has no graph behind it")
+        seeds.append(o._seed_grad(g, f"grad: output {k}", "grad_outputs"))
+    found = run_backward(outputs, seeds, bool(retain_graph), inputs=inputs)
+    result = []
+    for k, t in enumerate(inputs):
+        g = found.get(id(t))
+        if g is None and not allow_unused:
+            raise RuntimeError(f"grad: input {k} (shape {fmt_shape(t.shape)}) was not used to compute the "
+                               f"outputs; pass allow_unused=True to get None for it")
+        result.append(None if g is None else Tensor._make(g, t.device, None, 0))
+    return tuple(result)
+
+
+def _seq(op, what, x):
+    items = [x] if isinstance(x, Tensor) else list(x)
+    for k, t in enumerate(items):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {what}[{k}] is a {type(t).__name__}, not a Tensor")
+    if not items:
+        raise ValueError(f"{op}: {what} is empty")
+    return items
+
+
+class RemovableHandle:
+    """What register_hook returns: .remove() unregisters the hook (calling it twice is harmless)."""
+
+    _next = 0
+
+    def __init__(self, table):
+        self._table = weakref.ref(table) if hasattr(table, "__weakref__") else (lambda: table)
+        RemovableHandle._next += 1
+        self.id = RemovableHandle._next
+
+    def remove(self):
+        table = self._table()
+        if table is not None:
+            table.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+
+def register_hook(tensor, fn):
+    """See Tensor.register_hook."""
+    if not callable(fn):
+        raise TypeError(f"register_hook: the hook must be callable, got {type(fn).__name__}")
+    if not tensor.requires_grad:
+        raise RuntimeError("register_hook: this tensor does not require grad, so no gradient will reach the hook")
+    ctx = tensor._ctx
+    if ctx is None:
+        if tensor._hooks is None:
+            tensor._hooks = {}
+        table = tensor._hooks
+    else:
+        if ctx.hooks is None:
+            ctx.hooks = {}
+        table = ctx.hooks.setdefault(tensor._index, {})
+    handle = RemovableHandle(table)
+    table[handle.id] = fn
+    return handle
 
 
 def _empty_slots(ctx):

@@ -16,7 +16,7 @@ from .errors import AxisError, DTypeError, ShapeError, TinygradError, fmt_shape,
 
 
 class Tensor:
-    __slots__ = ("data", "device", "requires_grad", "grad", "_ctx", "_index", "__weakref__")
+    __slots__ = ("data", "device", "requires_grad", "grad", "_ctx", "_index", "_hooks", "__weakref__")
 
     # NumPy would otherwise take `ndarray + tensor` (and -, *, @, ...) for itself and
     # build an object array of one-element Tensors; this makes it defer to __radd__ & co.
@@ -49,6 +49,7 @@ class Tensor:
         self.grad = None
         self._ctx = None
         self._index = 0
+        self._hooks = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -63,6 +64,7 @@ class Tensor:
         t._index = index
         t.requires_grad = ctx is not None
         t.grad = None
+        t._hooks = None
         return t
 
     # ------------------------------------------------------------------ properties
@@ -164,24 +166,34 @@ class Tensor:
         if self._ctx is not None:
             autograd.retain(self)
 
-    def backward(self, grad=None, retain_graph=False) -> None:
+    def backward(self, grad=None, retain_graph=None) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's .grad that requires grad."""
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require grad and has no graph behind it "
                                "(no input of the ops that made it requires grad, or it was made under no_grad)")
+        autograd.run_backward([self], [self._seed_grad(grad, "backward")], bool(retain_graph))
+
+    def _seed_grad(self, grad, who, arg="grad="):
+        """The gradient backward starts from, as an array: ones for a one-element tensor."""
         if grad is None:
             if self.numel() != 1:
-                raise RuntimeError(f"backward: a gradient can be created implicitly only for a one-element "
-                                   f"tensor; this one has shape {fmt_shape(self.shape)}, so pass grad= of that shape")
-            g = self.device.xp.ones(self.data.shape, dtype=self.data.dtype)
-        else:
-            g = grad.data if isinstance(grad, Tensor) else self.device.from_host(np.asarray(grad), self.dtype)
-            if tuple(g.shape) != self.shape:
-                raise ShapeError(f"backward: grad has shape {fmt_shape(g.shape)} but the tensor has shape "
-                                 f"{fmt_shape(self.shape)}")
-            if isinstance(grad, Tensor) and grad.device is not self.device:
-                raise RuntimeError(f"backward: grad is on {grad.device.name} but the tensor is on {self.device.name}")
-        autograd.run_backward(self, g, retain_graph)
+                raise RuntimeError(f"{who}: a gradient can be created implicitly only for a one-element "
+                                   f"tensor; this one has shape {fmt_shape(self.shape)}, so pass {arg} of "
+                                   f"that shape")
+            return self.device.xp.ones(self.data.shape, dtype=self.data.dtype)
+        if isinstance(grad, Tensor) and grad.device is not self.device:
+            raise RuntimeError(f"{who}: grad is on {grad.device.name} but the tensor is on {self.device.name}")
+        g = grad.data if isinstance(grad, Tensor) else self.device.from_host(np.asarray(grad), self.dtype)
+        if tuple(g.shape) != self.shape:
+            raise ShapeError(f"{who}: grad has shape {fmt_shape(g.shape)} but the tensor has shape "
+                             f"{fmt_shape(self.shape)}")
+        return g
+
+    def register_hook(self, fn):
+        """fn(grad) runs when the gradient of this tensor has been computed (for a leaf, before
+        it is added to .grad) and may return a Tensor of the same shape to replace it. Works on
+        leaves and intermediates; returns a handle whose .remove() unregisters the hook."""
+        return autograd.register_hook(self, fn)
 
     def _accumulate(self, g):
         # never in place: g may be the same array another leaf received
