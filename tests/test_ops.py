@@ -37,12 +37,15 @@ def assert_matches(out, expected, device, rtol=1e-10, atol=1e-12):
     np.testing.assert_allclose(out.numpy(), expected, rtol=rtol, atol=atol)
 
 
-def check(device, fn, np_fn, *arrays, grad=True):
-    """fn(*tensors) against np_fn(*arrays), then gradcheck of fn w.r.t. every input."""
+def check(device, fn, np_fn, *arrays, grad=True, grad2=True):
+    """fn(*tensors) against np_fn(*arrays), then gradcheck of fn w.r.t. every input, and
+    gradgradcheck (second derivatives, along a random direction) unless grad2=False."""
     ts = [T(a, device) for a in arrays]
     assert_matches(fn(*ts), np_fn(*arrays), device)
     if grad:
         assert tg.gradcheck(fn, ts)
+        if grad2:
+            assert tg.gradgradcheck(fn, ts, fast_mode=True)
 
 
 SMALL = dict(max_dims=3, max_side=3)
@@ -627,8 +630,21 @@ def test_cross_entropy(device, reduction, inputs, as_tensor):
     if reduction == "mean" and ignore_index is not None:
         assume(np.any(targets != ignore_index))  # a mean over no target at all is 0/0
     tt = tg.tensor(targets, device=device) if as_tensor else targets
+    # the fused op has no second derivative (it says so: see the test below); its composed
+    # equivalent, nll_loss of log_softmax, has, and is checked twice over here
     check(device, lambda x: F.cross_entropy(x, tt, reduction=reduction, ignore_index=ignore_index),
-          lambda a: np_cross_entropy(a, targets, reduction, ignore_index), logits)
+          lambda a: np_cross_entropy(a, targets, reduction, ignore_index), logits, grad2=False)
+    if logits.ndim == 2:  # what nll_loss takes: (N, C)
+        check(device, lambda x: F.nll_loss(F.log_softmax(x, -1), tt, reduction=reduction, ignore_index=ignore_index),
+              lambda a: np_cross_entropy(a, targets, reduction, ignore_index), logits)
+
+
+def test_cross_entropy_refuses_create_graph_and_names_the_way_round(device):
+    x = T([[1.0, 2.0, 0.5]], device)
+    loss = F.cross_entropy(x, [1])
+    with pytest.raises(tg.autograd.CreateGraphError, match=r"CrossEntropy: create_graph=True: its backward uses "
+                                                          r"a value its forward computed.*nll_loss\(log_softmax"):
+        tg.autograd.grad(loss, x, create_graph=True)
 
 
 def test_cross_entropy_gradient_is_softmax_minus_one_hot(device):

@@ -60,6 +60,10 @@ def enable_grad():
     return _GradMode(True)
 
 
+class CreateGraphError(TinygradError, RuntimeError):
+    """create_graph=True reached an op whose backward cannot be differentiated again."""
+
+
 class AnomalyError(TinygradError, RuntimeError):
     """A backward rule produced NaN or infinity under detect_anomaly()."""
 
@@ -237,13 +241,25 @@ def _topological_order(root_ctxs):
     return order
 
 
-def run_backward(roots, grads, retain_graph=False, inputs=None):
+def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=False):
     """Propagate grads (arrays shaped like roots) from the root tensors through the graph.
 
     inputs None (Tensor.backward): accumulate into the .grad of every leaf that requires
-    grad. inputs a sequence of tensors (autograd.grad): return {id(tensor): array or None}
+    grad. inputs a sequence of tensors (autograd.grad): return {id(tensor): gradient}
     for those alone, leaving every .grad as it was.
+
+    create_graph: run each backward rule on Tensors (tensor_xp.py), so that the gradients
+    are Tensors with a graph of their own, differentiable again. Gradients are then Tensors
+    throughout this walk instead of arrays.
     """
+    if create_graph:
+        from .tensor_xp import backward_with_graph
+        grads = [Tensor._make(g, r.device, None, 0) if not isinstance(g, Tensor) else g
+                 for r, g in zip(roots, grads)]
+        produced = {}  # (node, output index) -> the output Tensor, as consumers show it
+        for r in roots:
+            if r._ctx is not None:
+                produced[(r._ctx, r._index)] = r
     # pending[node]: the gradient of its output so far; for a multi-output node, a list
     # with one slot per output. Single-output nodes (nearly all) skip the list.
     pending = {}
@@ -267,10 +283,20 @@ def run_backward(roots, grads, retain_graph=False, inputs=None):
                 wanted_leaves.add(t)
     found = {}
     root_ctxs = [r._ctx for r in roots if r._ctx is not None]
-    for node in _topological_order(root_ctxs):
+    order = _topological_order(root_ctxs)
+    needed = None
+    if wanted is not None:
+        # only the nodes on a path to an input asked for: the rest of the graph is not walked
+        needed = set()
+        for node in reversed(order):  # producers first
+            if node in wanted or node.inputs is None or any(  # a freed node: walk it, to say so
+                    isinstance(i, Tensor) and ((i._ctx is None and i in wanted_leaves) or i._ctx in needed)
+                    for i in node.inputs):
+                needed.add(node)
+    for node in order:
         grads_in = pending.pop(node, None)
-        if grads_in is None:  # reachable, but no gradient flows into it from the roots
-            continue
+        if grads_in is None or (needed is not None and node not in needed):
+            continue  # reachable, but no gradient flows into it from the roots (or none is wanted from it)
         if node.inputs is None:
             raise RuntimeError(
                 f"backward through {node.fn.__name__} a second time: its saved arrays were "
@@ -281,9 +307,14 @@ def run_backward(roots, grads, retain_graph=False, inputs=None):
                 if g is None:  # an output nobody used: its gradient is zero
                     shape, dtype = node.out_meta[i]
                     grads_in[i] = xp.zeros(shape, dtype=dtype)
+        if create_graph and node.out_meta is not None:
+            grads_in = [g if isinstance(g, Tensor) else Tensor._make(g, node.device, None, 0) for g in grads_in]
         if node.hooks or node.retained or wanted:
             grads_in = _observe(node, grads_in, wanted, found)
-        if node.out_meta is None:
+        if create_graph:
+            outs = [produced.get((node, i)) for i in range(1 if node.out_meta is None else len(node.out_meta))]
+            in_grads = backward_with_graph(node, [grads_in] if node.out_meta is None else grads_in, outs)
+        elif node.out_meta is None:
             in_grads = node.fn.backward(node, grads_in)
         else:
             in_grads = node.fn.backward(node, *grads_in)
@@ -295,11 +326,19 @@ def run_backward(roots, grads, retain_graph=False, inputs=None):
             if not need or g is None:
                 continue
             data = inp.data
-            if g.shape != data.shape:
-                g = unbroadcast(xp, g, data.shape)
-            dt = data.dtype
-            if g.dtype != dt:
-                g = xp.astype(g, dt)
+            if create_graph:
+                if tuple(g.shape) != tuple(data.shape):
+                    g = unbroadcast(TensorNamespace(node.device), g, tuple(data.shape))
+                if g.dtype is not inp.dtype:
+                    g = g.to(inp.dtype)
+                if inp._ctx is not None:
+                    produced[(inp._ctx, inp._index)] = inp
+            else:
+                if g.shape != data.shape:
+                    g = unbroadcast(xp, g, data.shape)
+                dt = data.dtype
+                if g.dtype != dt:
+                    g = xp.astype(g, dt)
             c = inp._ctx
             # sums are out of place: g may be the very array another branch holds
             if c is None:
@@ -320,6 +359,11 @@ def run_backward(roots, grads, retain_graph=False, inputs=None):
         else:
             found[id(leaf)] = g
     return found
+
+
+def TensorNamespace(device):  # noqa: N802  (a class, imported lazily: tensor_xp imports the ops)
+    from .tensor_xp import TensorNamespace as cls
+    return cls(device)
 
 
 def _observe(node, grads_in, wanted, found):
@@ -356,7 +400,7 @@ def _add_pending(pending, c, index, g):
 def _run_hooks(fns, g, device, where):
     """Each hook in registration order sees the gradient so far and may return a replacement."""
     for fn in list(fns.values()):
-        res = fn(Tensor._make(g, device, None, 0))
+        res = fn(g if isinstance(g, Tensor) else Tensor._make(g, device, None, 0))
         if res is None:
             continue
         if not isinstance(res, Tensor):
@@ -366,7 +410,7 @@ def _run_hooks(fns, g, device, where):
             raise ShapeError(f"hook {getattr(fn, '__name__', fn)!r} on the gradient of {where} returned shape "
                              f"{fmt_shape(res.shape)} on {res.device.name}; the gradient has shape "
                              f"{fmt_shape(g.shape)} on {device.name}")
-        g = res.data
+        g = res if isinstance(g, Tensor) else res.data
     return g
 
 
@@ -384,14 +428,16 @@ def _check_finite(node, in_grads):
                                f"at {where}")
 
 
-def grad(outputs, inputs, grad_outputs=None, retain_graph=None, allow_unused=False):
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
     """d(outputs)/d(inputs) as a tuple of Tensors, PyTorch's torch.autograd.grad.
 
     outputs: a Tensor or a sequence; grad_outputs: one gradient per output (Tensors, arrays
     or None; None is allowed for a one-element output, meaning 1). inputs: tensors that
     require grad, leaves or intermediates. Nothing is accumulated into any .grad. An input
     the outputs do not depend on is an error, unless allow_unused=True, and then its entry
-    is None. retain_graph (default False) keeps the graph for another backward.
+    is None. retain_graph (default: create_graph) keeps the graph for another backward;
+    create_graph=True records the backward pass itself, so the gradients returned can be
+    differentiated again (to any order).
     """
     outputs = _seq("grad", "outputs", outputs)
     inputs = _seq("grad", "inputs", inputs)
@@ -409,15 +455,20 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, allow_unused=Fal
     for k, (o, g) in enumerate(zip(outputs, grad_outputs)):
         if not o.requires_grad:
             raise RuntimeError(f"grad: output {k} does not require grad and has no graph behind it")
-        seeds.append(o._seed_grad(g, f"grad: output {k}", "grad_outputs"))
-    found = run_backward(outputs, seeds, bool(retain_graph), inputs=inputs)
+        seeds.append(g if create_graph and isinstance(g, Tensor) and tuple(g.shape) == o.shape
+                     and g.device is o.device else o._seed_grad(g, f"grad: output {k}", "grad_outputs"))
+    if retain_graph is None:
+        retain_graph = create_graph
+    found = run_backward(outputs, seeds, bool(retain_graph), inputs=inputs, create_graph=create_graph)
     result = []
     for k, t in enumerate(inputs):
         g = found.get(id(t))
         if g is None and not allow_unused:
             raise RuntimeError(f"grad: input {k} (shape {fmt_shape(t.shape)}) was not used to compute the "
                                f"outputs; pass allow_unused=True to get None for it")
-        result.append(None if g is None else Tensor._make(g, t.device, None, 0))
+        if g is not None and not isinstance(g, Tensor):
+            g = Tensor._make(g, t.device, None, 0)
+        result.append(g)
     return tuple(result)
 
 

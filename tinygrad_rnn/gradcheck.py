@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .autograd import no_grad
+from .autograd import enable_grad, grad, no_grad
 from .backend import float64
 from .tensor import Tensor
 
@@ -126,3 +126,51 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,
                                  f" (eps={eps}, atol={atol}, rtol={rtol})")
         return False
     return True
+
+
+def gradgradcheck(fn, inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,
+                  fast_mode=False, seed=0) -> bool:
+    """Check second derivatives of fn(*inputs): gradcheck of the first derivatives.
+
+    The first derivatives are the vector-Jacobian product G(x) = v^T J_fn(x) for fixed
+    random v (or grad_outputs), computed by backward with create_graph=True. G's own
+    backward (the second-order pass) is then checked against central differences of G,
+    every element or (fast_mode) along one random direction, as in gradcheck. An op whose
+    first derivative is right but whose backward is not differentiable as written (it used
+    a value computed in forward as if it were a constant) fails here.
+    """
+    inputs = _as_tuple(inputs)
+    checked = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.requires_grad]
+    if not checked:
+        raise ValueError("gradgradcheck: no input requires grad; nothing to check")
+    rng = np.random.default_rng(seed + 1)
+    outs = _outputs(fn, inputs)
+    if grad_outputs is None:
+        vs = [Tensor(rng.standard_normal(o.shape), dtype=o.dtype, device=o.device) for o in outs]
+    else:
+        vs = list(_as_tuple(grad_outputs))
+        if len(vs) != len(outs) or any(tuple(v.shape) != o.shape for v, o in zip(vs, outs)):
+            raise ValueError(f"gradgradcheck: grad_outputs must be one tensor per output of fn, shaped like it: "
+                             f"outputs {[o.shape for o in outs]}, got {[tuple(v.shape) for v in vs]}")
+
+    def first_derivatives(*xs):
+        with enable_grad():
+            os_ = _outputs(fn, xs)
+            live = [(o, v) for o, v in zip(os_, vs) if o.requires_grad]
+            targets = [xs[i] for i in checked]
+            if not live:
+                gs = [None] * len(targets)
+            else:
+                gs = grad([o for o, _ in live], targets, grad_outputs=[v for _, v in live],
+                          create_graph=True, allow_unused=True)
+        # an input the outputs do not reach has a zero first derivative, with no graph
+        return tuple(g if g is not None else Tensor(np.zeros(t.shape), dtype=t.dtype, device=t.device)
+                     for g, t in zip(gs, targets))
+
+    try:
+        return gradcheck(first_derivatives, inputs, eps=eps, atol=atol, rtol=rtol, raise_exception=True,
+                         fast_mode=fast_mode, seed=seed)
+    except GradcheckError as e:
+        if raise_exception:
+            raise GradcheckError("gradgradcheck (second derivatives): " + str(e)) from None
+        return False

@@ -166,12 +166,19 @@ class Tensor:
         if self._ctx is not None:
             autograd.retain(self)
 
-    def backward(self, grad=None, retain_graph=None) -> None:
-        """Accumulate d(self)/d(leaf) into every leaf's .grad that requires grad."""
+    def backward(self, grad=None, retain_graph=None, create_graph=False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's .grad that requires grad.
+
+        create_graph=True records the backward pass, so the .grad it leaves (Tensors with a
+        graph) can be differentiated again; retain_graph defaults to create_graph."""
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require grad and has no graph behind it "
                                "(no input of the ops that made it requires grad, or it was made under no_grad)")
-        autograd.run_backward([self], [self._seed_grad(grad, "backward")], bool(retain_graph))
+        if retain_graph is None:
+            retain_graph = create_graph
+        seed = grad if (create_graph and isinstance(grad, Tensor) and grad.shape == self.shape
+                        and grad.device is self.device) else self._seed_grad(grad, "backward")
+        autograd.run_backward([self], [seed], bool(retain_graph), create_graph=create_graph)
 
     def _seed_grad(self, grad, who, arg="grad="):
         """The gradient backward starts from, as an array: ones for a one-element tensor."""
@@ -197,6 +204,9 @@ class Tensor:
 
     def _accumulate(self, g):
         # never in place: g may be the same array another leaf received
+        if isinstance(g, Tensor):  # create_graph: .grad keeps the graph that made it
+            self.grad = g if self.grad is None else self.grad + g
+            return
         if self.grad is None:
             self.grad = Tensor._make(g, self.device, None, 0)
         else:

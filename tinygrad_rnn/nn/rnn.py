@@ -22,6 +22,7 @@ from .. import backend as B
 from ..errors import DTypeError, ShapeError, fmt_shape
 from ..ops import nn as nnops
 from ..ops import rnn as rnnops
+from ..ops.rnn import gru_step, lstm_step, rnn_step
 from ..ops.linalg import MatMul
 from ..tensor import Tensor, concat, stack
 from . import functional as F
@@ -30,34 +31,8 @@ from .module import Module, Parameter
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]
 
 
-# ----------------------------------------------------------------------------- one step, composed
-# gx: the input side of the gate pre-activations, gh: the hidden side (both with their
-# biases), each (batch, gates * hidden) in PyTorch's gate order.
-
-def rnn_step(gx, gh, nonlinearity="tanh"):
-    """h' = tanh(gx + gh) (or relu)."""
-    pre = gx + gh
-    return pre.tanh() if nonlinearity == "tanh" else pre.relu()
-
-
-def lstm_step(gx, gh, c):
-    """i, f, g, o = split(gx + gh); c' = sigmoid(f) c + sigmoid(i) tanh(g); h' = sigmoid(o) tanh(c')."""
-    i, f, g, o = (gx + gh).chunk(4, axis=1)
-    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
-    c = f * c + i * g
-    h = o * c.tanh()
-    return h, c
-
-
-def gru_step(gx, gh, h):
-    """PyTorch's GRU: r = sigmoid(x_r + h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r * h_n),
-    h' = (1 - z) * n + z * h, where x_* = W_i* x + b_i* and h_* = W_h* h + b_h*."""
-    x_r, x_z, x_n = gx.chunk(3, axis=1)
-    h_r, h_z, h_n = gh.chunk(3, axis=1)
-    r = (x_r + h_r).sigmoid()
-    z = (x_z + h_z).sigmoid()
-    n = (x_n + r * h_n).tanh()
-    return (1 - z) * n + z * h
+# the composed step of each kind (rnn_step, lstm_step, gru_step) lives with its fused ops in
+# ops/rnn.py, which also differentiates it twice in their place under create_graph
 
 
 # ----------------------------------------------------------------------------- shared helpers

@@ -76,7 +76,11 @@ class Pow(Function):
     def backward(ctx, grad):
         a, b, out = ctx.saved_tensors
         na, nb = ctx.needs_input_grad
-        ga = grad * b * a ** (b - 1) if na else None
+        ga = None
+        if na:
+            # a ** 0 is constant: say so, rather than 0 * a ** -1, which is NaN at a = 0 (this
+            # rule, differentiated again for the second derivative of a ** 1, meets exactly that)
+            ga = grad * 0.0 if isinstance(b, (int, float)) and b == 0 else grad * b * a ** (b - 1)
         gb = None
         if nb:
             log_a = math.log(a) if isinstance(a, (int, float)) else ctx.xp.log(a)

@@ -62,6 +62,9 @@ class CrossEntropy(Function):
     the count of the other rows.
     """
 
+    create_graph_hint = ("for gradients of gradients use nll_loss(log_softmax(logits, -1), targets), "
+                         "the same loss from ops that differentiate twice")
+
     @staticmethod
     def forward(ctx, logits, targets, reduction="mean", ignore_index=None):
         xp = ctx.xp
@@ -140,6 +143,8 @@ class Embedding(Function):
 
 class Dropout(Function):
     """x * mask, where mask already holds 0 or 1/(1-p)."""
+
+    saved_constants = True  # the mask does not depend on x
 
     @staticmethod
     def forward(ctx, a, mask):

@@ -50,6 +50,7 @@ class _Extremum(Function):
     """max/min: the gradient is shared evenly among the elements that tie for the extremum."""
 
     reduce = None
+    saved_constants = True  # the extremum only picks the winners: piecewise constant in a
 
     @classmethod
     def forward(cls, ctx, a, axis=None, keepdims=False):
@@ -88,10 +89,11 @@ class LogSumExp(Function):
         m = xp.max(a, axis=axes, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0.0)  # all -inf rows: avoid inf - inf
         lse = xp.log(xp.sum(xp.exp(a - m), axis=axes, keepdims=True)) + m
-        ctx.save_for_backward(a, lse)
-        return lse if keepdims else xp.reshape(lse, tuple(n for i, n in enumerate(a.shape) if i not in axes))
+        out = lse if keepdims else xp.reshape(lse, tuple(n for i, n in enumerate(a.shape) if i not in axes))
+        ctx.save_for_backward(a, out)  # the output itself, so that it is differentiable under create_graph
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        a, lse = ctx.saved_tensors
-        return _grad_as_kept(ctx, grad) * ctx.xp.exp(a - lse)
+        a, out = ctx.saved_tensors
+        return _grad_as_kept(ctx, grad) * ctx.xp.exp(a - _grad_as_kept(ctx, out))

@@ -297,6 +297,38 @@ def gru_backward(dev, act, h_prev, dh, dgates, dh_z):
     xo.multiply(dn, r, out=dnr)
 
 
+# ----------------------------------------------------------------------------- one step, composed
+# The reference: each kind's step from primitive ops exactly as its equations read. gx is the
+# input side of the gate pre-activations, gh the hidden side (both with their biases), each
+# (batch, gates * hidden) in PyTorch's gate order. The layers' impl="composed" runs these;
+# under create_graph the fused ops below differentiate them in place of their own backward.
+
+def rnn_step(gx, gh, nonlinearity="tanh"):
+    """h' = tanh(gx + gh) (or relu)."""
+    pre = gx + gh
+    return pre.tanh() if nonlinearity == "tanh" else pre.relu()
+
+
+def lstm_step(gx, gh, c):
+    """i, f, g, o = split(gx + gh); c' = sigmoid(f) c + sigmoid(i) tanh(g); h' = sigmoid(o) tanh(c')."""
+    i, f, g, o = (gx + gh).chunk(4, axis=1)
+    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    c = f * c + i * g
+    h = o * c.tanh()
+    return h, c
+
+
+def gru_step(gx, gh, h):
+    """PyTorch's GRU: r = sigmoid(x_r + h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r * h_n),
+    h' = (1 - z) * n + z * h, where x_* = W_i* x + b_i* and h_* = W_h* h + b_h*."""
+    x_r, x_z, x_n = gx.chunk(3, axis=1)
+    h_r, h_z, h_n = gh.chunk(3, axis=1)
+    r = (x_r + h_r).sigmoid()
+    z = (x_z + h_z).sigmoid()
+    n = (x_n + r * h_n).tanh()
+    return (1 - z) * n + z * h
+
+
 # ----------------------------------------------------------------------------- checks
 def _check_step(op, gx, gh, state, gates):
     if state.ndim != 2:
@@ -336,6 +368,10 @@ class RNNCellFn(Function):
         rnn_backward(ctx.device, h, dh, dp, ctx.nonlinearity)
         return dp, dp
 
+    @staticmethod
+    def composed(ctx, gx, gh, nonlinearity="tanh"):
+        return rnn_step(gx, gh, nonlinearity)
+
 
 class LSTMCellFn(Function):
     """(h', c') from gx, gh (batch, 4H) and c (batch, H)."""
@@ -357,6 +393,10 @@ class LSTMCellFn(Function):
         da, dc_prev = xp.empty(act.shape, dtype=act.dtype), xp.empty(c.shape, dtype=c.dtype)
         lstm_backward(ctx.device, act, c, c_new, dh, dc, da, dc_prev)
         return da, da, dc_prev
+
+    @staticmethod
+    def composed(ctx, gx, gh, c):
+        return lstm_step(gx, gh, c)
 
 
 class GRUCellFn(Function):
@@ -385,6 +425,10 @@ class GRUCellFn(Function):
         dgh = dg[:, :3 * H]
         dgx = xp.concat([dg[:, :2 * H], dg[:, 3 * H:]], axis=1)
         return dgx, dgh, (dgh if ctx.needs_input_grad[2] else None), dh_z
+
+    @staticmethod
+    def composed(ctx, gx, gh, b_hh, h):
+        return gru_step(gx, gh if b_hh is None else gh + b_hh, h)
 
 
 # ----------------------------------------------------------------------------- whole sequence
@@ -538,6 +582,33 @@ class _Sequence(Function):
         dh0 = dh if need[5] else None
         dc0 = dc if need[6] else None
         return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0
+
+    @classmethod
+    def composed(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None):
+        """The same sequence from the composed steps (what create_graph differentiates)."""
+        from ..tensor import Tensor, stack
+        T, B = x.shape[0], x.shape[1]
+        G, H = w_hh.shape
+        gx = x if w_ih is None else x @ w_ih.T
+        if b_ih is not None:
+            gx = gx + b_ih
+        zeros = lambda: Tensor._make(ctx.xp.zeros((B, H), dtype=x.data.dtype), x.device, None, 0)  # noqa: E731
+        h = h0 if h0 is not None else zeros()
+        c = (c0 if c0 is not None else zeros()) if cls.has_cell else None
+        outs = [None] * T
+        w_t = w_hh.T
+        for t in (range(T - 1, -1, -1) if ctx.reverse else range(T)):
+            gh = h @ w_t
+            if b_hh is not None:
+                gh = gh + b_hh
+            if cls.has_cell:
+                h, c = lstm_step(gx[t], gh, c)
+            elif cls.gates == 3:
+                h = gru_step(gx[t], gh, h)
+            else:
+                h = rnn_step(gx[t], gh, ctx.nonlinearity)
+            outs[t] = h
+        return (stack(outs, axis=0), h) + ((c,) if cls.has_cell else ())
 
     # per-kind parts
     @staticmethod

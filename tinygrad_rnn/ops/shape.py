@@ -114,6 +114,41 @@ class GetItem(Function):
         return full
 
 
+class Alias(Function):
+    """The same values as a new node: lets a gradient be taken at this very use of a tensor,
+    separately from its other uses (tensor_xp differentiates composed forms through it)."""
+
+    @staticmethod
+    def forward(ctx, a):
+        return a
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class IndexAdd(Function):
+    """zeros(shape) with values written at key (accumulate=False: a[key] = values, basic
+    keys) or added there (accumulate=True: repeated indices add up). GetItem's adjoint: what
+    its backward computes, as an op of its own, so that under create_graph the scatter is
+    differentiable too; its own backward is GetItem's forward."""
+
+    @staticmethod
+    def forward(ctx, values, shape, key, accumulate):
+        xp = ctx.xp
+        full = xp.zeros(shape, dtype=values.dtype)
+        if accumulate:
+            ctx.device.scatter_add(full, key, values)
+        else:
+            full[key] = values
+        ctx.key = key
+        return full
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad[ctx.key]
+
+
 def _check_same_shapes(op, arrays, skip_axis=None):
     first = arrays[0].shape
     for i, a in enumerate(arrays[1:], 1):
