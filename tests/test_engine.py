@@ -415,6 +415,7 @@ def test_to_device_is_differentiable():
     np.testing.assert_allclose(x.grad.numpy(), 2 * xn * np.exp(xn ** 2), rtol=1e-12)
     assert x.to("cpu") is x
     assert tg.gradcheck(lambda t: (t.to("strict").tanh() * 2.0).to("cpu"), [T([0.1, -0.3])])
+    assert tg.gradgradcheck(lambda t: (t.to("strict").tanh() * 2.0).to("cpu"), [T([0.1, -0.3])])
 
 
 # ============================================================================ randomness

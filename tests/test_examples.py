@@ -40,6 +40,24 @@ def test_bptt_hooks_trace(tmp_path):
     assert res["rnn_decay"] < 1e-3 and res["lstm_decay"] > 100 * res["rnn_decay"]
 
 
+def test_newton_beats_gradient_descent_with_the_engines_hessian():
+    res = run_example("newton")
+    assert res["hessian_err"] < 1e-9
+    assert res["newton"] < 50 and res["gd_capped"]  # gradient descent still short after 20,000 steps
+
+
+def test_hessian_eigenvalue_by_power_iteration_matches_the_full_hessian():
+    res = run_example("hessian_eigenvalue")
+    assert res["lambda"] > 0
+    assert abs(abs(res["lambda"]) - res["exact"]) <= 1e-3 * res["exact"]
+
+
+def test_gradient_penalty_through_an_lstm_shrinks_the_input_gradient():
+    res = run_example("gradient_penalty")
+    assert res["penalty"]["input_grad_norm"] < 0.5 * res["plain"]["input_grad_norm"]
+    assert res["penalty"]["accuracy"] >= 0.8 and res["plain"]["accuracy"] >= 0.85
+
+
 def test_many_to_one_parity():
     res = run_example("many_to_one")
     assert res["lstm"]["all_trained_strings_right"] and res["gru"]["all_trained_strings_right"]

@@ -197,3 +197,29 @@ def test_gradgradcheck_through_an_embedding_and_gru(seed):
     ids = tg.tensor(np.random.default_rng(seed).integers(0, 4, (5, 2)))
     assert tg.gradgradcheck(lambda w, *p: m(tg.nn.functional.embedding(ids, w))[0],
                             (emb.weight,) + tuple(m.parameters()), fast_mode=True)
+
+
+def test_min_rnns_sequential_mode_differentiates_twice_and_the_scan_says_it_does_not():
+    m = nn.MinGRU(2, 3, dtype=F64)
+    x = leaf(4, 2, 2)
+    assert tg.gradgradcheck(lambda a, *p: m(a, mode="sequential")[0], (x,) + tuple(m.parameters()), fast_mode=True)
+    with pytest.raises(autograd.CreateGraphError, match=r"LogCumSumExp: create_graph=True: its backward works in "
+                                                       r"log space.*sequential mode"):
+        tg.gradgradcheck(lambda a, *p: m(a, mode="parallel")[0], (x,) + tuple(m.parameters()), fast_mode=True)
+
+
+def test_a_rule_calling_a_function_the_namespace_lacks_gets_a_clear_error():
+    class UsesCos(tg.Function):
+        @staticmethod
+        def forward(ctx, a):
+            ctx.save_for_backward(a)
+            return ctx.xp.sin(a)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * ctx.xp.cos(ctx.saved_tensors[0])
+
+    x = leaf(3)
+    assert tg.gradcheck(UsesCos.apply, (x,))
+    with pytest.raises(autograd.CreateGraphError, match=r"a backward rule called xp.cos, which the tensor namespace"):
+        tg.gradgradcheck(UsesCos.apply, (x,))

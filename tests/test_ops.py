@@ -805,3 +805,27 @@ def test_composite_rnn_step(device, data):
         return total
 
     check(device, fn, np_fn, xs, w)
+
+
+# ============================================================================ adjoint helpers
+# IndexAdd (GetItem's adjoint, what its backward computes) and Alias (an identity node), the
+# two ops create_graph adds; both are differentiated twice like every other op
+@given(data=st.data(), accumulate=st.booleans())
+def test_index_add(device, data, accumulate):
+    rows = data.draw(st.integers(1, 4))
+    tail = data.draw(st.sampled_from([(), (2,), (2, 3)]))
+    from tinygrad_rnn.ops.shape import Alias, IndexAdd
+    if accumulate:  # repeated row indices add up
+        idx = np.asarray(data.draw(st.lists(st.integers(0, rows - 1), min_size=1, max_size=5)))
+        key = tg.device(device).from_host(idx)
+        values = data.draw(tgst.arrays((len(idx),) + tail))
+        expected = np.zeros((rows,) + tail)
+        np.add.at(expected, idx, values)
+    else:  # a basic slice is written
+        lo = data.draw(st.integers(0, rows - 1))
+        key = (slice(lo, rows),) + (Ellipsis,)
+        values = data.draw(tgst.arrays((rows - lo,) + tail))
+        expected = np.zeros((rows,) + tail)
+        expected[lo:] = values
+    check(device, lambda v: IndexAdd.apply(v, (rows,) + tail, key, accumulate), lambda v: expected, values)
+    check(device, lambda v: Alias.apply(v) * v, lambda v: v * v, values)

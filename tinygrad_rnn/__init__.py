@@ -8,7 +8,7 @@ from .errors import AxisError, DTypeError, IndexOutOfRange, ShapeError, Tinygrad
 from .tensor import (Tensor, arange, cat, concat, eye, full, maximum, minimum, ones, ones_like, rand,
                      randint, randn, stack, tensor, where, zeros, zeros_like)
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck
-from . import nn, viz  # noqa: E402
+from . import func, nn, viz  # noqa: E402
 from . import optim  # noqa: E402
 
 device = get_device

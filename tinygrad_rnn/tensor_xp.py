@@ -37,6 +37,10 @@ class TensorNamespace:
     def __init__(self, device):
         self.device = device
 
+    def __getattr__(self, name):  # only for names not defined below
+        raise CreateGraphError(f"create_graph=True: a backward rule called xp.{name}, which the tensor "
+                               f"namespace (tensor_xp.TensorNamespace) does not provide")
+
     # creation: constants
     def zeros(self, shape, dtype=None):
         return _Scratch.zeros(tuple(shape), _dt(dtype) if dtype is not None else B.get_default_dtype(), self.device)
@@ -128,6 +132,15 @@ class TensorNamespace:
     @staticmethod
     def stack(xs, axis=0):
         return stack(list(xs), axis=axis)
+
+    @staticmethod
+    def take(x, index, axis=0):
+        from .ops.nn import Embedding  # a row gather, and differentiable twice itself
+        if axis != 0 or x.ndim == 0:
+            raise CreateGraphError("take under create_graph: only along axis 0")
+        rest = x.shape[1:]
+        rows = Embedding.apply(index, x if x.ndim == 2 else x.reshape(x.shape[0], -1))
+        return rows.reshape(tuple(index.shape) + rest)
 
     @staticmethod
     def cumulative_sum(x, axis=None):
@@ -234,6 +247,9 @@ def _saved_as_tensors(node, outputs):
 def backward_with_graph(node, grads, outputs):
     """The node's input gradients as Tensors with history. grads: one Tensor per output;
     outputs: the node's output Tensors where known (None elsewhere)."""
+    refusal = getattr(node.fn, "create_graph_error", None)
+    if refusal:
+        raise CreateGraphError(f"{node.fn.__name__}: create_graph=True: {refusal}")
     composed = getattr(node.fn, "composed", None)
     if composed is not None:
         from .autograd import enable_grad, grad

@@ -90,11 +90,18 @@ class CumSum(Function):
 class LogCumSumExp(Function):
     """out[t] = log sum_{s <= t} exp(a[s]) along axis, stably (see the module docstring).
 
+    No second derivative yet: the backward works in log space with -inf entries standing
+    for zeros, and differentiating through them gives NaN; it says so under create_graph.
+
     Backward: d out[t] / d a[s] = exp(a[s] - out[t]) for s <= t, so
     grad_a[s] = sum_{t >= s} g[t] exp(a[s] - out[t]). Computed in log space as
     exp(a[s] + revlogcumsumexp(log g - out)[s]), once for the positive and once for the
     negative part of g, so that exp(-out[t]) never overflows however large out gets.
     """
+
+    create_graph_error = ("its backward works in log space with -inf standing for zero, which does not "
+                          "differentiate again; minGRU/minLSTM's parallel scan has no second derivative yet "
+                          "(nn.MinGRU/MinLSTM's sequential mode, from primitive ops, has)")
 
     @staticmethod
     def forward(ctx, a, axis):

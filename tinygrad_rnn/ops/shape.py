@@ -146,7 +146,9 @@ class IndexAdd(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad[ctx.key]
+        if isinstance(ctx.key, tuple):
+            return grad[ctx.key]
+        return ctx.xp.take(grad, ctx.key, axis=0)  # rows (an embedding's): the standard's form
 
 
 def _check_same_shapes(op, arrays, skip_axis=None):
@@ -252,4 +254,6 @@ class ToDevice(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if hasattr(grad, "requires_grad"):  # create_graph: a Tensor, moved back by this op again
+            return grad.to(ctx.device._device)
         return ctx.device.from_host(ctx.target.to_host(grad))
