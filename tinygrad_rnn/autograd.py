@@ -270,6 +270,8 @@ def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=Fal
             if inputs is None or any(root is t for t in inputs):
                 prev = leaf_grads.get(root)
                 leaf_grads[root] = grad if prev is None else prev + grad
+        elif c.out_meta is None and c not in pending:  # the usual root: a single-output node
+            pending[c] = grad
         else:
             _add_pending(pending, c, root._index, grad)
     wanted = wanted_leaves = None
@@ -281,9 +283,8 @@ def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=Fal
                 wanted.setdefault(t._ctx, []).append((t._index, t))
             else:
                 wanted_leaves.add(t)
-    found = {}
-    root_ctxs = [r._ctx for r in roots if r._ctx is not None]
-    order = _topological_order(root_ctxs)
+    found = {} if inputs is not None else None
+    order = _topological_order([r._ctx for r in roots if r._ctx is not None])
     needed = None
     if wanted is not None:
         # only the nodes on a path to an input asked for: the rest of the graph is not walked

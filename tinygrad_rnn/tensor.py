@@ -174,11 +174,12 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require grad and has no graph behind it "
                                "(no input of the ops that made it requires grad, or it was made under no_grad)")
-        if retain_graph is None:
-            retain_graph = create_graph
-        seed = grad if (create_graph and isinstance(grad, Tensor) and grad.shape == self.shape
-                        and grad.device is self.device) else self._seed_grad(grad, "backward")
-        autograd.run_backward([self], [seed], bool(retain_graph), create_graph=create_graph)
+        if create_graph and isinstance(grad, Tensor) and grad.shape == self.shape and grad.device is self.device:
+            seed = grad  # kept as a Tensor: its own graph joins the one recorded
+        else:
+            seed = self._seed_grad(grad, "backward")
+        autograd.run_backward([self], [seed], bool(create_graph if retain_graph is None else retain_graph),
+                              None, create_graph)
 
     def _seed_grad(self, grad, who, arg="grad="):
         """The gradient backward starts from, as an array: ones for a one-element tensor."""
