@@ -226,9 +226,9 @@ def test_without_anomaly_mode_nan_gradients_pass_silently():
 def test_detect_anomaly_as_decorator_restores_the_mode():
     @autograd.detect_anomaly()
     def f():
-        return autograd._anomaly
+        return autograd.is_anomaly_enabled()
 
-    assert f() is True and autograd._anomaly is False
+    assert f() is True and autograd.is_anomaly_enabled() is False
 
 
 # ----------------------------------------------------------------------------- graph pictures

@@ -1,5 +1,5 @@
 """tinygrad_rnn: a small autograd engine for recurrent networks, on NumPy or CuPy."""
-from . import autograd  # first: the engine's modules bind to each other on import
+from . import autograd
 from .autograd import Function, enable_grad, is_grad_enabled, no_grad
 from .backend import (DType, bool_, cuda_available, float32, float64, get_default_device,
                       get_default_dtype, get_device, int32, int64, manual_seed, set_default_device,

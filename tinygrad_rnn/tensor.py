@@ -12,11 +12,14 @@ import numpy as np
 
 from . import autograd
 from . import backend as B
+from .autograd.engine import TensorBase, _set_tensor_factory
 from .errors import AxisError, DTypeError, ShapeError, TinygradError, fmt_shape, normalize_axes
+from .ops import elementwise as ew
+from .ops import linalg, nn as nnops, reduce as red, scan as scan_ops, shape as shape_ops
 
 
-class Tensor:
-    __slots__ = ("data", "device", "requires_grad", "grad", "_ctx", "_index", "_hooks", "__weakref__")
+class Tensor(TensorBase):
+    __slots__ = ()  # the engine's TensorBase holds them
 
     # NumPy would otherwise take `ndarray + tensor` (and -, *, @, ...) for itself and
     # build an object array of one-element Tensors; this makes it defer to __radd__ & co.
@@ -680,7 +683,5 @@ def minimum(a, b) -> Tensor:
 __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "zeros_like", "ones_like", "arange", "randn",
            "rand", "randint", "eye", "concat", "cat", "stack", "where", "maximum", "minimum", "TinygradError"]
 
-# ops import the engine, and the engine's operator sugar calls ops: bind them last
-from .ops import elementwise as ew  # noqa: E402
-from .ops import linalg, nn as nnops, reduce as red, shape as shape_ops  # noqa: E402
-from .ops import scan as scan_ops  # noqa: E402
+# the engine makes each op's outputs with this class
+_set_tensor_factory(Tensor._make)

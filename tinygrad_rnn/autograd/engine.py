@@ -1,4 +1,8 @@
-"""Reverse-mode autodiff: `Function`, the graph it records, and the backward walk.
+"""The heart of reverse-mode autodiff: `Function`, the graph it records, and the backward walk.
+
+This file imports no op and no Tensor class: a node (`Context`) links to the tensors it
+was given, a tensor (`TensorBase`) to the node that made it, and `run_backward` walks
+those links. Read it top to bottom; tools.py adds what users call around it.
 
 An op is a subclass of `Function` with two static methods on raw backend arrays:
 
@@ -26,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 
-from .errors import ShapeError, TinygradError, fmt_shape
+from ..errors import ShapeError, TinygradError, fmt_shape
 
 _grad_enabled = True
 _anomaly = False  # detect_anomaly(): record where each node was made, check every backward rule
@@ -60,6 +64,24 @@ def enable_grad():
     return _GradMode(True)
 
 
+class TensorBase:
+    """What the engine knows of a tensor: its array, its device, and where in the graph it
+    came from (`_ctx`, the node that made it, and `_index`, which of that node's outputs it
+    is; a leaf has no node). tensor.Tensor adds the operator sugar and the methods."""
+
+    __slots__ = ("data", "device", "requires_grad", "grad", "_ctx", "_index", "_hooks", "__weakref__")
+
+
+def _tensor(data, device, ctx, index):
+    """A new tensor of the package's Tensor class (tensor.py puts Tensor._make here)."""
+    raise RuntimeError("tinygrad_rnn.tensor was not imported")
+
+
+def _set_tensor_factory(make):
+    global _tensor
+    _tensor = make
+
+
 class CreateGraphError(TinygradError, RuntimeError):
     """create_graph=True reached an op whose backward cannot be differentiated again."""
 
@@ -68,29 +90,11 @@ class AnomalyError(TinygradError, RuntimeError):
     """A backward rule produced NaN or infinity under detect_anomaly()."""
 
 
-class detect_anomaly(contextlib.ContextDecorator):
-    """Context manager and decorator: while it is on, every op records the file and line of
-    the forward call that made it, and the first backward rule whose gradient holds a NaN
-    or an infinity raises AnomalyError naming the op and that line. It costs a stack walk per
-    op and a finiteness check per gradient, so it is for debugging, not for training."""
-
-    def __enter__(self):
-        global _anomaly
-        self.prev = _anomaly
-        _anomaly = True
-        return self
-
-    def __exit__(self, *exc):
-        global _anomaly
-        _anomaly = self.prev
-        return False
-
-
 def _caller_outside_package():
     """'file:line in function' of the innermost frame that is not tinygrad_rnn's own code."""
     import os
     import sys
-    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # tinygrad_rnn/
     f = sys._getframe(2)
     while f is not None and os.path.abspath(f.f_code.co_filename).startswith(pkg):
         f = f.f_back
@@ -141,7 +145,7 @@ class Function:
         raw = []
         needs = []
         for a in args:
-            if isinstance(a, Tensor):
+            if isinstance(a, TensorBase):
                 if device is None:
                     device = a.device
                 elif a.device is not device:
@@ -173,17 +177,17 @@ class Function:
         if type(out) is tuple:
             if ctx is not None:
                 ctx.out_meta = tuple((o.shape, o.dtype) for o in out)
-            return tuple(Tensor._make(o, device, ctx, i) for i, o in enumerate(out))
+            return tuple(_tensor(o, device, ctx, i) for i, o in enumerate(out))
         if ctx is not None:
             ctx.out_meta = None
-        return Tensor._make(out, device, ctx, 0)
+        return _tensor(out, device, ctx, 0)
 
 
 def _annotate(err, fn, args, device):
     """The backend's error, restated with the op's name and what it was given."""
     parts = []
     for a in args:
-        if isinstance(a, Tensor):
+        if isinstance(a, TensorBase):
             parts.append(f"tensor {fmt_shape(a.shape)} {a.dtype.name}")
         elif isinstance(a, (int, float)):
             parts.append(repr(a))
@@ -233,7 +237,7 @@ def _topological_order(root_ctxs):
         if node.inputs is None:
             continue
         for inp in node.inputs:
-            if isinstance(inp, Tensor):
+            if isinstance(inp, TensorBase):
                 c = inp._ctx
                 if c is not None and c not in seen:
                     stack.append((c, False))
@@ -253,8 +257,8 @@ def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=Fal
     throughout this walk instead of arrays.
     """
     if create_graph:
-        from .tensor_xp import backward_with_graph
-        grads = [Tensor._make(g, r.device, None, 0) if not isinstance(g, Tensor) else g
+        from ..tensor_xp import backward_with_graph
+        grads = [_tensor(g, r.device, None, 0) if not isinstance(g, TensorBase) else g
                  for r, g in zip(roots, grads)]
         produced = {}  # (node, output index) -> the output Tensor, as consumers show it
         for r in roots:
@@ -291,7 +295,7 @@ def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=Fal
         needed = set()
         for node in reversed(order):  # producers first
             if node in wanted or node.inputs is None or any(  # a freed node: walk it, to say so
-                    isinstance(i, Tensor) and ((i._ctx is None and i in wanted_leaves) or i._ctx in needed)
+                    isinstance(i, TensorBase) and ((i._ctx is None and i in wanted_leaves) or i._ctx in needed)
                     for i in node.inputs):
                 needed.add(node)
     for node in order:
@@ -309,7 +313,7 @@ def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=Fal
                     shape, dtype = node.out_meta[i]
                     grads_in[i] = xp.zeros(shape, dtype=dtype)
         if create_graph and node.out_meta is not None:
-            grads_in = [g if isinstance(g, Tensor) else Tensor._make(g, node.device, None, 0) for g in grads_in]
+            grads_in = [g if isinstance(g, TensorBase) else _tensor(g, node.device, None, 0) for g in grads_in]
         if node.hooks or node.retained or wanted:
             grads_in = _observe(node, grads_in, wanted, found)
         if create_graph:
@@ -363,7 +367,7 @@ def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=Fal
 
 
 def TensorNamespace(device):  # noqa: N802  (a class, imported lazily: tensor_xp imports the ops)
-    from .tensor_xp import TensorNamespace as cls
+    from ..tensor_xp import TensorNamespace as cls
     return cls(device)
 
 
@@ -401,17 +405,17 @@ def _add_pending(pending, c, index, g):
 def _run_hooks(fns, g, device, where):
     """Each hook in registration order sees the gradient so far and may return a replacement."""
     for fn in list(fns.values()):
-        res = fn(g if isinstance(g, Tensor) else Tensor._make(g, device, None, 0))
+        res = fn(g if isinstance(g, TensorBase) else _tensor(g, device, None, 0))
         if res is None:
             continue
-        if not isinstance(res, Tensor):
+        if not isinstance(res, TensorBase):
             raise TypeError(f"hook {getattr(fn, '__name__', fn)!r} on the gradient of {where} returned a "
                             f"{type(res).__name__}; a hook returns a Tensor or None")
         if tuple(res.shape) != tuple(g.shape) or res.device is not device:
             raise ShapeError(f"hook {getattr(fn, '__name__', fn)!r} on the gradient of {where} returned shape "
                              f"{fmt_shape(res.shape)} on {res.device.name}; the gradient has shape "
                              f"{fmt_shape(g.shape)} on {device.name}")
-        g = res if isinstance(g, Tensor) else res.data
+        g = res if isinstance(g, TensorBase) else res.data
     return g
 
 
@@ -429,103 +433,6 @@ def _check_finite(node, in_grads):
                                f"at {where}")
 
 
-def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
-    """d(outputs)/d(inputs) as a tuple of Tensors, PyTorch's torch.autograd.grad.
-
-    outputs: a Tensor or a sequence; grad_outputs: one gradient per output (Tensors, arrays
-    or None; None is allowed for a one-element output, meaning 1). inputs: tensors that
-    require grad, leaves or intermediates. Nothing is accumulated into any .grad. An input
-    the outputs do not depend on is an error, unless allow_unused=True, and then its entry
-    is None. retain_graph (default: create_graph) keeps the graph for another backward;
-    create_graph=True records the backward pass itself, so the gradients returned can be
-    differentiated again (to any order).
-    """
-    outputs = _seq("grad", "outputs", outputs)
-    inputs = _seq("grad", "inputs", inputs)
-    for k, t in enumerate(inputs):
-        if not t.requires_grad:
-            raise RuntimeError(f"grad: input {k} (shape {fmt_shape(t.shape)}) does not require grad, so no "
-                               f"gradient flows to it; make it with requires_grad=True")
-    if grad_outputs is None:
-        grad_outputs = [None] * len(outputs)
-    elif isinstance(grad_outputs, Tensor) or not isinstance(grad_outputs, (list, tuple)):
-        grad_outputs = [grad_outputs]
-    if len(grad_outputs) != len(outputs):
-        raise ValueError(f"grad: {len(outputs)} output(s) but {len(grad_outputs)} grad_outputs")
-    seeds = []
-    for k, (o, g) in enumerate(zip(outputs, grad_outputs)):
-        if not o.requires_grad:
-            raise RuntimeError(f"grad: output {k} does not require grad and has no graph behind it")
-        seeds.append(g if create_graph and isinstance(g, Tensor) and tuple(g.shape) == o.shape
-                     and g.device is o.device else o._seed_grad(g, f"grad: output {k}", "grad_outputs"))
-    if retain_graph is None:
-        retain_graph = create_graph
-    found = run_backward(outputs, seeds, bool(retain_graph), inputs=inputs, create_graph=create_graph)
-    result = []
-    for k, t in enumerate(inputs):
-        g = found.get(id(t))
-        if g is None and not allow_unused:
-            raise RuntimeError(f"grad: input {k} (shape {fmt_shape(t.shape)}) was not used to compute the "
-                               f"outputs; pass allow_unused=True to get None for it")
-        if g is not None and not isinstance(g, Tensor):
-            g = Tensor._make(g, t.device, None, 0)
-        result.append(g)
-    return tuple(result)
-
-
-def _seq(op, what, x):
-    items = [x] if isinstance(x, Tensor) else list(x)
-    for k, t in enumerate(items):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{op}: {what}[{k}] is a {type(t).__name__}, not a Tensor")
-    if not items:
-        raise ValueError(f"{op}: {what} is empty")
-    return items
-
-
-class RemovableHandle:
-    """What register_hook returns: .remove() unregisters the hook (calling it twice is harmless)."""
-
-    _next = 0
-
-    def __init__(self, table):
-        self._table = weakref.ref(table) if hasattr(table, "__weakref__") else (lambda: table)
-        RemovableHandle._next += 1
-        self.id = RemovableHandle._next
-
-    def remove(self):
-        table = self._table()
-        if table is not None:
-            table.pop(self.id, None)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()
-        return False
-
-
-def register_hook(tensor, fn):
-    """See Tensor.register_hook."""
-    if not callable(fn):
-        raise TypeError(f"register_hook: the hook must be callable, got {type(fn).__name__}")
-    if not tensor.requires_grad:
-        raise RuntimeError("register_hook: this tensor does not require grad, so no gradient will reach the hook")
-    ctx = tensor._ctx
-    if ctx is None:
-        if tensor._hooks is None:
-            tensor._hooks = {}
-        table = tensor._hooks
-    else:
-        if ctx.hooks is None:
-            ctx.hooks = {}
-        table = ctx.hooks.setdefault(tensor._index, {})
-    handle = RemovableHandle(table)
-    table[handle.id] = fn
-    return handle
-
-
 def _empty_slots(ctx):
     return [None] if ctx.out_meta is None else [None] * len(ctx.out_meta)
 
@@ -538,4 +445,3 @@ def retain(tensor):
     ctx.retained[tensor._index] = weakref.ref(tensor)
 
 
-from .tensor import Tensor  # noqa: E402  (Tensor and Function refer to each other)
