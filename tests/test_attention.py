@@ -59,6 +59,7 @@ def test_gradcheck(device):
     vt = tg.tensor(rng.standard_normal((4, 2, 2)), device=device, requires_grad=True)
     params = list(attn.parameters())
     assert tg.gradcheck(lambda q, k, v, *ps: attn(q, k, values=v), [qt, kt, vt, *params])
+    assert tg.gradgradcheck(lambda q, k, v, *ps: attn(q, k, values=v), [qt, kt, vt, *params], fast_mode=True)
 
 
 @settings(max_examples=10)

@@ -762,6 +762,7 @@ def test_dropout_gradcheck_with_a_fixed_mask(device, x, p):
 
     t = T(x, device)
     assert tg.gradcheck(fn, [t])
+    assert tg.gradgradcheck(fn, [t], fast_mode=True)  # the mask is a constant: second derivative 0
 
 
 def test_dropout_off(device):

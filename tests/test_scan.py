@@ -43,6 +43,7 @@ def np_logcumsumexp_grad(a, g, axis):
 def test_cumsum_gradient(device, data):
     x, axis = data.draw(tensor_and_axis(device))
     assert tg.gradcheck(lambda t: t.cumsum(axis), [x])
+    assert tg.gradgradcheck(lambda t: t.cumsum(axis) * t, [x], fast_mode=True)
 
 
 @fixture_ok
@@ -123,6 +124,8 @@ def test_softplus_and_log_sigmoid_gradients(device, x):
     x = tg.tensor(x.numpy(), dtype=tg.float64, device=device, requires_grad=True)
     assert tg.gradcheck(lambda t: t.softplus(), [x])
     assert tg.gradcheck(lambda t: t.log_sigmoid(), [x])
+    assert tg.gradgradcheck(lambda t: t.softplus(), [x], fast_mode=True)
+    assert tg.gradgradcheck(lambda t: t.log_sigmoid(), [x], fast_mode=True)
 
 
 @fixture_ok
