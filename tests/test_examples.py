@@ -58,6 +58,11 @@ def test_gradient_penalty_through_an_lstm_shrinks_the_input_gradient():
     assert res["penalty"]["accuracy"] >= 0.8 and res["plain"]["accuracy"] >= 0.85
 
 
+def test_data_parallel_example_in_a_world_of_one():
+    res = run_example("data_parallel")
+    assert res["world_size"] == 1 and res["loss"] < 2.6
+
+
 def test_many_to_one_parity():
     res = run_example("many_to_one")
     assert res["lstm"]["all_trained_strings_right"] and res["gru"]["all_trained_strings_right"]
