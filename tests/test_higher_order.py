@@ -223,3 +223,12 @@ def test_a_rule_calling_a_function_the_namespace_lacks_gets_a_clear_error():
     assert tg.gradcheck(UsesCos.apply, (x,))
     with pytest.raises(autograd.CreateGraphError, match=r"a backward rule called xp.cos, which the tensor namespace"):
         tg.gradgradcheck(UsesCos.apply, (x,))
+
+
+@given(ids=st.lists(st.integers(0, 4), min_size=1, max_size=8), pad=st.sampled_from([None, 0, 3]))
+def test_embedding_second_derivatives_with_and_without_padding(ids, pad):
+    # two writes into one gradient buffer (the scatter, then the padding row set to zero):
+    # the graph of the second derivative must keep both
+    w = leaf(5, 3, seed=len(ids))
+    idx = np.asarray(ids)
+    assert tg.gradgradcheck(lambda a: tg.nn.functional.embedding(idx, a, padding_idx=pad) ** 3, (w,))

@@ -169,19 +169,26 @@ class _Scratch(Tensor):
         t.device, t._ctx, t._index, t.requires_grad, t.grad, t._hooks = device, None, 0, False, None, None
         return t
 
+    def _current(self):
+        """The value so far as a Tensor object of its own: the new node must not take `self`
+        as its input, since `self` is then rebound to that node's output (a cycle)."""
+        return Tensor._make(self.data, self.device, self._ctx, self._index) if self._ctx is not None else \
+            Tensor._make(self.data, self.device, None, 0)
+
     def _rebind(self, new):
         self.data, self._ctx, self._index, self.requires_grad = new.data, new._ctx, new._index, new.requires_grad
 
     def add_at(self, key, values, accumulate):
         from .ops.shape import IndexAdd
+        old = self._current()
         if not isinstance(values, Tensor):  # a number: setting a region to it, as `gw[pad] = 0.0`
             keep = self.device.xp.ones(self.shape, dtype=self.data.dtype)
             keep[key] = 0.0
             filled = self.device.xp.zeros(self.shape, dtype=self.data.dtype)
             filled[key] = values
-            self._rebind(self * Tensor._make(keep, self.device, None, 0) + Tensor._make(filled, self.device, None, 0))
+            self._rebind(old * Tensor._make(keep, self.device, None, 0) + Tensor._make(filled, self.device, None, 0))
             return
-        self._rebind(self + IndexAdd.apply(values, self.shape, key, accumulate))
+        self._rebind(old + IndexAdd.apply(values, self.shape, key, accumulate))
 
     def __setitem__(self, key, values):
         self.add_at(key, values, accumulate=False)
