@@ -54,20 +54,20 @@ def _device(s):
 # the stdlib corpus, measured on a shared 2-core machine: 1x128 with Adam at 1e-2 reached
 # 1.51 nats/char in 2 minutes; 1x128 at 2e-3 1.91, 2x128 at 3e-3 2.01, and the larger
 # 2x256 at 2e-3 had done under 200 steps (2.8). Bigger models want a lower --lr.
-TRAIN_DEFAULTS = {
-    "cell": "lstm", "hidden": 128, "layers": 1, "embed_dim": None, "dropout": 0.0,
-    "seq_len": 64, "batch": 32, "optimizer": "adam", "lr": None, "lr_decay": 1.0, "clip": 5.0, "seed": 0,
-    "data": None, "max_chars": None, "val_fraction": 0.1,
-    "eval_every": 200, "eval_chars": None, "sample_every": None, "log_every": 10, "save_every": None,
-    "device": "cpu",
-}
 DEFAULT_MINUTES = 2.0
+
+
+def _train_defaults():
+    """TrainConfig's field defaults: the one place they are set."""
+    import dataclasses
+    from .lm.train import TrainConfig
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def _add_train(sub):
     from .lm.model import available_cells
     from .lm.train import OPTIMIZERS
-    d = TRAIN_DEFAULTS
+    d = _train_defaults()
     p = sub.add_parser(
         "train", help="train a character-level language model",
         description="Train a character-level language model. With no options: an LSTM on the source of "
@@ -142,7 +142,7 @@ def cmd_train(args):
         given["eval_chars"] = None
     if given.get("clip") == 0:
         given["clip"] = None
-    fields = dict(TRAIN_DEFAULTS, **given)
+    fields = dict(given)  # TrainConfig's defaults for the rest
     if "steps" not in given and "minutes" not in given and not resume:
         fields["minutes"] = DEFAULT_MINUTES
     cfg = TrainConfig(**fields)

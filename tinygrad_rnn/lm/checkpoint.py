@@ -7,13 +7,12 @@ Layout (every entry is a NumPy array; nothing executes on load):
     meta              uint8 UTF-8 JSON: config, vocabulary, step, data position, RNG
                             states, counters, and the non-array parts of the optimizer state
     model/<name>      the model's state dict
-    optim/<n>         the arrays of the optimizer's state dict (the JSON refers to them)
+    optim/<key>       the optimizer's state dict in its flat form (optim.flatten_state_dict)
     hidden/<n>        the recurrent state carried into the next window (absent at an epoch start)
 
-The optimizer's state dict is a nest of dicts, lists, NumPy arrays and Python
-numbers. `flatten` turns it into JSON with a placeholder for each array, keeping
-what JSON would lose: integer dict keys and the exact type of NumPy scalars, so a
-restored optimizer computes bit for bit as the saved one did.
+The optimizer's state goes in through its own serializer (optim.flatten_state_dict,
+the flat {"state.<i>.<name>", "param_groups.<g>.<key>"} form that load_state_dict takes
+back), the one serializer of optimizer state in the package.
 """
 from __future__ import annotations
 
@@ -25,54 +24,14 @@ import zipfile
 
 import numpy as np
 
+from ..optim import flatten_state_dict, unflatten_state_dict
+
 FORMAT = "tinygrad_rnn.charlm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the optimizer state in its flat form (1 held it as JSON with array references)
 
 
 class CheckpointError(Exception):
     """A checkpoint could not be written or read; the message names the file and the reason."""
-
-
-# ----------------------------------------------------------------------------- nested state <-> JSON + arrays
-def flatten(obj, arrays: dict, prefix: str):
-    """A JSON-able copy of obj with each array stored in `arrays` under prefix/<n>."""
-    if isinstance(obj, np.ndarray) or isinstance(obj, np.generic):
-        key = f"{prefix}/{len(arrays)}"
-        arrays[key] = np.asarray(obj)
-        return {"__array__": key, "scalar": isinstance(obj, np.generic)}
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
-            return {k: flatten(v, arrays, prefix) for k, v in obj.items()}
-        return {"__items__": [[flatten(k, arrays, prefix), flatten(v, arrays, prefix)] for k, v in obj.items()]}
-    if isinstance(obj, tuple):
-        return {"__tuple__": [flatten(v, arrays, prefix) for v in obj]}
-    if isinstance(obj, list):
-        return [flatten(v, arrays, prefix) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    # tensors (or anything else with a host copy) are stored as arrays
-    if hasattr(obj, "numpy"):
-        return flatten(obj.numpy(), arrays, prefix)
-    raise CheckpointError(f"cannot store a value of type {type(obj).__name__} in a checkpoint")
-
-
-def unflatten(obj, arrays: dict):
-    if isinstance(obj, dict):
-        if "__array__" in obj:
-            arr = arrays[obj["__array__"]]
-            return arr[()] if obj.get("scalar") else arr
-        if "__items__" in obj:
-            return {_hashable(unflatten(k, arrays)): unflatten(v, arrays) for k, v in obj["__items__"]}
-        if "__tuple__" in obj:
-            return tuple(unflatten(v, arrays) for v in obj["__tuple__"])
-        return {k: unflatten(v, arrays) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [unflatten(v, arrays) for v in obj]
-    return obj
-
-
-def _hashable(k):
-    return tuple(k) if isinstance(k, list) else k
 
 
 # ----------------------------------------------------------------------------- writing
@@ -86,10 +45,10 @@ def save(path, *, meta: dict, model_state: dict, optim_state=None, hidden=None) 
     for k, v in model_state.items():
         arrays[f"model/{k}"] = np.asarray(v)
     meta = dict(meta)
-    if optim_state is not None:
-        optim_arrays = {}
-        meta["optimizer_state"] = flatten(optim_state, optim_arrays, "optim")
-        arrays.update(optim_arrays)
+    if optim_state is not None:  # the optimizer's own flat form: arrays and numbers under optim/<key>
+        meta["optimizer_state"] = True
+        for k, v in flatten_state_dict(optim_state).items():
+            arrays[f"optim/{k}"] = np.asarray(v)
     if hidden is not None:
         hs = hidden if isinstance(hidden, (tuple, list)) else (hidden,)
         meta["hidden"] = {"n": len(hs), "tuple": isinstance(hidden, (tuple, list))}
@@ -172,6 +131,9 @@ def load(path) -> Checkpoint:
         raise CheckpointError(f"{what} (an .npz archive without the format tag)") from None
     if fmt != FORMAT:
         raise CheckpointError(f"{what} (its format tag is {fmt!r})")
+    if version < FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version} was written by an older tinygrad_rnn "
+                              f"(this one reads version {FORMAT_VERSION}); start the run again")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this tinygrad_rnn "
                               f"understands ({FORMAT_VERSION}); upgrade tinygrad_rnn")
@@ -180,8 +142,10 @@ def load(path) -> Checkpoint:
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a JSON object")
         model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
-        optim = meta.pop("optimizer_state", None)
-        optim_state = None if optim is None else unflatten(optim, arrays)
+        optim_state = None
+        if meta.pop("optimizer_state", None):
+            optim_state = unflatten_state_dict({k[len("optim/"):]: v for k, v in arrays.items()
+                                                if k.startswith("optim/")})
         hidden = None
         if "hidden" in meta:
             h = meta.pop("hidden")

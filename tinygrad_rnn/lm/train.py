@@ -58,7 +58,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     # model
     cell: str = "lstm"
-    hidden: int = 128                  # the command line's defaults: see cli.TRAIN_DEFAULTS
+    hidden: int = 128                  # these defaults are also the command line's
     layers: int = 1
     embed_dim: int | None = None
     dropout: float = 0.0
@@ -303,17 +303,74 @@ class TrainResult:
     losses: list = field(default_factory=list)
 
 
-def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False, echo=print,
-          progress: str = "auto", final_sample_length: int = 300, explicit=()) -> TrainResult:
-    """Train (or, with resume, continue) a CharLM as `cfg` says, writing into out_dir:
-    checkpoint.npz and metrics.jsonl. `explicit` names the config fields the caller set:
-    a resumed run takes every other field from the checkpoint, and refuses changes to
-    those that shape the model, the data or the optimizer (TrainConfig.FROZEN)."""
-    out_dir = os.fspath(out_dir)
-    ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
-    metrics_path = os.path.join(out_dir, METRICS_NAME)
-    saved = None
-    if resume:
+class _Mean:
+    """A running mean of the training losses since the last metrics line."""
+
+    def __init__(self, total=0.0, count=0):
+        self.total, self.count = float(total), int(count)
+
+    def add(self, v):
+        self.total += v
+        self.count += 1
+
+    def take(self):
+        """The mean so far (None if empty), and start again."""
+        m = self.total / self.count if self.count else None
+        self.total, self.count = 0.0, 0
+        return m
+
+    def to_list(self):
+        return [self.total, self.count]
+
+
+class Run:
+    """One training run: the model, its optimizer, the data stream and the counters, with
+    the steps a reader expects: Run.start or Run.resume, step(), evaluate(), save().
+    train() drives it: the budget, progress lines, metrics, samples and checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str, saved=None, echo=print):
+        self.cfg, self.out_dir, self.echo = cfg, out_dir, echo
+        self.ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
+        self.metrics_path = os.path.join(out_dir, METRICS_NAME)
+        self.corpus = corpus = load_corpus(cfg.data, cfg.max_chars, cfg.val_fraction)
+        if saved is not None and saved.meta.get("corpus_sha256") != corpus.fingerprint:
+            raise TrainError(f"--resume: the corpus ({corpus.name}) is not the text the run was trained on "
+                             f"(its SHA-256 differs from the checkpoint's)")
+        self.vocab = corpus.vocab
+        self.device = B.get_device(cfg.device)
+        B.manual_seed(cfg.seed)
+        self.model = CharLM(self.vocab, device=self.device, **cfg.model_kwargs())
+        self.lr = cfg.learning_rate
+        self.params = list(self.model.parameters())
+        self.opt = make_optimizer(cfg.optimizer, self.params, self.lr)
+        try:
+            self.stream = BPTTStream(corpus.train, cfg.batch, cfg.seq_len)
+        except DataError as e:
+            raise TrainError(f"{corpus.name}: {e}") from None
+        self.step_count, self.elapsed_before, self.tokens_seen, self.state = 0, 0.0, 0, None
+        self.window = _Mean()
+        if saved is not None:
+            self._restore(saved)
+        self.t_start = time.perf_counter()
+
+    # ------------------------------------------------------------------ start or resume
+    @classmethod
+    def start(cls, cfg, out_dir, overwrite=False, echo=print):
+        ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
+        if os.path.exists(ckpt_path) and not overwrite:
+            raise TrainError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, "
+                             f"--overwrite to start afresh there, or --out DIR for a new run")
+        cls._check(cfg)
+        run = cls(cfg, out_dir, None, echo)
+        os.makedirs(out_dir, exist_ok=True)
+        if os.path.exists(run.metrics_path):
+            os.remove(run.metrics_path)
+        return run
+
+    @classmethod
+    def resume(cls, cfg, out_dir, explicit=(), echo=print):
+        """The run saved in out_dir, with the settings given now (explicit) where they may change."""
+        ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
         if not os.path.exists(ckpt_path):
             raise TrainError(f"--resume: {out_dir} holds no checkpoint ({CHECKPOINT_NAME}) to continue")
         saved = ckpt.load(ckpt_path)
@@ -334,188 +391,191 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
             cfg.minutes = None
         if "minutes" in explicit and "steps" not in explicit:
             cfg.steps = None
-    elif os.path.exists(ckpt_path) and not overwrite:
-        raise TrainError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, "
-                         f"--overwrite to start afresh there, or --out DIR for a new run")
-    cfg.validate()
-    if cfg.steps is None and cfg.minutes is None:
-        raise TrainError("give the run a budget: steps or minutes")
+        cls._check(cfg)
+        run = cls(cfg, out_dir, saved, echo)
+        _truncate_metrics(run.metrics_path, run.step_count)
+        return run
 
-    corpus = load_corpus(cfg.data, cfg.max_chars, cfg.val_fraction)
-    if saved is not None:
-        if saved.meta.get("corpus_sha256") != corpus.fingerprint:
-            raise TrainError(f"--resume: the corpus ({corpus.name}) is not the text the run was trained on "
-                             f"(its SHA-256 differs from the checkpoint's)")
-    vocab = corpus.vocab
-    device = B.get_device(cfg.device)
-    B.manual_seed(cfg.seed)
-    model = CharLM(vocab, device=device, **cfg.model_kwargs())
-    lr = cfg.learning_rate
-    opt = make_optimizer(cfg.optimizer, list(model.parameters()), lr)
-    try:
-        stream = BPTTStream(corpus.train, cfg.batch, cfg.seq_len)
-    except DataError as e:
-        raise TrainError(f"{corpus.name}: {e}") from None
-    step, elapsed_before, tokens_seen, state = 0, 0.0, 0, None
-    acc = [0.0, 0]  # sum and count of train losses since the last metrics line
+    @staticmethod
+    def _check(cfg):
+        cfg.validate()
+        if cfg.steps is None and cfg.minutes is None:
+            raise TrainError("give the run a budget: steps or minutes")
 
-    if saved is not None:
+    def _restore(self, saved):
         m = saved.meta
         try:
-            model.load_state_dict(saved.model_state)
+            self.model.load_state_dict(saved.model_state)
             if saved.optim_state is not None:
-                opt.load_state_dict(saved.optim_state)
-            step, elapsed_before, tokens_seen = int(m["step"]), float(m["elapsed"]), int(m["tokens_seen"])
-            stream.position = m["data_position"]
-            acc = list(m.get("loss_acc", [0.0, 0]))
-            state = state_from_host(saved.hidden, device, model.dtype)
+                self.opt.load_state_dict(saved.optim_state)
+            self.step_count, self.elapsed_before = int(m["step"]), float(m["elapsed"])
+            self.tokens_seen = int(m["tokens_seen"])
+            self.stream.position = m["data_position"]
+            self.window = _Mean(*m.get("loss_acc", [0.0, 0]))
+            self.state = state_from_host(saved.hidden, self.device, self.model.dtype)
         except (KeyError, TypeError, ValueError, DataError, nn.StateDictError) as e:
-            raise ckpt.CheckpointError(f"{ckpt_path}: cannot continue from this checkpoint "
+            raise ckpt.CheckpointError(f"{self.ckpt_path}: cannot continue from this checkpoint "
                                        f"({type(e).__name__}: {e})") from None
         rng = m.get("rng", {})
-        if rng.get("device") == device.name:
-            device.set_rng_state(rng["state"])
+        if rng.get("device") == self.device.name:
+            self.device.set_rng_state(rng["state"])
         else:
-            echo(f"note: the checkpoint's random state is for {rng.get('device')}, not {device.name}: "
-                 f"dropout masks will not repeat the interrupted run's")
-        _truncate_metrics(metrics_path, step)
-    else:
-        os.makedirs(out_dir, exist_ok=True)
-        if os.path.exists(metrics_path):
-            os.remove(metrics_path)
+            self.echo(f"note: the checkpoint's random state is for {rng.get('device')}, not {self.device.name}: "
+                      f"dropout masks will not repeat the interrupted run's")
 
-    n_params = sum(p.numel() for p in model.parameters())
-    echo(f"corpus: {corpus.name}: {len(corpus.text):,} chars, {len(vocab)} distinct; "
-         f"train {len(corpus.train):,} / validation {len(corpus.val):,}")
-    echo(f"model: {cfg.cell} {cfg.layers}x{cfg.hidden}, {n_params:,} parameters on {device.name}; "
-         f"{cfg.optimizer} lr {lr:g}" + (f" x {cfg.lr_decay:g}^epoch" if cfg.lr_decay != 1.0 else "")
-         + f", batch {cfg.batch} x seq_len {cfg.seq_len}")
-    budget = []
-    if cfg.steps is not None:
-        budget.append(f"{cfg.steps} steps")
-    if cfg.minutes is not None:
-        budget.append(f"{cfg.minutes:g} minutes")
-    echo(("resuming at step %d; " % step if saved is not None else "") + "budget: " + " or ".join(budget)
-         + f"; writing to {out_dir}")
+    # ------------------------------------------------------------------ the steps
+    def elapsed(self):
+        return self.elapsed_before + time.perf_counter() - self.t_start
 
-    def snapshot_meta():
-        return {"config": cfg.to_dict(), "vocab": vocab.to_dict(), "corpus": corpus.name,
-                "corpus_sha256": corpus.fingerprint, "step": step, "elapsed": elapsed_before + run_time(),
-                "tokens_seen": tokens_seen, "data_position": stream.position, "loss_acc": acc,
-                "rng": {"device": device.name, "state": device.get_rng_state()},
-                "dtype": model.dtype.name, "tinygrad_rnn": __version__,
-                "sampler": "samples during training draw from numpy default_rng([seed, step])"}
-
-    def save():
-        ckpt.save(ckpt_path, meta=snapshot_meta(), model_state=model.state_dict(), optim_state=opt.state_dict(),
-                  hidden=state_to_host(state))
-
-    t_start = time.perf_counter()
-
-    def run_time():
-        return time.perf_counter() - t_start
-
-    def out_of_budget():
-        if cfg.steps is not None and step >= cfg.steps:
+    def out_of_budget(self):
+        cfg = self.cfg
+        if cfg.steps is not None and self.step_count >= cfg.steps:
             return True
-        return cfg.minutes is not None and elapsed_before + run_time() >= cfg.minutes * 60
+        return cfg.minutes is not None and self.elapsed() >= cfg.minutes * 60
 
-    def sample_text(length, seed):
-        return model.generate("", length, temperature=0.8, seed=seed)
+    def step(self):
+        """One optimizer step on the next window; returns (its loss, the tokens it read)."""
+        cfg = self.cfg
+        if cfg.lr_decay != 1.0:
+            # a function of the data position alone, so a resumed run follows the same schedule
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr * cfg.lr_decay ** self.stream.epoch
+        x, y, reset = self.stream.next()
+        if reset:
+            self.state = None
+        loss, state = self.model.loss(x, y, self.state)
+        lv = float(loss.item())
+        n = self.step_count + 1
+        if not math.isfinite(lv):
+            raise TrainError(f"the loss became {lv} at step {n}; the last checkpoint is intact: "
+                             f"lower --lr (or use --clip) and start again")
+        self.opt.zero_grad()
+        loss.backward()
+        if cfg.clip:
+            try:
+                clip_grad_norm_(self.params, cfg.clip)
+            except NonFiniteNormError:
+                raise TrainError(f"the gradients became infinite or NaN at step {n} (loss {lv:.4g}); the last "
+                                 f"checkpoint is intact: lower --lr, or --clip, and start again") from None
+        self.opt.step()
+        self.state = detach_state(state)
+        self.step_count = n
+        self.tokens_seen += x.size
+        self.window.add(lv)
+        return lv, x.size
 
-    result = TrainResult("done", step, out_dir, ckpt_path)
-    prog = _Progress(cfg.steps, step, progress, echo)
-    eval_batch = 32
+    def evaluate(self, ids=None, should_stop=None):
+        """(mean loss in nats/char, chars scored) over ids (default: all of validation)."""
+        return evaluate(self.model, self.corpus.val if ids is None else ids, EVAL_BATCH, should_stop=should_stop)
+
+    def sample(self, length, seed):
+        return self.model.generate("", length, temperature=0.8, seed=seed)
+
+    def save(self):
+        meta = {"config": self.cfg.to_dict(), "vocab": self.vocab.to_dict(), "corpus": self.corpus.name,
+                "corpus_sha256": self.corpus.fingerprint, "step": self.step_count, "elapsed": self.elapsed(),
+                "tokens_seen": self.tokens_seen, "data_position": self.stream.position,
+                "loss_acc": self.window.to_list(),
+                "rng": {"device": self.device.name, "state": self.device.get_rng_state()},
+                "dtype": self.model.dtype.name, "tinygrad_rnn": __version__,
+                "sampler": "samples during training draw from numpy default_rng([seed, step])"}
+        ckpt.save(self.ckpt_path, meta=meta, model_state=self.model.state_dict(), optim_state=self.opt.state_dict(),
+                  hidden=state_to_host(self.state))
+
+    def describe(self, resumed):
+        cfg, corpus = self.cfg, self.corpus
+        n_params = sum(p.numel() for p in self.params)
+        self.echo(f"corpus: {corpus.name}: {len(corpus.text):,} chars, {len(self.vocab)} distinct; "
+                  f"train {len(corpus.train):,} / validation {len(corpus.val):,}")
+        self.echo(f"model: {cfg.cell} {cfg.layers}x{cfg.hidden}, {n_params:,} parameters on {self.device.name}; "
+                  f"{cfg.optimizer} lr {self.lr:g}" + (f" x {cfg.lr_decay:g}^epoch" if cfg.lr_decay != 1.0 else "")
+                  + f", batch {cfg.batch} x seq_len {cfg.seq_len}")
+        budget = []
+        if cfg.steps is not None:
+            budget.append(f"{cfg.steps} steps")
+        if cfg.minutes is not None:
+            budget.append(f"{cfg.minutes:g} minutes")
+        self.echo(("resuming at step %d; " % self.step_count if resumed else "") + "budget: " + " or ".join(budget)
+                  + f"; writing to {self.out_dir}")
+
+
+EVAL_BATCH = 32
+
+
+def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False, echo=print,
+          progress: str = "auto", final_sample_length: int = 300, explicit=()) -> TrainResult:
+    """Train (or, with resume, continue) a CharLM as `cfg` says, writing into out_dir:
+    checkpoint.npz and metrics.jsonl. `explicit` names the config fields the caller set:
+    a resumed run takes every other field from the checkpoint, and refuses changes to
+    those that shape the model, the data or the optimizer (TrainConfig.FROZEN)."""
+    out_dir = os.fspath(out_dir)
+    run = Run.resume(cfg, out_dir, explicit, echo) if resume else Run.start(cfg, out_dir, overwrite, echo)
+    cfg = run.cfg
+    run.describe(resumed=resume)
+    result = TrainResult("done", run.step_count, out_dir, run.ckpt_path)
+    prog = _Progress(cfg.steps, run.step_count, progress, echo)
     sample_every = cfg.sample_every or cfg.eval_every
     save_every = cfg.save_every or cfg.eval_every
     window_tokens, window_time = 0, 0.0
     run_tokens, run_train_time = 0, 0.0  # this invocation's, for the average speed
-    params = list(model.parameters())
     with _StopFlag(prog.write) as stop:
         try:
-            while not out_of_budget() and not stop():
+            while not run.out_of_budget() and not stop():
                 t0 = time.perf_counter()
-                if cfg.lr_decay != 1.0:
-                    # a function of the data position alone, so a resumed run follows the same schedule
-                    for group in opt.param_groups:
-                        group["lr"] = lr * cfg.lr_decay ** stream.epoch
-                x, y, reset = stream.next()
-                if reset:
-                    state = None
-                loss, state = model.loss(x, y, state)
-                lv = float(loss.item())
-                if not math.isfinite(lv):
-                    raise TrainError(f"the loss became {lv} at step {step + 1}; the last checkpoint is intact: "
-                                     f"lower --lr (or use --clip) and start again")
-                opt.zero_grad()
-                loss.backward()
-                if cfg.clip:
-                    try:
-                        clip_grad_norm_(params, cfg.clip)
-                    except NonFiniteNormError:
-                        raise TrainError(f"the gradients became infinite or NaN at step {step + 1} (loss "
-                                         f"{lv:.4g}); the last checkpoint is intact: lower --lr, or "
-                                         f"--clip, and start again") from None
-                opt.step()
-                state = detach_state(state)
+                lv, tokens = run.step()
                 dt = time.perf_counter() - t0
-                step += 1
-                tokens_seen += x.size
-                window_tokens += x.size
+                step = run.step_count
+                window_tokens += tokens
                 window_time += dt
-                run_tokens += x.size
+                run_tokens += tokens
                 run_train_time += dt
-                acc[0] += lv
-                acc[1] += 1
                 result.losses.append(lv)
                 tok_s = window_tokens / window_time if window_time > 0 else 0.0
-                prog.update(step, lv, tok_s, elapsed_before + run_time())
+                prog.update(step, lv, tok_s, run.elapsed())
                 is_eval = step % cfg.eval_every == 0
                 if step % cfg.log_every == 0 or is_eval:
-                    rec = {"step": step, "train_loss": acc[0] / acc[1], "val_loss": None, "val_bpc": None,
-                           "tok_s": tok_s, "elapsed": round(elapsed_before + run_time(), 3), "tokens": tokens_seen}
-                    acc = [0.0, 0]
+                    rec = {"step": step, "train_loss": run.window.take(), "val_loss": None, "val_bpc": None,
+                           "tok_s": tok_s, "elapsed": round(run.elapsed(), 3), "tokens": run.tokens_seen}
                     window_tokens, window_time = 0, 0.0
-                    if is_eval and not out_of_budget():
-                        val_ids = corpus.val if cfg.eval_chars is None else corpus.val[:cfg.eval_chars]
-                        vl, _ = evaluate(model, val_ids, eval_batch, should_stop=stop)
+                    if is_eval and not run.out_of_budget():
+                        val_ids = run.corpus.val if cfg.eval_chars is None else run.corpus.val[:cfg.eval_chars]
+                        vl, _ = run.evaluate(val_ids, should_stop=stop)
                         if vl is not None:
                             rec["val_loss"], rec["val_bpc"] = vl, vl / LN2
                             prog.write(f"step {step}: train loss {rec['train_loss']:.4f} | val loss {vl:.4f} nats"
                                        f" = {vl / LN2:.4f} bits/char | {tok_s:,.0f} tok/s")
-                    _write_metrics(metrics_path, rec)
-                if step % sample_every == 0 and not out_of_budget() and not stop():
-                    prog.write("--- sample ---\n" + sample_text(cfg.sample_length, [cfg.seed, step]) + "\n---")
-                if step % save_every == 0 and not out_of_budget():
-                    save()
+                    _write_metrics(run.metrics_path, rec)
+                if step % sample_every == 0 and not run.out_of_budget() and not stop():
+                    prog.write("--- sample ---\n" + run.sample(cfg.sample_length, [cfg.seed, step]) + "\n---")
+                if step % save_every == 0 and not run.out_of_budget():
+                    run.save()
         finally:
             prog.close()
         interrupted = stop()
-        result.step = step
-        save()
+        step = result.step = run.step_count
+        run.save()
         if interrupted:
             result.status = "interrupted"
-            echo(f"checkpoint saved at step {step}: {ckpt_path}\n"
+            echo(f"checkpoint saved at step {step}: {run.ckpt_path}\n"
                  f"continue with: --resume --out {out_dir}")
-            result.elapsed = elapsed_before + run_time()
+            result.elapsed = run.elapsed()
             return result
         # the budget is spent: score all of validation and show what the model writes
-        vl, n = evaluate(model, corpus.val, eval_batch, should_stop=stop)
-        result.elapsed = elapsed_before + run_time()
+        vl, n = run.evaluate(should_stop=stop)
+        result.elapsed = run.elapsed()
         result.tok_s = run_tokens / run_train_time if run_train_time else None
-        if acc[1]:
-            result.train_loss = acc[0] / acc[1]
+        result.train_loss = run.window.take()
         if vl is not None:
             result.val_loss, result.val_bpc = vl, vl / LN2
-            _write_metrics(metrics_path, {"step": step, "train_loss": result.train_loss, "val_loss": vl,
-                                          "val_bpc": vl / LN2, "tok_s": result.tok_s,
-                                          "elapsed": round(result.elapsed, 3), "tokens": tokens_seen,
-                                          "final": True})
+            _write_metrics(run.metrics_path, {"step": step, "train_loss": result.train_loss, "val_loss": vl,
+                                              "val_bpc": vl / LN2, "tok_s": result.tok_s,
+                                              "elapsed": round(result.elapsed, 3), "tokens": run.tokens_seen,
+                                              "final": True})
             echo(f"final (step {step}, {_fmt_time(result.elapsed)}): validation loss {vl:.4f} nats/char = "
                  f"{vl / LN2:.4f} bits/char over {n:,} chars"
                  + (f"; {result.tok_s:,.0f} tok/s on average" if result.tok_s else ""))
         if final_sample_length and not stop():
-            result.sample = sample_text(final_sample_length, [cfg.seed, step, 1])
+            result.sample = run.sample(final_sample_length, [cfg.seed, step, 1])
             echo("--- sample ---\n" + result.sample + "\n---")
-        echo(f"checkpoint: {ckpt_path}")
+        echo(f"checkpoint: {run.ckpt_path}")
     return result
