@@ -80,3 +80,79 @@ def test_the_example_under_two_processes_follows_the_one_process_run():
     last = lambda out: float(out.strip().splitlines()[-1].split("loss")[1].split()[0])  # noqa: E731
     assert "(2 processes)" in two.stdout and two.stdout.count("step   60") == 1  # rank 0 alone prints
     assert abs(last(one.stdout) - last(two.stdout)) < 2e-3  # the same run, to float32 summation order
+
+
+# ----------------------------------------------------------------------------- the train command
+def _corpus(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "away"]
+    path = tmp_path / "corpus.txt"
+    path.write_text(" ".join(rng.choice(words, 4000)))
+    return str(path)
+
+
+def _train_args(corpus, out, steps, *extra):
+    return ["-m", "tinygrad_rnn", "train", "--data", corpus, "--out", str(out), "--steps", str(steps),
+            "--batch", "4", "--seq-len", "16", "--hidden", "16", "--dtype", "float64", "--log-every", "1",
+            "--eval-every", "5", "--sample-every", "1000", "--progress", "none", *extra]
+
+
+def _run(args, n=None, timeout=240):
+    cmd = ([MPIEXEC, "-n", str(n), sys.executable] if n else [sys.executable]) + args
+    return subprocess.run(cmd, capture_output=True, text=True, env=_clean_env(), timeout=timeout, cwd=ROOT)
+
+
+def _losses(out):
+    """[(step, train loss)] of every step's line, and the last final validation loss (a run cut
+    and resumed evaluates where the cut fell instead of at its periodic step, and keeps that line)."""
+    import json
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    return [(r["step"], r["train_loss"]) for r in recs if not r.get("final")], \
+        [r["val_loss"] for r in recs if r.get("final")][-1]
+
+
+def _assert_same_run(a, b):
+    (steps_a, final_a), (steps_b, final_b) = a, b
+    assert [s for s, _ in steps_a] == [s for s, _ in steps_b]
+    for (s, x), (_, y) in zip(steps_a + [("final", final_a)], steps_b + [("final", final_b)]):
+        assert abs(x - y) <= 1e-12 * abs(x), (s, x, y)
+
+
+@needs_mpi
+def test_two_process_train_follows_the_one_process_run_step_for_step(tmp_path):
+    corpus = _corpus(tmp_path)
+    one, two = _run(_train_args(corpus, tmp_path / "one", 10)), _run(_train_args(corpus, tmp_path / "two", 10), n=2)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert "x 2 processes (data parallel)" in two.stdout and two.stdout.count("final (step 10") == 1
+    _assert_same_run(_losses(tmp_path / "one"), _losses(tmp_path / "two"))  # float64: equal to 1e-12
+
+
+@needs_mpi
+def test_resume_under_two_processes_is_exact_and_under_another_count_with_dropout_is_refused(tmp_path):
+    corpus = _corpus(tmp_path)
+    drop = ("--layers", "2", "--dropout", "0.3")
+    straight = _run(_train_args(corpus, tmp_path / "straight", 10, *drop), n=2)
+    first = _run(_train_args(corpus, tmp_path / "cut", 5, *drop), n=2)
+    again = _run(_train_args(corpus, tmp_path / "cut", 10, "--resume"), n=2)
+    assert straight.returncode == first.returncode == again.returncode == 0, straight.stderr + again.stderr
+    _assert_same_run(_losses(tmp_path / "straight"), _losses(tmp_path / "cut"))  # dropout masks too
+    alone = _run(_train_args(corpus, tmp_path / "cut", 12, "--resume"))
+    assert alone.returncode != 0
+    assert "trained by 2 process(es) with dropout" in alone.stderr and "mpiexec -n 2" in alone.stderr
+
+
+@needs_mpi
+def test_a_batch_that_does_not_divide_among_the_processes_is_refused(tmp_path):
+    out = _run(_train_args(_corpus(tmp_path), tmp_path / "r", 3) + ["--batch", "3"], n=2, timeout=120)
+    assert out.returncode != 0
+    assert "--batch 3 is not divisible by the 2 processes of this MPI job" in out.stderr
+
+
+@needs_mpi
+def test_a_rank_failing_mid_run_ends_the_train_job(tmp_path):
+    args = _train_args(_corpus(tmp_path), tmp_path / "f", 20)
+    out = subprocess.run([MPIEXEC, "-n", "2", sys.executable, os.path.join(ROOT, "tests", "mpi", "train_fault.py"),
+                          *args[2:]], capture_output=True, text=True, env=_clean_env(), timeout=120, cwd=ROOT)
+    assert out.returncode != 0  # and it returned: no rank hangs in a collective
+    assert "[rank 1/2] RuntimeError: rank 1 breaks at step 3 on purpose; aborting the MPI job" in out.stderr

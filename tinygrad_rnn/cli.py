@@ -87,6 +87,7 @@ def _add_train(sub):
     g.add_argument("--embed-dim", type=_positive_int, metavar="N",
                    help="learned character embedding of N dims (default: one-hot input)")
     g.add_argument("--dropout", type=_dropout, metavar="P", help=f"dropout (default {d['dropout']})")
+    g.add_argument("--dtype", choices=["float32", "float64"], help=f"weights and arithmetic (default {d['dtype']})")
     g = p.add_argument_group("optimisation")
     g.add_argument("--seq-len", type=_positive_int, metavar="T",
                    help=f"BPTT window: characters per step and row (default {d['seq_len']})")
@@ -314,6 +315,15 @@ def build_parser():
     return p
 
 
+def _abort_other_ranks(message):
+    """Under mpiexec with several processes, an error in one would leave the others waiting in a
+    collective for ever: end the whole job, naming this rank (a single process just returns)."""
+    from . import distributed
+    w = distributed._world
+    if w is not None and w.size > 1:
+        distributed.abort(message, EXIT_ERROR)
+
+
 def main(argv=None) -> int:
     from .data import DataError
     from .lm.checkpoint import CheckpointError
@@ -328,6 +338,7 @@ def main(argv=None) -> int:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except (_UserError, DataError, CheckpointError, TrainError) as e:
+        _abort_other_ranks(f"{prog}: error: {e}")
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except RuntimeError as e:  # e.g. --device cuda without CuPy or a GPU

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import __version__
 from .. import backend as B
+from .. import distributed as dist
 from .. import nn
 from ..nn.utils import NonFiniteNormError, clip_grad_norm_
 from .. import optim as optim_mod
@@ -62,6 +63,7 @@ class TrainConfig:
     layers: int = 1
     embed_dim: int | None = None
     dropout: float = 0.0
+    dtype: str = "float32"             # of the weights and the arithmetic: float32 or float64
     # optimisation
     seq_len: int = 64
     batch: int = 32
@@ -84,19 +86,19 @@ class TrainConfig:
 
     # what a resumed run must keep (changing them would make it a different run)
     FROZEN = ("data", "max_chars", "val_fraction", "cell", "hidden", "layers", "embed_dim", "dropout",
-              "seq_len", "batch", "optimizer", "lr", "clip", "lr_decay", "seed")
+              "seq_len", "batch", "optimizer", "lr", "clip", "lr_decay", "seed", "dtype")
 
     def model_kwargs(self) -> dict:
         return {"cell": self.cell, "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout,
                 "embed_dim": self.embed_dim}
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     def validate(self) -> None:
         from .model import available_cells
@@ -115,6 +117,8 @@ class TrainConfig:
                 problems.append(f"{name} must be a positive integer, got {v!r}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dtype not in ("float32", "float64"):
+            problems.append(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.lr is not None and not self.lr > 0:
@@ -146,19 +150,27 @@ def evaluate(model, ids, batch=32, seq_len=128, should_stop=None):
 
     The ids are cut into at most `batch` rows (each at least 128 characters long when the
     text allows), read window by window with the state carried, in eval mode under
-    no_grad. Returns (None, n) if `should_stop()` turns true midway.
+    no_grad. Under MPI the rows are shared out over the ranks and the sums reduced, so
+    every rank returns the same figure as one process would. Returns (None, n) if
+    `should_stop()` turns true midway.
     """
     ids = np.asarray(ids)
     batch = max(1, min(batch, len(ids) // 128))
     stream = BPTTStream(ids, batch, seq_len)
+    n, r = dist.world_size(), dist.rank()
+    mine = slice(batch * r // n, batch * (r + 1) // n)
     was_training = model.training
     model.eval()
-    total, count, state = 0.0, 0, None
+    total, count, state, stopped = 0.0, 0, None, False
     try:
         with no_grad():
             for x, y in stream.epoch_windows():
                 if should_stop is not None and should_stop():
-                    return None, count
+                    stopped = True
+                    break
+                x, y = x[:, mine], y[:, mine]
+                if x.shape[1] == 0:  # more ranks than rows
+                    continue
                 logits, state = model(x, state)
                 T, Bn, V = logits.shape
                 loss = F.cross_entropy(logits.reshape(T * Bn, V), y.reshape(-1), reduction="sum")
@@ -166,6 +178,11 @@ def evaluate(model, ids, batch=32, seq_len=128, should_stop=None):
                 count += T * Bn
     finally:
         model.train(was_training)
+    if n > 1:
+        total, count = dist.all_reduce_scalar(total), dist.all_reduce_scalar(count)
+        stopped = bool(dist.all_reduce_scalar(int(stopped), op="max"))
+    if stopped:
+        return None, count
     return total / count, count
 
 
@@ -338,10 +355,19 @@ class Run:
                              f"(its SHA-256 differs from the checkpoint's)")
         self.vocab = corpus.vocab
         self.device = B.get_device(cfg.device)
-        B.manual_seed(cfg.seed)
-        self.model = CharLM(self.vocab, device=self.device, **cfg.model_kwargs())
+        # data parallel under mpiexec: each rank takes its rows of every window (a world of one
+        # takes them all); the gradients are averaged, so every rank takes the same step
+        self.world = dist.init()
+        n, r = self.world.size, self.world.rank
+        if cfg.batch % n:
+            raise TrainError(f"--batch {cfg.batch} is not divisible by the {n} processes of this MPI job: each "
+                             f"process takes batch / {n} rows; give a multiple of {n}")
+        self.rows = slice(cfg.batch // n * r, cfg.batch // n * (r + 1))
+        B.manual_seed(cfg.seed + r)  # the weights come from rank 0 below; dropout draws differ per rank
+        self.model = CharLM(self.vocab, device=self.device, dtype=cfg.dtype, **cfg.model_kwargs())
         self.lr = cfg.learning_rate
         self.params = list(self.model.parameters())
+        dist.broadcast_parameters(self.params)
         self.opt = make_optimizer(cfg.optimizer, self.params, self.lr)
         try:
             self.stream = BPTTStream(corpus.train, cfg.batch, cfg.seq_len)
@@ -352,6 +378,7 @@ class Run:
         if saved is not None:
             self._restore(saved)
         self.t_start = time.perf_counter()
+        self._spent = self._budget_spent()
 
     # ------------------------------------------------------------------ start or resume
     @classmethod
@@ -362,9 +389,10 @@ class Run:
                              f"--overwrite to start afresh there, or --out DIR for a new run")
         cls._check(cfg)
         run = cls(cfg, out_dir, None, echo)
-        os.makedirs(out_dir, exist_ok=True)
-        if os.path.exists(run.metrics_path):
-            os.remove(run.metrics_path)
+        if dist.is_main():
+            os.makedirs(out_dir, exist_ok=True)
+            if os.path.exists(run.metrics_path):
+                os.remove(run.metrics_path)
         return run
 
     @classmethod
@@ -393,7 +421,8 @@ class Run:
             cfg.steps = None
         cls._check(cfg)
         run = cls(cfg, out_dir, saved, echo)
-        _truncate_metrics(run.metrics_path, run.step_count)
+        if dist.is_main():
+            _truncate_metrics(run.metrics_path, run.step_count)
         return run
 
     @staticmethod
@@ -412,14 +441,23 @@ class Run:
             self.tokens_seen = int(m["tokens_seen"])
             self.stream.position = m["data_position"]
             self.window = _Mean(*m.get("loss_acc", [0.0, 0]))
-            self.state = state_from_host(saved.hidden, self.device, self.model.dtype)
+            hidden = saved.hidden  # the whole batch's rows: this rank takes its own
+            if hidden is not None:
+                hidden = tuple(h[:, self.rows] for h in hidden) if isinstance(hidden, tuple) else hidden[:, self.rows]
+            self.state = state_from_host(hidden, self.device, self.model.dtype)
         except (KeyError, TypeError, ValueError, DataError, nn.StateDictError) as e:
             raise ckpt.CheckpointError(f"{self.ckpt_path}: cannot continue from this checkpoint "
                                        f"({type(e).__name__}: {e})") from None
         rng = m.get("rng", {})
-        if rng.get("device") == self.device.name:
-            self.device.set_rng_state(rng["state"])
-        else:
+        states = rng.get("ranks", [rng.get("state")])  # one random state per process of the saved run
+        n = self.world.size
+        if len(states) != n and self.cfg.dropout > 0:
+            raise TrainError(f"--resume: this run was trained by {len(states)} process(es) with dropout, whose masks "
+                             f"come from each process's own random state; resume it with {len(states)} "
+                             f"(mpiexec -n {len(states)}), not {n}")
+        if rng.get("device") == self.device.name and len(states) == n:
+            self.device.set_rng_state(states[self.world.rank])
+        elif self.cfg.dropout > 0:
             self.echo(f"note: the checkpoint's random state is for {rng.get('device')}, not {self.device.name}: "
                       f"dropout masks will not repeat the interrupted run's")
 
@@ -427,11 +465,16 @@ class Run:
     def elapsed(self):
         return self.elapsed_before + time.perf_counter() - self.t_start
 
-    def out_of_budget(self):
+    def _budget_spent(self):
         cfg = self.cfg
-        if cfg.steps is not None and self.step_count >= cfg.steps:
-            return True
-        return cfg.minutes is not None and self.elapsed() >= cfg.minutes * 60
+        spent = (cfg.steps is not None and self.step_count >= cfg.steps) or \
+            (cfg.minutes is not None and self.elapsed() >= cfg.minutes * 60)
+        # one decision for all ranks (their clocks differ), taken once per step
+        return bool(dist.all_reduce_scalar(int(spent), op="max")) if self.world.size > 1 else spent
+
+    def out_of_budget(self):
+        """Whether the budget was spent as of the last step (the same answer on every rank)."""
+        return self._spent
 
     def step(self):
         """One optimizer step on the next window; returns (its loss, the tokens it read)."""
@@ -443,14 +486,19 @@ class Run:
         x, y, reset = self.stream.next()
         if reset:
             self.state = None
+        tokens = x.size  # the whole batch's, over all ranks
+        x, y = x[:, self.rows], y[:, self.rows]
         loss, state = self.model.loss(x, y, self.state)
         lv = float(loss.item())
+        if self.world.size > 1:  # equal shares: the mean of the ranks' means is the batch mean
+            lv = dist.all_reduce_scalar(lv) / self.world.size
         n = self.step_count + 1
         if not math.isfinite(lv):
             raise TrainError(f"the loss became {lv} at step {n}; the last checkpoint is intact: "
                              f"lower --lr (or use --clip) and start again")
         self.opt.zero_grad()
         loss.backward()
+        dist.all_reduce_gradients(self.params)  # a no-op in a world of one
         if cfg.clip:
             try:
                 clip_grad_norm_(self.params, cfg.clip)
@@ -460,9 +508,10 @@ class Run:
         self.opt.step()
         self.state = detach_state(state)
         self.step_count = n
-        self.tokens_seen += x.size
+        self.tokens_seen += tokens
         self.window.add(lv)
-        return lv, x.size
+        self._spent = self._budget_spent()
+        return lv, tokens
 
     def evaluate(self, ids=None, should_stop=None):
         """(mean loss in nats/char, chars scored) over ids (default: all of validation)."""
@@ -472,22 +521,37 @@ class Run:
         return self.model.generate("", length, temperature=0.8, seed=seed)
 
     def save(self):
+        """Write the checkpoint (atomically, by rank 0 alone): under MPI it holds what every
+        rank needs, the whole batch's hidden state and each rank's random state."""
+        hidden, rng_state = state_to_host(self.state), self.device.get_rng_state()
+        if self.world.size > 1:  # collective: every rank hands its rows and random state to rank 0
+            hiddens = self.world.comm.gather(hidden, root=0)
+            rng_states = self.world.comm.gather(rng_state, root=0)
+            if not dist.is_main():
+                return
+            if hidden is not None:
+                hidden = (tuple(np.concatenate([h[k] for h in hiddens], axis=1) for k in range(len(hidden)))
+                          if isinstance(hidden, tuple) else np.concatenate(hiddens, axis=1))
+        else:
+            rng_states = [rng_state]
         meta = {"config": self.cfg.to_dict(), "vocab": self.vocab.to_dict(), "corpus": self.corpus.name,
                 "corpus_sha256": self.corpus.fingerprint, "step": self.step_count, "elapsed": self.elapsed(),
                 "tokens_seen": self.tokens_seen, "data_position": self.stream.position,
                 "loss_acc": self.window.to_list(),
-                "rng": {"device": self.device.name, "state": self.device.get_rng_state()},
+                "rng": {"device": self.device.name, "state": rng_states[0], "ranks": rng_states},
+                "processes": self.world.size,
                 "dtype": self.model.dtype.name, "tinygrad_rnn": __version__,
                 "sampler": "samples during training draw from numpy default_rng([seed, step])"}
         ckpt.save(self.ckpt_path, meta=meta, model_state=self.model.state_dict(), optim_state=self.opt.state_dict(),
-                  hidden=state_to_host(self.state))
+                  hidden=hidden)
 
     def describe(self, resumed):
         cfg, corpus = self.cfg, self.corpus
         n_params = sum(p.numel() for p in self.params)
         self.echo(f"corpus: {corpus.name}: {len(corpus.text):,} chars, {len(self.vocab)} distinct; "
                   f"train {len(corpus.train):,} / validation {len(corpus.val):,}")
-        self.echo(f"model: {cfg.cell} {cfg.layers}x{cfg.hidden}, {n_params:,} parameters on {self.device.name}; "
+        procs = f" x {self.world.size} processes (data parallel)" if self.world.size > 1 else ""
+        self.echo(f"model: {cfg.cell} {cfg.layers}x{cfg.hidden}, {n_params:,} parameters on {self.device.name}{procs}; "
                   f"{cfg.optimizer} lr {self.lr:g}" + (f" x {cfg.lr_decay:g}^epoch" if cfg.lr_decay != 1.0 else "")
                   + f", batch {cfg.batch} x seq_len {cfg.seq_len}")
         budget = []
@@ -509,6 +573,8 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
     a resumed run takes every other field from the checkpoint, and refuses changes to
     those that shape the model, the data or the optimizer (TrainConfig.FROZEN)."""
     out_dir = os.fspath(out_dir)
+    if not dist.is_main():  # under MPI, rank 0 alone prints and writes metrics
+        echo, progress = (lambda *a, **k: None), "none"
     run = Run.resume(cfg, out_dir, explicit, echo) if resume else Run.start(cfg, out_dir, overwrite, echo)
     cfg = run.cfg
     run.describe(resumed=resume)
@@ -518,7 +584,11 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
     save_every = cfg.save_every or cfg.eval_every
     window_tokens, window_time = 0, 0.0
     run_tokens, run_train_time = 0, 0.0  # this invocation's, for the average speed
-    with _StopFlag(prog.write) as stop:
+    main = dist.is_main()
+    with _StopFlag(prog.write) as local_stop:
+        def stop():  # Ctrl-C in any rank stops them all, after the same step
+            s = local_stop()
+            return bool(dist.all_reduce_scalar(int(s), op="max")) if run.world.size > 1 else s
         try:
             while not run.out_of_budget() and not stop():
                 t0 = time.perf_counter()
@@ -544,8 +614,9 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
                             rec["val_loss"], rec["val_bpc"] = vl, vl / LN2
                             prog.write(f"step {step}: train loss {rec['train_loss']:.4f} | val loss {vl:.4f} nats"
                                        f" = {vl / LN2:.4f} bits/char | {tok_s:,.0f} tok/s")
-                    _write_metrics(run.metrics_path, rec)
-                if step % sample_every == 0 and not run.out_of_budget() and not stop():
+                    if main:
+                        _write_metrics(run.metrics_path, rec)
+                if main and step % sample_every == 0 and not run.out_of_budget() and not local_stop():
                     prog.write("--- sample ---\n" + run.sample(cfg.sample_length, [cfg.seed, step]) + "\n---")
                 if step % save_every == 0 and not run.out_of_budget():
                     run.save()
@@ -567,14 +638,15 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
         result.train_loss = run.window.take()
         if vl is not None:
             result.val_loss, result.val_bpc = vl, vl / LN2
-            _write_metrics(run.metrics_path, {"step": step, "train_loss": result.train_loss, "val_loss": vl,
-                                              "val_bpc": vl / LN2, "tok_s": result.tok_s,
-                                              "elapsed": round(result.elapsed, 3), "tokens": run.tokens_seen,
-                                              "final": True})
+            if main:
+                _write_metrics(run.metrics_path, {"step": step, "train_loss": result.train_loss, "val_loss": vl,
+                                                  "val_bpc": vl / LN2, "tok_s": result.tok_s,
+                                                  "elapsed": round(result.elapsed, 3), "tokens": run.tokens_seen,
+                                                  "final": True})
             echo(f"final (step {step}, {_fmt_time(result.elapsed)}): validation loss {vl:.4f} nats/char = "
                  f"{vl / LN2:.4f} bits/char over {n:,} chars"
                  + (f"; {result.tok_s:,.0f} tok/s on average" if result.tok_s else ""))
-        if final_sample_length and not stop():
+        if main and final_sample_length and not local_stop():
             result.sample = run.sample(final_sample_length, [cfg.seed, step, 1])
             echo("--- sample ---\n" + result.sample + "\n---")
         echo(f"checkpoint: {run.ckpt_path}")
