@@ -347,6 +347,7 @@ def main(argv=None) -> int:
             return EXIT_ERROR
         raise
     except KeyboardInterrupt:
+        _abort_other_ranks(f"{prog}: interrupted twice; the last checkpoint written (if any) is intact")
         print(f"\n{prog}: interrupted; the last checkpoint written (if any) is intact", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `... sample | head`
