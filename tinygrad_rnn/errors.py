@@ -26,6 +26,15 @@ class DTypeError(TinygradError, TypeError):
     pass
 
 
+class StateDictError(TinygradError, KeyError):
+    """load_state_dict found missing, unexpected or mis-shaped keys (all listed in the message),
+    of a module's weights or an optimizer's state (the one error for both, so neither layer
+    imports the other)."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
 def fmt_shape(shape) -> str:
     return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
 

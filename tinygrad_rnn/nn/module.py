@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import backend as B
-from ..errors import TinygradError, fmt_shape
+from ..errors import StateDictError, fmt_shape  # noqa: F401  (StateDictError: re-exported by nn)
 from ..tensor import Tensor
 
 
@@ -25,13 +25,6 @@ class Parameter(Tensor):
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
-
-
-class StateDictError(TinygradError, KeyError):
-    """load_state_dict found missing, unexpected or mis-shaped keys (all listed in the message)."""
-
-    def __str__(self):
-        return str(self.args[0])
 
 
 class Module:

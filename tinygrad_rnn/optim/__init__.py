@@ -24,10 +24,9 @@ import math
 
 import numpy as np
 
-from .autograd import enable_grad
-from .errors import DTypeError, fmt_shape
-from .nn.module import Module, StateDictError
-from .tensor import Tensor
+from ..autograd import enable_grad
+from ..errors import DTypeError, StateDictError, fmt_shape
+from ..tensor import Tensor
 
 
 class Optimizer:
@@ -45,7 +44,8 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.state = {}  # Parameter -> {"step": int, name: backend array}
         self.param_groups = []
-        if isinstance(params, (Tensor, Module)) or not hasattr(params, "__iter__"):
+        # optimizers need parameters, not modules: a module is recognised by its parameters() alone
+        if isinstance(params, Tensor) or hasattr(params, "named_parameters") or not hasattr(params, "__iter__"):
             raise TypeError(f"{name}: params must be an iterable of Tensors or of dicts (param groups), "
                             f"e.g. model.parameters(); got {type(params).__name__}")
         groups = list(params)
@@ -197,13 +197,17 @@ class Optimizer:
                 problems.append(f"param group {gi} has {len(saved_params)} parameter(s) in the state dict but "
                                 f"{len(own['params'])} here")
             id_map.update(zip(saved_params, own["params"]))
-            own_keys = set(own) - {"params"}
-            saved_keys = set(saved) - {"params"}
+            # initial_lr: what a learning-rate scheduler keeps in the group (see lr_scheduler), on
+            # either side; it is not one of the optimizer's hyperparameters
+            own_keys = set(own) - {"params", "initial_lr"}
+            saved_keys = set(saved) - {"params", "initial_lr"}
             if own_keys - saved_keys:
                 problems.append(f"param group {gi} lacks hyperparameter(s) {sorted(own_keys - saved_keys)}")
             if saved_keys - own_keys:
                 problems.append(f"param group {gi} has unexpected hyperparameter(s) {sorted(saved_keys - own_keys)}")
             hyper = {k: _restore_hyper(own[k], saved[k]) for k in own_keys & saved_keys}
+            if "initial_lr" in saved:
+                hyper["initial_lr"] = float(np.asarray(saved["initial_lr"]))
             new_hyper.append(hyper)
             try:
                 self._validate(dict(own, **hyper))
