@@ -349,3 +349,56 @@ def test_ngram_beats_unigram_on_structured_text(vocab):
         NGramModel(order=0)
     with pytest.raises(ValueError):
         NGramModel(k=0)
+
+
+# ----------------------------------------------------------------------------- learning-rate schedules
+def _sched_cfg(corpus_file, **kw):
+    from tinygrad_rnn.lm.train import TrainConfig
+    base = dict(data=str(corpus_file), hidden=8, batch=2, seq_len=8, steps=20, eval_every=1000, log_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step", "exp", "onecycle"])
+def test_train_schedule_sets_the_rate_of_each_step(tmp_path, corpus_file, schedule):
+    from tinygrad_rnn.lm.train import Run
+    cfg = _sched_cfg(corpus_file, schedule=schedule, warmup=4, lr=0.01)
+    run = Run.start(cfg, str(tmp_path / schedule))
+    rates = []
+    for _ in range(20):
+        run.step()
+        rates.append(run.opt.param_groups[0]["lr"])
+    for t in range(4):  # linear warm-up: (t + 1) / (w + 1)
+        assert rates[t] == pytest.approx(0.01 * (t + 1) / 5, rel=1e-12)
+    main = [r / 0.01 for r in rates[4:]]  # the schedule over the remaining 16 steps
+    want = {"constant": [1.0] * 16, "cosine": [(1 + math.cos(math.pi * k / 16)) / 2 for k in range(16)],
+            "step": [0.5 ** (k // 4) for k in range(16)], "exp": [0.01 ** (k / 16) for k in range(16)]}
+    if schedule in want:
+        np.testing.assert_allclose(main, want[schedule], rtol=1e-12)
+    else:  # onecycle: from max/25 up to the max at 30%, then down towards max/25/1e4
+        assert main[0] == pytest.approx(1 / 25) and 0.99 < max(main) <= 1.0 and main[-1] < main[-2] and main[-1] < 0.05
+
+
+def test_a_scheduled_run_resumes_exactly(tmp_path, corpus_file):
+    # the schedule is a function of the step over --steps: a run of 20 steps cut after 9 (as an
+    # interrupt leaves it: a checkpoint at step 9) and resumed takes the same 11 steps as one never cut
+    from tinygrad_rnn.lm.train import Run, train
+    kw = dict(schedule="cosine", warmup=3)
+    quiet = dict(echo=lambda *a: None, progress="none", final_sample_length=0)
+    straight = train(_sched_cfg(corpus_file, **kw), str(tmp_path / "a"), **quiet)
+    cut = Run.start(_sched_cfg(corpus_file, **kw), str(tmp_path / "b"))
+    for _ in range(9):
+        cut.step()
+    cut.save()
+    resumed = train(_sched_cfg(corpus_file, **kw), str(tmp_path / "b"), resume=True, **quiet)
+    assert resumed.losses == straight.losses[9:]
+
+
+def test_schedule_errors(tmp_path, corpus_file):
+    from tinygrad_rnn.lm.train import TrainConfig, TrainError, train
+    with pytest.raises(TrainError, match=r"schedule 'cosine' needs a number of steps \(--steps\)"):
+        train(TrainConfig(data=str(corpus_file), schedule="cosine", minutes=1.0), str(tmp_path / "x"))
+    with pytest.raises(TrainError, match=r"warmup \(20 steps\) must be shorter than the run \(20 steps\)"):
+        train(_sched_cfg(corpus_file, warmup=20), str(tmp_path / "y"))
+    with pytest.raises(TrainError, match=r"schedule 'linear' is not one of constant, cosine"):
+        train(_sched_cfg(corpus_file, schedule="linear"), str(tmp_path / "z"))

@@ -99,6 +99,12 @@ def _add_train(sub):
     g.add_argument("--lr-decay", type=_decay, metavar="G",
                    help="multiply the learning rate by G after each pass over the training text "
                    "(default 1: constant)")
+    g.add_argument("--schedule", choices=["constant", "cosine", "step", "exp", "onecycle"],
+                   help="learning-rate schedule over the --steps of the run: cosine to 0, step (halved each "
+                   "quarter), exp (to 1%%), onecycle (PyTorch's OneCycleLR, max_lr = --lr) "
+                   f"(default {d['schedule']})")
+    g.add_argument("--warmup", type=_nonneg_int, metavar="N",
+                   help="N steps of linear warm-up to --lr before the schedule (default 0)")
     g.add_argument("--clip", type=_nonneg_float, metavar="NORM",
                    help=f"clip the global gradient norm; 0 turns it off (default {d['clip']})")
     g.add_argument("--seed", type=_nonneg_int, help=f"(default {d['seed']})")

@@ -43,6 +43,7 @@ CHECKPOINT_NAME = "checkpoint.npz"
 METRICS_NAME = "metrics.jsonl"
 LN2 = math.log(2.0)
 
+SCHEDULES = ("constant", "cosine", "step", "exp", "onecycle")
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad", "sgd": "SGD"}
 DEFAULT_LR = {"adam": 1e-2, "adamw": 1e-2, "rmsprop": 2e-3, "adagrad": 0.1, "sgd": 1.0}
 
@@ -71,6 +72,8 @@ class TrainConfig:
     lr: float | None = None            # None: DEFAULT_LR[optimizer]
     clip: float | None = 5.0           # max global gradient norm; None or 0: no clipping
     lr_decay: float = 1.0              # the learning rate is lr * lr_decay ** epoch (epochs of the train text)
+    schedule: str = "constant"         # constant, cosine, step, exp, onecycle: a function of the step
+    warmup: int = 0                    # steps of linear warm-up before the schedule
     seed: int = 0
     # budget: totals for the run (a resumed run counts what it did before)
     steps: int | None = None
@@ -86,7 +89,7 @@ class TrainConfig:
 
     # what a resumed run must keep (changing them would make it a different run)
     FROZEN = ("data", "max_chars", "val_fraction", "cell", "hidden", "layers", "embed_dim", "dropout",
-              "seq_len", "batch", "optimizer", "lr", "clip", "lr_decay", "seed", "dtype")
+              "seq_len", "batch", "optimizer", "lr", "clip", "lr_decay", "seed", "dtype", "schedule", "warmup")
 
     def model_kwargs(self) -> dict:
         return {"cell": self.cell, "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout,
@@ -125,6 +128,15 @@ class TrainConfig:
             problems.append(f"lr must be positive, got {self.lr}")
         if not 0.0 < self.lr_decay <= 1.0:
             problems.append(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        elif self.schedule != "constant" and self.steps is None:
+            problems.append(f"schedule {self.schedule!r} needs a number of steps (--steps): it is a function of "
+                            f"the step, over the whole run")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            problems.append(f"warmup must be a non-negative integer, got {self.warmup!r}")
+        elif self.steps is not None and self.warmup >= self.steps:
+            problems.append(f"warmup ({self.warmup} steps) must be shorter than the run ({self.steps} steps)")
         if self.clip is not None and self.clip < 0:
             problems.append(f"clip must be non-negative, got {self.clip}")
         if self.minutes is not None and not self.minutes > 0:
@@ -135,6 +147,36 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+class _OneGroup:
+    """A stand-in optimizer of one group at rate 1: what the schedulers' closed forms run on,
+    to give the run's rate factor as a function of the step."""
+
+    def __init__(self):
+        self.param_groups = [{"lr": 1.0}]
+
+
+def lr_factor(cfg):
+    """step -> the factor on the learning rate at that step (0-based): --warmup w steps rising
+    linearly, (t + 1) / (w + 1), then --schedule over the remaining steps (lr_scheduler's formulas):
+    cosine to 0; step halves it at each quarter; exp falls to 1% by the end; onecycle is
+    OneCycleLR with max_lr = --lr. None for a constant rate without warm-up."""
+    from ..optim import lr_scheduler as L
+    if cfg.schedule == "constant" and not cfg.warmup:
+        return None
+    w = cfg.warmup
+    span = (cfg.steps - w) if cfg.steps is not None else None
+    o = _OneGroup()
+    main = {"constant": lambda: L.LambdaLR(o, lambda t: 1.0),
+            "cosine": lambda: L.CosineAnnealingLR(o, T_max=span),
+            "step": lambda: L.StepLR(o, step_size=max(1, span // 4), gamma=0.5),
+            "exp": lambda: L.ExponentialLR(o, gamma=0.01 ** (1.0 / span)),
+            "onecycle": lambda: L.OneCycleLR(o, max_lr=1.0, total_steps=span + 1)}[cfg.schedule]()
+    if not w:
+        return lambda t: main.lr_at(t)[0]
+    warm = L.LinearLR(_OneGroup(), start_factor=1.0 / (w + 1), end_factor=1.0, total_iters=w)  # (t + 1) / (w + 1)
+    return lambda t: warm.lr_at(t)[0] if t < w else main.lr_at(t - w)[0]
 
 
 def make_optimizer(name, params, lr):
@@ -366,6 +408,7 @@ class Run:
         B.manual_seed(cfg.seed + r)  # the weights come from rank 0 below; dropout draws differ per rank
         self.model = CharLM(self.vocab, device=self.device, dtype=cfg.dtype, **cfg.model_kwargs())
         self.lr = cfg.learning_rate
+        self.lr_factor = lr_factor(cfg)
         self.params = list(self.model.parameters())
         dist.broadcast_parameters(self.params)
         self.opt = make_optimizer(cfg.optimizer, self.params, self.lr)
@@ -479,10 +522,13 @@ class Run:
     def step(self):
         """One optimizer step on the next window; returns (its loss, the tokens it read)."""
         cfg = self.cfg
-        if cfg.lr_decay != 1.0:
-            # a function of the data position alone, so a resumed run follows the same schedule
+        if cfg.lr_decay != 1.0 or self.lr_factor is not None:
+            # a function of the step and the data position alone, so a resumed run follows the same schedule
+            lr = self.lr * cfg.lr_decay ** self.stream.epoch
+            if self.lr_factor is not None:
+                lr *= self.lr_factor(self.step_count)
             for group in self.opt.param_groups:
-                group["lr"] = self.lr * cfg.lr_decay ** self.stream.epoch
+                group["lr"] = lr
         x, y, reset = self.stream.next()
         if reset:
             self.state = None
@@ -553,6 +599,8 @@ class Run:
         procs = f" x {self.world.size} processes (data parallel)" if self.world.size > 1 else ""
         self.echo(f"model: {cfg.cell} {cfg.layers}x{cfg.hidden}, {n_params:,} parameters on {self.device.name}{procs}; "
                   f"{cfg.optimizer} lr {self.lr:g}" + (f" x {cfg.lr_decay:g}^epoch" if cfg.lr_decay != 1.0 else "")
+                  + (f", {cfg.schedule} schedule" if cfg.schedule != "constant" else "")
+                  + (f" after {cfg.warmup} warm-up steps" if cfg.warmup else "")
                   + f", batch {cfg.batch} x seq_len {cfg.seq_len}")
         budget = []
         if cfg.steps is not None:
