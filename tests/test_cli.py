@@ -266,3 +266,63 @@ def test_progress_without_tqdm(tmp_path, corpus, capsys, monkeypatch):
     args = [a for a in TINY if a not in ("--progress", "none")]
     assert main(["train", "--data", corpus, *args, "--steps", "5", "--progress", "bar", "--out", out]) == 0
     assert "final (step 5" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- sampling options
+@pytest.fixture
+def trained(tmp_path):
+    corpus = tmp_path / "lines.txt"  # with newlines, for prompts of many lines
+    corpus.write_text(TEXT.replace(". ", ".\n"), encoding="utf-8")
+    out = str(tmp_path / "s")
+    assert main(["train", "--data", str(corpus), *TINY, "--steps", "30", "--lr", "1e-2", "--eval-every", "1000",
+                 "--out", out]) == 0
+    return out
+
+
+def test_sampling_options(tmp_path, trained, capsys):
+    from tinygrad_rnn.lm.train import load_model
+    capsys.readouterr()
+    model, _, _ = load_model(trained)
+    plain = model.generate("the ", 40, temperature=1.0, seed=5)
+    assert model.generate("the ", 40, temperature=1.0, seed=5, top_p=1.0) == plain  # p = 1: plain sampling
+    greedy = model.generate("the ", 40, temperature=0)
+    assert model.generate("the ", 40, temperature=1.0, seed=5, top_p=1e-9) == greedy  # tiny p: greedy
+    assert model.generate("the ", 40, top_k=1) == greedy
+    # several samples, each under its header, seeds S, S+1, ...
+    assert main(["sample", trained, "--prompt", "the ", "--length", "20", "--seed", "7", "--num-samples", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "=== sample 1 of 2 ===\nthe " in text and "=== sample 2 of 2 ===\nthe " in text
+    second = text.split("=== sample 2 of 2 ===\n")[1].rstrip("\n")
+    assert second == "the " + model.generate("the ", 20, seed=8, temperature=0.8)
+    # a prompt of many lines from a file; a character the model never saw is named with its position
+    pf = tmp_path / "prompt.txt"
+    pf.write_text("the cat\nsat on ", encoding="utf-8")
+    assert main(["sample", trained, "--prompt-file", str(pf), "--length", "10", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("the cat\nsat on ")
+    pf.write_text("the cat\nsQuat", encoding="utf-8")
+    _expect_error(["sample", trained, "--prompt-file", str(pf)], capsys, "--prompt-file", "'Q'", "position 9")
+
+
+def test_sample_streams_as_it_generates(trained, monkeypatch):
+    events = []
+
+    class Out:
+        def write(self, s):
+            events.append(("write", s))
+
+        def flush(self):
+            events.append(("flush", None))
+
+    monkeypatch.setattr(sys, "stdout", Out())
+    assert main(["sample", trained, "--prompt", "the ", "--length", "25", "--seed", "2"]) == 0
+    writes = [s for kind, s in events if kind == "write"]
+    assert writes[0] == "the " and len(writes) >= 25 + 2  # the prompt, then one write per character
+    flushes_between = sum(1 for kind, _ in events[1:-1] if kind == "flush")
+    assert flushes_between >= 25  # each character is flushed as it comes, before the end
+
+
+def test_top_p_is_checked(capsys):
+    for bad in ("0", "1.5"):
+        with pytest.raises(SystemExit):
+            main(["sample", "x.npz", "--top-p", bad])
+        assert "--top-p" in capsys.readouterr().err

@@ -402,3 +402,14 @@ def test_schedule_errors(tmp_path, corpus_file):
         train(_sched_cfg(corpus_file, warmup=20), str(tmp_path / "y"))
     with pytest.raises(TrainError, match=r"schedule 'linear' is not one of constant, cosine"):
         train(_sched_cfg(corpus_file, schedule="linear"), str(tmp_path / "z"))
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = np.log(np.array([0.2, 0.5, 0.3]))
+    np.testing.assert_allclose(next_distribution(logits, 1.0, top_p=0.6), [0, 0.625, 0.375], rtol=1e-12)
+    np.testing.assert_allclose(next_distribution(logits, 1.0, top_p=0.5), [0, 1, 0], rtol=1e-12)
+    np.testing.assert_allclose(next_distribution(logits, 1.0, top_p=1.0), [0.2, 0.5, 0.3], rtol=1e-12)
+    np.testing.assert_allclose(next_distribution(logits, 1.0, top_k=2, top_p=0.99), [0, 0.625, 0.375], rtol=1e-12)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+            next_distribution(logits, 1.0, top_p=bad)

@@ -38,6 +38,7 @@ def _number(kind, ok, what):
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _number(float, lambda v: v > 0, "a positive number")
+_top_p = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 _nonneg_float = _number(float, lambda v: v >= 0, "a non-negative number")
 _fraction = _number(float, lambda v: 0.0 < v < 1.0, "a number between 0 and 1 (exclusive)")
 _dropout = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
@@ -161,26 +162,48 @@ def _add_sample(sub):
     p = sub.add_parser("sample", help="generate text from a checkpoint",
                        description="Generate text from a checkpoint (a file or a run directory).")
     p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("--prompt", default="", help="text to continue (default: start of a line)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompt", default="", help="text to continue (default: start of a line)")
+    g.add_argument("--prompt-file", metavar="PATH", default=None, help="continue the text of this UTF-8 file "
+                   "(a prompt of many lines)")
     p.add_argument("--length", type=_nonneg_int, default=500, help="characters to generate (default 500)")
     p.add_argument("--temperature", type=_nonneg_float, default=0.8,
                    help="<1 sharper, >1 wilder, 0 greedy (default 0.8)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the K likeliest characters")
+    p.add_argument("--top-p", type=_top_p, default=None, metavar="P",
+                   help="nucleus sampling: among the likeliest characters holding P of the probability")
+    p.add_argument("--num-samples", type=_positive_int, default=1, metavar="N",
+                   help="N samples (with --seed S, the seeds S, S+1, ...), each under a header line")
     p.add_argument("--seed", type=_nonneg_int, default=None, help="make the sample reproducible")
     p.add_argument("--device", type=_device, default="cpu", help="(default cpu)")
     p.set_defaults(func=cmd_sample)
 
 
 def cmd_sample(args):
-    from .data import UnknownCharError
+    from .data import UnknownCharError, read_text_file
     from .lm.train import load_model
     model, vocab, _ = load_model(args.checkpoint, device=args.device)
-    try:
-        text = model.generate(args.prompt, args.length, temperature=args.temperature, top_k=args.top_k,
-                              seed=args.seed)
-    except UnknownCharError as e:
-        raise _UserError(f"--prompt: {e} of this checkpoint") from None
-    sys.stdout.write(args.prompt + text + "\n")
+    prompt, what = args.prompt, "--prompt"
+    if args.prompt_file is not None:
+        prompt, what = read_text_file(args.prompt_file), f"--prompt-file {args.prompt_file}"
+    out = sys.stdout
+
+    def stream(ch):  # as it is drawn: a long --length shows its progress
+        out.write(ch)
+        out.flush()
+
+    for k in range(args.num_samples):
+        if args.num_samples > 1:
+            out.write(f"{'' if k == 0 else chr(10)}=== sample {k + 1} of {args.num_samples} ===\n")
+        out.write(prompt)
+        out.flush()
+        try:
+            model.generate(prompt, args.length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           seed=None if args.seed is None else args.seed + k, stream=stream)
+        except UnknownCharError as e:
+            raise _UserError(f"{what}: {e} of this checkpoint") from None
+        out.write("\n")
+    out.flush()
     return 0
 
 

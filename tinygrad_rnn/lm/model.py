@@ -147,15 +147,17 @@ class CharLM(nn.Module):
                                                                  device=self.device)
         return F.cross_entropy(logits.reshape(T * Bn, V), t.reshape(T * Bn)), state
 
-    def generate(self, prompt="", length=200, temperature=1.0, top_k=None, seed=None):
+    def generate(self, prompt="", length=200, temperature=1.0, top_k=None, seed=None, top_p=None, stream=None):
         """Continue `prompt` by `length` sampled characters (returns only the continuation).
 
         The prompt runs through the network once; then each sampled character is fed back
         in, one step at a time, carrying the state. Runs under no_grad in eval mode (no
         dropout) on the model's device. Sampling draws from a NumPy Generator seeded with
         `seed` on the host, so a seed reproduces the text; top_k=1 (or temperature=0) is
-        greedy. The prompt may be a string (with a vocabulary) or a sequence of ids; the
-        result is of the same kind. An empty prompt starts from a newline (or id 0).
+        greedy; top_p keeps the nucleus of that much probability (1: all, tiny: greedy).
+        stream, if given, is called with each new character (or id) as soon as it is drawn.
+        The prompt may be a string (with a vocabulary) or a sequence of ids; the result is
+        of the same kind. An empty prompt starts from a newline (or id 0).
         """
         if length < 0:
             raise ValueError(f"generate: length must be non-negative, got {length}")
@@ -181,8 +183,10 @@ class CharLM(nn.Module):
                 logits, state = self(ids.reshape(-1, 1))
                 for _ in range(length):
                     last = logits[-1, 0].numpy().astype(np.float64)
-                    nxt = sample_next(last, rng, temperature, top_k)
+                    nxt = sample_next(last, rng, temperature, top_k, top_p)
                     out.append(nxt)
+                    if stream is not None:
+                        stream(self.vocab.decode([nxt]) if as_text else nxt)
                     logits, state = self(np.array([[nxt]], dtype=np.int64), state)
         finally:
             self.train(was_training)
