@@ -326,3 +326,20 @@ def test_top_p_is_checked(capsys):
         with pytest.raises(SystemExit):
             main(["sample", "x.npz", "--top-p", bad])
         assert "--top-p" in capsys.readouterr().err
+
+
+def test_eval_on_other_text_with_unknown_characters_both_ways(tmp_path, trained, capsys):
+    other = tmp_path / "other.txt"
+    other.write_text(("the cat sat. " * 30) + "ZZ the Q dog. " * 10, encoding="utf-8")  # Z and Q: never seen
+    capsys.readouterr()
+    _expect_error(["eval", trained, "--data", str(other), "--val-fraction", "0.5"], capsys,
+                  "character(s) the model has never seen", "'Z' x20", "'Q' x10", "--skip-unknown")
+    assert main(["eval", trained, "--data", str(other), "--val-fraction", "0.5", "--skip-unknown"]) == 0
+    cap = capsys.readouterr()
+    rec = json.loads(cap.out)
+    assert rec["unknown_chars"] == {"count": 30, "distinct": 2, "chars": "QZ"}
+    assert "skipping 30 character(s)" in cap.err and rec["val_loss"] > 0 and rec["chars"] > 0
+    clean = tmp_path / "clean.txt"
+    clean.write_text("the dog sat on the cat. " * 40, encoding="utf-8")
+    assert main(["eval", trained, "--data", str(clean)]) == 0  # nothing unknown: nothing reported
+    assert "unknown_chars" not in json.loads(capsys.readouterr().out)

@@ -214,6 +214,8 @@ def _add_eval(sub):
     p.add_argument("--data", metavar="PATH", default=None,
                    help="a text file or directory; its last --val-fraction is scored (default: the run's corpus)")
     p.add_argument("--val-fraction", type=_fraction, default=None, help="(default: the run's)")
+    p.add_argument("--skip-unknown", action="store_true",
+                   help="leave out the characters the model has never seen (reported) instead of refusing the text")
     p.add_argument("--device", type=_device, default="cpu", help="(default cpu)")
     p.set_defaults(func=cmd_eval)
 
@@ -231,13 +233,28 @@ def cmd_eval(args):
     val = validation_text(text, frac)
     if len(val) < 2:
         raise _UserError(f"{name}: its validation part ({len(val)} characters) is too short to score")
-    try:
-        ids = vocab.encode(val)
-    except UnknownCharError as e:
-        raise _UserError(f"{name}: in its validation part, {e} of this checkpoint") from None
+    unknown = vocab.unknown(val)
+    record = {}
+    if unknown:
+        listed = ", ".join(f"{ch!r} x{n}" for ch, n in sorted(unknown.items(), key=lambda kv: -kv[1])[:20])
+        count = sum(unknown.values())
+        record["unknown_chars"] = {"count": count, "distinct": len(unknown), "chars": "".join(sorted(unknown))}
+        if not args.skip_unknown:
+            try:
+                vocab.encode(val)
+            except UnknownCharError as e:
+                raise _UserError(f"{name}: its validation part has {count} character(s) the model has never seen, "
+                                 f"{len(unknown)} distinct ({listed}); the first: {e} of this checkpoint; pass "
+                                 f"--skip-unknown to score the text without them") from None
+        print(f"note: skipping {count} character(s) the model has never seen, {len(unknown)} distinct: {listed}",
+              file=sys.stderr)
+        val = "".join(ch for ch in val if ch not in unknown)
+        if len(val) < 2:
+            raise _UserError(f"{name}: nothing is left to score once the unknown characters are skipped")
+    ids = vocab.encode(val)
     loss, n = evaluate(model, ids)
     print(json.dumps({"checkpoint": c.path, "step": c.meta.get("step"), "data": name, "chars": n,
-                      "val_loss": round(loss, 6), "val_bpc": round(loss / math.log(2), 6)}))
+                      "val_loss": round(loss, 6), "val_bpc": round(loss / math.log(2), 6), **record}))
     return 0
 
 

@@ -80,6 +80,14 @@ class CharVocab:
             raise UnknownCharError(text[pos], pos, len(text))
         return ids.astype(np.int64)
 
+    def unknown(self, text: str) -> dict:
+        """{character: count} of the characters of text that are not in the vocabulary."""
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.searchsorted(self._codes, codes)
+        bad = (ids >= len(self._codes)) | (self._codes[np.minimum(ids, len(self._codes) - 1)] != codes)
+        chars, counts = np.unique(codes[bad], return_counts=True)
+        return {chr(int(c)): int(n) for c, n in zip(chars, counts)}
+
     def decode(self, ids) -> str:
         ids = np.asarray(ids).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self.chars)):
