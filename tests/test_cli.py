@@ -343,3 +343,84 @@ def test_eval_on_other_text_with_unknown_characters_both_ways(tmp_path, trained,
     clean.write_text("the dog sat on the cat. " * 40, encoding="utf-8")
     assert main(["eval", trained, "--data", str(clean)]) == 0  # nothing unknown: nothing reported
     assert "unknown_chars" not in json.loads(capsys.readouterr().out)
+
+
+# ----------------------------------------------------------------------------- export
+def _torch_charlm(torch, path):
+    """The README's dozen lines: PyTorch's same model from the exported file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    vocab, H, L, E = json.loads(meta["vocab"]), int(meta["hidden"]), int(meta["layers"]), int(meta["embed_dim"] or 0)
+
+    class CharLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            V = len(vocab)
+            self.embed = torch.nn.Embedding(V, E) if E else None
+            self.rnn = getattr(torch.nn, meta["cell"].upper())(E or V, H, num_layers=L)
+            self.head = torch.nn.Linear(H, V)
+
+        def forward(self, ids, state=None):
+            x = self.embed(ids) if self.embed is not None else torch.nn.functional.one_hot(ids, len(vocab)).float()
+            out, state = self.rnn(x, state)
+            return self.head(out), state
+
+    m = CharLM()
+    m.load_state_dict(load_file(path), strict=True)
+    return m.eval(), vocab
+
+
+@pytest.mark.parametrize("extra", [["--cell", "gru", "--embed-dim", "8"], ["--cell", "lstm", "--layers", "2"],
+                                   ["--cell", "rnn"]], ids=["gru-embed", "lstm-2-onehot", "rnn"])
+def test_export_round_trip(tmp_path, corpus, capsys, extra):
+    pytest.importorskip("safetensors", reason="the export extra (safetensors) is not installed")
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+    from tinygrad_rnn.lm.train import load_model
+    out = str(tmp_path / "run")
+    assert main(["train", "--data", corpus, *TINY, "--steps", "5", "--eval-every", "1000", "--out", out, *extra]) == 0
+    path = str(tmp_path / "m.safetensors")
+    assert main(["export", out, path]) == 0
+    model, vocab, _ = load_model(out)
+    tensors = load_file(path)
+    assert set(tensors) == set(model.state_dict())
+    assert all(k.split(".")[0] in ("embed", "rnn", "head") for k in tensors)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(tensors[k], v)
+    with safe_open(path, "np") as f:
+        meta = f.metadata()
+    assert meta["cell"] == extra[1] and json.loads(meta["vocab"]) == list(vocab.chars)
+    assert meta["embed_dim"] == ("8" if "--embed-dim" in extra else "")
+
+
+@pytest.mark.parametrize("extra", [["--cell", "gru", "--embed-dim", "8"], ["--cell", "lstm", "--layers", "2"],
+                                   ["--cell", "rnn"]], ids=["gru-embed", "lstm-2-onehot", "rnn"])
+def test_exported_weights_give_pytorch_the_same_logits(tmp_path, corpus, extra):
+    pytest.importorskip("safetensors", reason="the export extra (safetensors) is not installed")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (an optional comparison)")
+    from tinygrad_rnn.lm.train import load_model
+    out, path = str(tmp_path / "run"), str(tmp_path / "m.safetensors")
+    assert main(["train", "--data", corpus, *TINY, "--steps", "5", "--eval-every", "1000", "--out", out, *extra]) == 0
+    assert main(["export", out, path]) == 0
+    model, vocab, _ = load_model(out)
+    tm, tvocab = _torch_charlm(torch, path)
+    ids = np.array([vocab.encode("the cat sat on the mat")]).T
+    ours, _ = model(ids)
+    with torch.no_grad():
+        theirs, _ = tm(torch.tensor(ids))
+    np.testing.assert_allclose(theirs.numpy(), ours.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_export_refusals(tmp_path, corpus, capsys, monkeypatch):
+    out = str(tmp_path / "min")
+    assert main(["train", "--data", corpus, *TINY, "--steps", "3", "--eval-every", "1000", "--out", out,
+                 "--cell", "mingru"]) == 0
+    capsys.readouterr()
+    pytest.importorskip("safetensors", reason="the export extra (safetensors) is not installed")
+    _expect_error(["export", out, str(tmp_path / "m.safetensors")], capsys, "a mingru model has no PyTorch equivalent")
+    assert not os.path.exists(tmp_path / "m.safetensors")
+    _expect_error(["export", str(tmp_path / "none"), str(tmp_path / "n.safetensors")], capsys, "no such checkpoint")
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)  # as if the extra were missing
+    _expect_error(["export", out, str(tmp_path / "m.safetensors")], capsys, "pip install -e '.[export]'")

@@ -145,11 +145,24 @@ def test_optimizer_state_round_trips_through_a_checkpoint_bit_for_bit(tmp_path):
     np.testing.assert_array_equal(w.numpy(), w2.numpy())
 
 
-def test_a_checkpoint_of_the_older_format_is_refused(tmp_path):
-    path = tmp_path / "old.npz"
-    np.savez(path, format=np.array(C.FORMAT), version=np.array(1), meta=np.frombuffer(b"{}", dtype=np.uint8))
-    with pytest.raises(C.CheckpointError, match=r"format version 1 was written by an older tinygrad_rnn"):
-        C.load(path)
+def test_a_version_1_checkpoint_still_loads_its_model_but_cannot_resume(tmp_path, corpus_file):
+    import json as _json
+    from tinygrad_rnn.lm.train import TrainError, train
+    out = tmp_path / "run"
+    train(_cfg(corpus_file, steps=3), str(out), echo=lambda *a: None, progress="none", final_sample_length=0)
+    # rewrite it as version 1 wrote it: the optimizer state as JSON with array references
+    with np.load(out / "checkpoint.npz") as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith("optim/")}
+    meta = _json.loads(arrays["meta"].tobytes().decode())
+    meta["optimizer_state"] = {"state": {}, "param_groups": []}
+    arrays["meta"] = np.frombuffer(_json.dumps(meta).encode(), dtype=np.uint8)
+    arrays["version"] = np.array(1)
+    np.savez(out / "checkpoint.npz", **arrays)
+    c = C.load(out)
+    assert c.optim_state is None and c.model_state  # the model is all there
+    with pytest.raises(TrainError, match=r"layout of checkpoint format version 1.*cannot continue"):
+        train(_cfg(corpus_file, steps=6), str(out), resume=True, explicit={"steps"}, echo=lambda *a: None,
+              progress="none")
 
 
 def _save_one(path, step=1):

@@ -258,6 +258,27 @@ def cmd_eval(args):
     return 0
 
 
+def _add_export(sub):
+    p = sub.add_parser("export", help="write a checkpoint's weights as safetensors, for PyTorch",
+                       description="Write a checkpoint's weights as a .safetensors file with PyTorch's parameter "
+                                   "names (embed.weight, rnn.weight_ih_l0, ..., head.weight, head.bias) and the "
+                                   "model's configuration and vocabulary as metadata (needs the export extra).")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("out", metavar="OUT.safetensors")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args):
+    from .lm.export import ExportError, export_safetensors
+    try:
+        meta = export_safetensors(args.checkpoint, args.out)
+    except ExportError as e:
+        raise _UserError(str(e)) from None
+    print(f"wrote {args.out}: {meta['cell']} {meta['layers']}x{meta['hidden']}, "
+          f"{len(json.loads(meta['vocab']))} characters")
+    return 0
+
+
 def _add_plot(sub):
     p = sub.add_parser("plot", help="plot a run's loss curves as a PNG (needs matplotlib)",
                        description="Plot the train and validation loss of a run (its metrics.jsonl) as a PNG.")
@@ -356,6 +377,7 @@ def build_parser():
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
+    _add_export(sub)
     _add_plot(sub)
     _add_ngram(sub)
     return p

@@ -131,9 +131,8 @@ def load(path) -> Checkpoint:
         raise CheckpointError(f"{what} (an .npz archive without the format tag)") from None
     if fmt != FORMAT:
         raise CheckpointError(f"{what} (its format tag is {fmt!r})")
-    if version < FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version} was written by an older tinygrad_rnn "
-                              f"(this one reads version {FORMAT_VERSION}); start the run again")
+    if version < 1:
+        raise CheckpointError(f"{path}: checkpoint format version {version} is not one this tinygrad_rnn reads")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this tinygrad_rnn "
                               f"understands ({FORMAT_VERSION}); upgrade tinygrad_rnn")
@@ -143,7 +142,12 @@ def load(path) -> Checkpoint:
             raise ValueError("metadata is not a JSON object")
         model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
         optim_state = None
-        if meta.pop("optimizer_state", None):
+        if version == 1:
+            # the weights, vocabulary and states read as before (sample, eval and export work); the
+            # optimizer state was in a layout this version no longer reads: such a run cannot resume
+            if meta.pop("optimizer_state", None) is not None:
+                meta["optimizer_state_unreadable"] = f"checkpoint format version 1"
+        elif meta.pop("optimizer_state", None):
             optim_state = unflatten_state_dict({k[len("optim/"):]: v for k, v in arrays.items()
                                                 if k.startswith("optim/")})
         hidden = None

@@ -445,6 +445,10 @@ class Run:
         if not os.path.exists(ckpt_path):
             raise TrainError(f"--resume: {out_dir} holds no checkpoint ({CHECKPOINT_NAME}) to continue")
         saved = ckpt.load(ckpt_path)
+        if saved.meta.get("optimizer_state_unreadable"):
+            raise TrainError(f"--resume: {ckpt_path} keeps its optimizer state in the layout of "
+                             f"{saved.meta['optimizer_state_unreadable']}, which this tinygrad_rnn no longer reads: "
+                             f"the model still samples, evaluates and exports, but the run cannot continue")
         try:
             old = TrainConfig.from_dict(saved.meta["config"])
         except (KeyError, TypeError) as e:
