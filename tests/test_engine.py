@@ -465,3 +465,16 @@ def test_to_dot_of_a_long_chain_and_of_a_leaf():
     dot = tg.viz.to_dot(h)
     assert dot.count("Mul") == 5000
     assert "digraph" in tg.viz.to_dot(x)
+
+
+def test_leaf_grad_is_row_major_whatever_the_op_returned():
+    # x @ W.T hands W a transposed view as its gradient; .grad is stored row-major, so that an
+    # optimizer's passes over it and its row-major state do not run at strided speed
+    x = tg.randn(5, 3, dtype=tg.float64)
+    w = tg.randn(4, 3, dtype=tg.float64, requires_grad=True)
+    (x @ w.T).sum().backward()
+    g = w.grad.numpy()
+    assert g.flags.c_contiguous
+    np.testing.assert_allclose(g, np.ones((5, 4)).T @ x.numpy(), rtol=1e-14)
+    (x @ w.T).sum().backward()  # accumulated: still row-major
+    assert w.grad.numpy().flags.c_contiguous
