@@ -56,6 +56,9 @@ def parse_args(argv=None):
     ap.add_argument("--vocab", type=int, default=65)
     ap.add_argument("--embed", type=int, default=None, help="embedding size (default: the hidden size)")
     ap.add_argument("--impl", nargs="+", default=["sequence"], choices=["sequence", "step", "composed"])
+    ap.add_argument("--portable", action="store_true",
+                    help="also time each impl with the CPU kernels off (the portable NumPy cell math), "
+                         "as '<impl>/numpy'")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per block")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps after every switch of library")
     ap.add_argument("--rounds", type=int, default=3, help="alternating blocks per library")
@@ -92,7 +95,19 @@ def blas_info():
     return {"blas": "none found"}
 
 
-def ours(args, cell, hidden, batch, layers, impl):
+def cpu_kernels_info(device):
+    """Whether the recurrent cells run compiled CPU kernels (cpu_kernels.py) or the portable form."""
+    import tinygrad_rnn as tg
+    from tinygrad_rnn.ops import rnn as rnnops
+    dev = tg.get_device(device)
+    if dev.kind != "cpu":
+        return "n/a"
+    if not dev.use_kernels:
+        return "off (TINYGRAD_RNN_CPU_KERNELS=0)"
+    return "built" if dev.elementwise_kernels("rnn", rnnops.KERNELS) is not None else "unavailable (portable form)"
+
+
+def ours(args, cell, hidden, batch, layers, impl, portable=False):
     import numpy as np
 
     import tinygrad_rnn as tg
@@ -115,7 +130,13 @@ def ours(args, cell, hidden, batch, layers, impl):
     y = tg.tensor(data[1:].reshape(-1), device=dev)
     T = args.seq
 
+    kernels = dev.use_kernels if hasattr(dev, "use_kernels") else None
+    if portable:
+        kernels = False
+
     def step():
+        if kernels is not None:
+            dev.use_kernels = kernels  # runners alternate in one process
         out, _ = rnn(emb(x))
         loss = F.cross_entropy(head(out.reshape(T * batch, hidden)), y)
         opt.zero_grad()
@@ -191,6 +212,7 @@ def main(argv=None):
         env["load1"] = round(os.getloadavg()[0], 2)
     except OSError:
         pass
+    env["cpu_kernels"] = cpu_kernels_info(args.device)
     if torch is not None:
         env["torch"] = torch.__version__
         env["torch_threads"] = torch.get_num_threads()
@@ -200,6 +222,9 @@ def main(argv=None):
     rows = []
     for cell, hidden, batch, layers in configs:
         runners = {impl: ours(args, cell, hidden, batch, layers, impl) for impl in args.impl}
+        if args.portable:
+            runners.update({f"{impl}/numpy": ours(args, cell, hidden, batch, layers, impl, portable=True)
+                            for impl in args.impl})
         if torch is not None:
             runners["torch"] = pytorch(args, torch, cell, hidden, batch, layers)
         if args.profile:
@@ -220,7 +245,8 @@ def main(argv=None):
             ms = statistics.median(ts) * 1e3
             row[name] = ms
             lib = "torch " + torch.__version__ if name == "torch" else "tinygrad_rnn"
-            rec = {"bench": "rnn_step", "library": lib, "impl": None if name == "torch" else name, "cell": cell,
+            rec = {"bench": "rnn_step", "library": lib, "impl": None if name == "torch" else name.split("/")[0],
+                   "cell_math": None if name == "torch" else ("portable" if "/" in name else env["cpu_kernels"]), "cell": cell,
                    "hidden": hidden, "batch": batch, "layers": layers, "seq": args.seq, "vocab": args.vocab,
                    "device": args.device, "dtype": args.dtype, "ms_per_step": round(ms, 3),
                    "ms_min": round(min(ts) * 1e3, 3), "tokens_per_s": round(tokens / ms * 1e3, 1),
@@ -232,22 +258,23 @@ def main(argv=None):
 
     print(f"\nchar-LM training step: seq {args.seq}, vocab {args.vocab}, {args.dtype}, device {args.device}; "
           f"{env['cpu']}, {env.get('blas')} {env.get('blas_kernel', '')} x{env.get('blas_threads', '?')} threads, "
-          f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}" + (f", torch {env['torch']} x{env['torch_threads']}"
+          f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}, CPU kernels {env['cpu_kernels']}" + (f", torch {env['torch']} x{env['torch_threads']}"
                                                               if torch is not None else ""))
+    names = list(args.impl) + ([f"{impl}/numpy" for impl in args.impl] if args.portable else [])
     head = f"{'cell':>4} {'H':>4} {'B':>3} {'L':>2}"
-    for impl in args.impl:
+    for impl in names:
         head += f" | {impl + ' ms':>12} {'tok/s':>8}"
     if torch is not None:
-        head += f" | {'torch ms':>9} | " + " ".join(f"{'torch/' + impl:>15}" for impl in args.impl)
+        head += f" | {'torch ms':>9} | " + " ".join(f"{'torch/' + impl:>15}" for impl in names)
     print(head)
     print("-" * len(head))
     for r in rows:
         tokens = r["batch"] * args.seq
         line = f"{r['cell']:>4} {r['hidden']:>4} {r['batch']:>3} {r['layers']:>2}"
-        for impl in args.impl:
+        for impl in names:
             line += f" | {r[impl]:>12.1f} {tokens / r[impl] * 1e3:>8,.0f}"
         if torch is not None:
-            line += f" | {r['torch']:>9.1f} | " + " ".join(f"{r['torch'] / r[impl]:>15.2f}" for impl in args.impl)
+            line += f" | {r['torch']:>9.1f} | " + " ".join(f"{r['torch'] / r[impl]:>15.2f}" for impl in names)
         print(line)
 
 

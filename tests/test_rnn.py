@@ -168,58 +168,15 @@ def test_step_and_sequence_match_composed(mode, case, bias, device):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=impl)
 
 
-class _Portable:
-    """A CUDA device's namespace with its kernels switched off: the portable cell math on the GPU."""
-
-    def __init__(self, dev):
-        self._dev = dev
-
-    def elementwise_kernel(self, *args, **kw):
-        return None
-
-    def __getattr__(self, name):
-        return getattr(self._dev, name)
-
-
-def test_cuda_kernels_match_portable_versions():
+def test_cuda_layers_match_the_cpu():
+    # the kernels themselves against the portable forms: test_rnn_kernels.py
     ok, why = tg.cuda_available()
     if not ok:
         pytest.skip(f"cuda: {why}")
-    dev = tg.get_device("cuda")
-    portable = _Portable(dev)
     rng = np.random.default_rng(0)
     B, H = 5, 7
     for dt in (tg.float64, tg.float32):
         tol = 1e-12 if dt is tg.float64 else 1e-5
-        arr = lambda *s: dev.from_host(rng.standard_normal(s) * 2, dt)  # noqa: E731
-        empty = lambda *s: dev.xp.empty(s, dtype=dev.native(dt))  # noqa: E731
-
-        def both(fn, args, outs):
-            """fn run by the kernel and by the portable form, each into its own fresh outputs."""
-            res = []
-            for d in (dev, portable):
-                o = [empty(*s) for s in outs]
-                fn(d, *args(o))
-                res.append([dev.to_host(a) for a in o])
-            for k, p in zip(*res):
-                np.testing.assert_allclose(k, p, rtol=tol, atol=tol, err_msg=fn.__name__)
-            return res[1]
-
-        for nl in ("tanh", "relu"):
-            gx, gh, dh = arr(B, H), arr(B, H), arr(B, H)
-            (h,) = both(rnnops.rnn_forward, lambda o: (gx, gh, o[0], nl), [(B, H)])
-            both(rnnops.rnn_backward, lambda o: (dev.from_host(h), dh, o[0], nl), [(B, H)])
-        gx, gh, c, dh, dc = arr(B, 4 * H), arr(B, 4 * H), arr(B, H), arr(B, H), arr(B, H)
-        h, c_new, act = both(rnnops.lstm_forward, lambda o: (gx, gh, c, o[2], o[0], o[1]),
-                             [(B, H), (B, H), (B, 4 * H)])
-        act, c_new = dev.from_host(act), dev.from_host(c_new)
-        both(rnnops.lstm_backward, lambda o: (act, c, c_new, dh, dc, o[0], o[1]), [(B, 4 * H), (B, H)])
-        gx, gh, b, h, dh = arr(B, 3 * H), arr(B, 3 * H), arr(3 * H), arr(B, H), arr(B, H)
-        for bias in (b, None):
-            _, act = both(rnnops.gru_forward, lambda o: (gx, gh, bias, h, o[1], o[0]), [(B, H), (B, 4 * H)])
-            act = dev.from_host(act)
-            both(rnnops.gru_backward, lambda o: (act, h, dh, o[0], o[1]), [(B, 4 * H), (B, H)])
-        # and the whole layer on the GPU against the CPU, every implementation
         for mode in MODES:
             for impl in nn.rnn.IMPLS:
                 tg.manual_seed(0)

@@ -1,25 +1,285 @@
-"""The CUDA sources of the recurrent cells (ops/rnn.py's CUDA_KERNELS), checked without a GPU.
+"""The recurrent cells' elementwise kernels (ops/rnn.py's KERNELS), checked without a GPU.
 
-Each kernel body is wrapped in a plain C++ loop over the element index `i`, the way a
-CuPy ElementwiseKernel runs it (a `T x` input is the i-th element, a `T x` output a
-reference to it, a `raw T x` the whole array indexed by hand), compiled with the host
-C++ compiler, and run on NumPy arrays against the portable array-API forms beside them.
-That checks the index arithmetic, gate layout and equations of the very source text the
-GPU compiles; the GPU test in test_rnn.py (skipped where no GPU is) checks the rest.
+- The CPU build (cpu_kernels.py: the kernel bodies in vectorised loops, built by the host
+  C++ compiler) against the portable array-API forms: float64 to 1e-13, float32 to a few
+  ulp, at sizes that leave vector remainders; and its math (tanh, sigmoid) against float64.
+- The CUDA form of the same bodies (backend.cuda_body, with CUDA's own math prelude),
+  wrapped in a flat loop over the element index `i` as a CuPy ElementwiseKernel runs it and
+  compiled as host C++: that checks the index arithmetic the GPU compiles; the GPU test in
+  test_rnn.py (skipped where no GPU is) checks the rest.
+- The build machinery: cache, the switch, a missing or failing compiler, argument errors.
 """
+import contextlib
 import ctypes
+import os
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
 
 import tinygrad_rnn as tg
+from tinygrad_rnn import backend, cpu_kernels
+from tinygrad_rnn.backend import Kernel
+from tinygrad_rnn.errors import DTypeError, ShapeError
 from tinygrad_rnn.ops import rnn as rnnops
 
-CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-pytestmark = pytest.mark.skipif(CXX is None, reason="no host C++ compiler to build the kernel sources with")
+CXX = cpu_kernels.find_compiler()
+needs_cxx = pytest.mark.skipif(CXX is None, reason="no host C++ compiler to build the kernels with")
 
+CPU = tg.get_device("cpu")
+rng = np.random.default_rng(0)
+
+
+def _device(name):
+    """The device, with its kernels built (skipped where it has none)."""
+    if name == "cuda":
+        ok, why = tg.cuda_available()
+        if not ok:
+            pytest.skip(f"cuda: {why}")
+    elif CXX is None:
+        pytest.skip("no host C++ compiler to build the CPU kernels with")
+    dev = tg.get_device(name)
+    assert dev.use_kernels, "the kernels are switched off (TINYGRAD_RNN_CPU_KERNELS=0?)"
+    assert dev.elementwise_kernels("rnn", rnnops.KERNELS) is not None, f"the {name} kernels did not build"
+    return dev
+
+
+@pytest.fixture
+def cpu_kernels_on():
+    return _device("cpu")
+
+
+def R(dt, *shape):
+    return (rng.standard_normal(shape) * 2).astype(dt)
+
+
+def E(dt, *shape):
+    return np.full(shape, np.nan, dtype=dt)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("B,H", [(1, 1), (3, 5), (2, 37)])  # 37: a vector body and a remainder
+def test_kernels_match_the_portable_forms(device, dt, B, H):
+    dev = _device(device)
+    tol = dict(rtol=1e-13, atol=1e-14) if dt == np.float64 else dict(rtol=2e-6, atol=2e-6)
+
+    def both(fn, args, outs):
+        """fn run by the kernels and by the portable form, each into its own fresh outputs (host arrays)."""
+        res = []
+        for off in (False, True):
+            o = [dev.from_host(E(dt, *s)) for s in outs]
+            with contextlib.ExitStack() as stack:
+                if off:
+                    stack.enter_context(backend.kernels_off(dev))
+                fn(dev, *[dev.from_host(a) if isinstance(a, np.ndarray) else a for a in args(o)])
+            res.append([dev.to_host(a) for a in o])
+        for k, p in zip(*res):
+            np.testing.assert_allclose(k, p, err_msg=f"{fn.__name__} {np.dtype(dt).name} on {device}", **tol)
+        return res[1]
+
+    for nl in ("tanh", "relu"):
+        gx, gh, dh = R(dt, B, H), R(dt, B, H), R(dt, B, H)
+        (h,) = both(rnnops.rnn_forward, lambda o: (gx, gh, o[0], nl), [(B, H)])
+        both(rnnops.rnn_backward, lambda o: (h, dh, o[0], nl), [(B, H)])
+    gx, gh, c, dh, dc = R(dt, B, 4 * H), R(dt, B, 4 * H), R(dt, B, H), R(dt, B, H), R(dt, B, H)
+    h, c_new, act = both(rnnops.lstm_forward, lambda o: (gx, gh, c, o[2], o[0], o[1]), [(B, H), (B, H), (B, 4 * H)])
+    both(rnnops.lstm_backward, lambda o: (act, c, c_new, dh, dc, o[0], o[1]), [(B, 4 * H), (B, H)])
+    for b_hh in (R(dt, 3 * H), None):
+        gx, gh, hp, dh = R(dt, B, 3 * H), R(dt, B, 3 * H), R(dt, B, H), R(dt, B, H)
+        h, act = both(rnnops.gru_forward, lambda o: (gx, gh, b_hh, hp, o[1], o[0]), [(B, H), (B, 4 * H)])
+        both(rnnops.gru_backward, lambda o: (act, hp, dh, o[0], o[1]), [(B, 4 * H), (B, H)])
+
+
+def test_lstm_activations_may_overwrite_the_projection(cpu_kernels_on):
+    # the sequence op passes one buffer as gx and act: the kernel reads a unit's gate
+    # columns before it writes them
+    B, H = 3, 9
+    gx, gh, c = R(np.float64, B, 4 * H), R(np.float64, B, 4 * H), R(np.float64, B, H)
+    ref = [E(np.float64, B, H), E(np.float64, B, H), E(np.float64, B, 4 * H)]
+    with backend.kernels_off(CPU):
+        rnnops.lstm_forward(CPU, gx, gh, c, ref[2], ref[0], ref[1])
+    buf = gx.copy()
+    h, c_new = E(np.float64, B, H), E(np.float64, B, H)
+    rnnops.lstm_forward(CPU, buf, gh, c, buf, h, c_new)
+    for a, b in zip((h, c_new, buf), ref):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("layer", [tg.nn.LSTM, tg.nn.GRU, tg.nn.RNN])
+def test_float32_layers_with_and_without_cpu_kernels(cpu_kernels_on, layer):
+    # what training runs: float32 through the vectorised math, against the portable form
+    tg.manual_seed(0)
+    m = layer(6, 9, num_layers=2, bidirectional=True)
+    x = tg.randn(11, 3, 6)
+    res = []
+    for off in (False, True):
+        with contextlib.ExitStack() as stack:
+            if off:
+                stack.enter_context(backend.kernels_off(CPU))
+            m.zero_grad()
+            out, _ = m(x)
+            (out * out).sum().backward()
+            res.append([out.numpy()] + [p.grad.numpy() for p in m.parameters()])
+    for a, b in zip(*res):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the math
+def _math_kernels():
+    return CPU.elementwise_kernels("test_math", {"tanh": Kernel("T x", "T y", "y = tg_tanh(x);"),
+                                                 "sigmoid": Kernel("T x", "T y", "y = tg_sigmoid(x);")})
+
+
+def _ulp_errors(y, x, exact):
+    ref = exact(x.astype(np.float64))
+    normal = np.isfinite(x) & (np.abs(ref) >= np.finfo(np.float32).tiny)
+    ulp = np.spacing(np.abs(ref[normal]).astype(np.float32)).astype(np.float64)
+    return np.abs(y[normal] - ref[normal]) / ulp
+
+
+def test_float32_tanh_and_sigmoid_within_a_few_ulp(cpu_kernels_on):
+    ks = _math_kernels()
+    x = np.concatenate([np.linspace(-100, 100, 400001), np.logspace(-40, 2, 100000),
+                        -np.logspace(-40, 2, 100000)]).astype(np.float32)
+    for name, exact, bound in (("tanh", np.tanh, 2.0), ("sigmoid", lambda v: 1 / (1 + np.exp(-v)), 3.0)):
+        y = np.empty_like(x)
+        ks[name](x, y)
+        err = _ulp_errors(y, x, exact)
+        assert err.max() <= bound, f"{name}: {err.max():.2f} ulp at x = {x[np.argmax(err)]}"
+    y = np.empty_like(x)
+    ks["tanh"](x, y)
+    tiny = np.abs(x) < 1e-30  # tanh(x) = x there, subnormals included
+    np.testing.assert_array_equal(y[tiny], x[tiny])
+
+
+def test_float32_math_special_values(cpu_kernels_on):
+    ks = _math_kernels()
+    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, -87.5, -200.0], dtype=np.float32)
+    t, s = np.empty_like(x), np.empty_like(x)
+    ks["tanh"](x, t)
+    ks["sigmoid"](x, s)
+    np.testing.assert_array_equal(t, [0.0, -0.0, 1.0, -1.0, np.nan, 1.0, -1.0, -1.0, -1.0])
+    assert np.signbit(t[1])
+    np.testing.assert_array_equal(s, [0.5, 0.5, 1.0, 0.0, np.nan, 1.0, 0.0, 0.0, 0.0])  # under FLT_MIN: 0
+
+
+def test_float64_math_is_the_portable_forms(cpu_kernels_on):
+    ks = _math_kernels()
+    x = np.concatenate([np.linspace(-40, 40, 10001), [0.0, np.inf, -np.inf]])
+    t, s = np.empty_like(x), np.empty_like(x)
+    ks["tanh"](x, t)
+    ks["sigmoid"](x, s)
+    # to a rounding or two: the compiler may fuse the sigmoid's multiply-add
+    np.testing.assert_allclose(t, np.tanh(x), rtol=4.5e-16, atol=0)
+    np.testing.assert_allclose(s, 0.5 * np.tanh(0.5 * x) + 0.5, rtol=4.5e-16, atol=1.2e-16)
+
+
+# ----------------------------------------------------------------------------- calling
+def test_kernel_arguments_any_strides_like_cupy(cpu_kernels_on):
+    k = CPU.elementwise_kernels("rnn", rnnops.KERNELS)["rnn_tanh_fwd"]
+    a, b = R(np.float64, 6, 4), R(np.float64, 4, 6)
+    out = np.zeros((4, 6)).T  # a transposed (not C-contiguous) output is written through a copy
+    k(a, b.T, out)
+    np.testing.assert_allclose(out, np.tanh(a + b.T), rtol=1e-15)
+
+
+def test_kernel_argument_errors(cpu_kernels_on):
+    ks = CPU.elementwise_kernels("rnn", rnnops.KERNELS)
+    a = R(np.float64, 2, 3)
+    with pytest.raises(TypeError, match=r"kernel rnn\.rnn_tanh_fwd: takes 3 arguments \(gx, gh, h\), got 2"):
+        ks["rnn_tanh_fwd"](a, a)
+    with pytest.raises(DTypeError, match=r"argument gh must be a float64 NumPy array like the others, got float32"):
+        ks["rnn_tanh_fwd"](a, a.astype(np.float32), np.empty_like(a))
+    with pytest.raises(DTypeError, match=r"runs on float32 or float64 arrays, got int64"):
+        ks["rnn_tanh_fwd"](a.astype(np.int64), a, np.empty_like(a))
+    with pytest.raises(ShapeError, match=r"gx has 6 elements, h 4"):
+        ks["rnn_tanh_fwd"](a, a, np.empty(4))
+    with pytest.raises(ShapeError, match=r"6 elements are not whole rows of H=4"):
+        ks["lstm_fwd"](R(np.float64, 2, 16), R(np.float64, 2, 16), a, 4, np.empty_like(a), np.empty_like(a),
+                       np.empty((2, 16)))
+
+
+# ----------------------------------------------------------------------------- building
+@needs_cxx
+def test_the_build_is_cached_per_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGRAD_RNN_CACHE", str(tmp_path))
+    ks = cpu_kernels.build("rnn", rnnops.KERNELS)
+    assert ks is not None
+    (so,) = [p for p in tmp_path.iterdir() if p.suffix == ".so"]
+    stamp = so.stat().st_mtime_ns
+    assert cpu_kernels.build("rnn", rnnops.KERNELS) is not None
+    assert [p for p in tmp_path.iterdir() if p.suffix == ".so"] == [so] and so.stat().st_mtime_ns == stamp
+    other = dict(rnnops.KERNELS, extra=Kernel("T x", "T y", "y = x + 1;"))
+    assert cpu_kernels.build("rnn", other) is not None  # another source: another file
+    assert len([p for p in tmp_path.iterdir() if p.suffix == ".so"]) == 2
+
+
+@needs_cxx
+def test_a_failing_compiler_warns_and_the_portable_form_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGRAD_RNN_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", shutil.which("false"))
+    with pytest.warns(cpu_kernels.KernelBuildWarning, match=r"could not build the CPU kernels of 'rnn', so the "
+                                                             r"portable NumPy form runs"):
+        assert cpu_kernels.build("rnn", rnnops.KERNELS) is None
+    # remembered: the next process does not try those flags again, and says why once more
+    with pytest.warns(cpu_kernels.KernelBuildWarning, match="exit status 1"):
+        assert cpu_kernels.build("rnn", rnnops.KERNELS) is None
+
+
+def test_a_missing_named_compiler_warns(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    with pytest.warns(cpu_kernels.KernelBuildWarning, match=r"CXX='no-such-compiler-here' is not a program"):
+        assert cpu_kernels.build("rnn", rnnops.KERNELS) is None
+
+
+def test_no_compiler_at_all_is_silent(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cpu_kernels.build("rnn", rnnops.KERNELS) is None
+
+
+@needs_cxx
+def test_a_layer_without_kernels_gives_the_same_numbers(tmp_path):
+    # a fresh process with a failing compiler: the layers run the portable form, same results
+    code = (
+        "import numpy as np, warnings, tinygrad_rnn as tg\n"
+        "warnings.simplefilter('ignore')\n"
+        "tg.manual_seed(0)\n"
+        "m = tg.nn.LSTM(3, 4, dtype=tg.float64)\n"
+        "x = tg.randn(5, 2, 3, dtype=tg.float64)\n"
+        "out, _ = m(x); out.sum().backward()\n"
+        "print(tg.get_device('cpu').elementwise_kernels('rnn', __import__('tinygrad_rnn.ops.rnn', "
+        "fromlist=['KERNELS']).KERNELS) is not None)\n"
+        "np.save(__import__('sys').argv[1], np.concatenate([out.numpy().ravel(), m.weight_hh_l0.grad.numpy().ravel()]))\n")
+    res = {}
+    for label, extra in (("built", {}), ("off", {"TINYGRAD_RNN_CPU_KERNELS": "0"}),
+                         ("failed", {"CXX": shutil.which("false"), "TINYGRAD_RNN_CACHE": str(tmp_path)})):
+        env = {**os.environ, **extra}
+        path = str(tmp_path / f"{label}.npy")
+        r = subprocess.run([os.sys.executable, "-c", code, path], env=env, capture_output=True, text=True,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == str(label == "built")
+        res[label] = np.load(path)
+    np.testing.assert_allclose(res["built"], res["off"], rtol=1e-12, atol=1e-13)
+    np.testing.assert_array_equal(res["off"], res["failed"])
+
+
+@needs_cxx
+def test_the_switch_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv("TINYGRAD_RNN_CPU_KERNELS", "0")
+    dev = backend.CPUDevice()
+    assert dev.use_kernels is False and dev.elementwise_kernels("rnn", rnnops.KERNELS) is None
+    dev.use_kernels = True
+    assert dev.elementwise_kernels("rnn", rnnops.KERNELS) is not None
+
+
+# ----------------------------------------------------------------------------- the CUDA form
 _HEADER = r"""
 #include <cmath>
 #include <cstddef>
@@ -31,35 +291,32 @@ template <typename U> struct Raw { U* p; U& operator[](ptrdiff_t k) const { retu
 """
 
 
-def _params(spec):
-    return [p.split() for p in spec.split(",")]
-
-
-def _wrap(name, ins, outs, body):
+def _wrap_flat(name, k):
     sig, outer, inner = [], [], []
-    for role, spec in (("in", ins), ("out", outs)):
-        for toks in _params(spec):
-            if toks[0] == "raw":
-                sig.append(f"T* {toks[2]}_p")
-                outer.append(f"Raw<T> {toks[2]}{{{toks[2]}_p}};")
-            elif toks[0] == "int32":
-                sig.append(f"int {toks[1]}")
+    for role, spec in (("in", k.in_params), ("out", k.out_params)):
+        for kind, p in cpu_kernels.parse_params(spec):
+            if kind == "raw":
+                sig.append(f"T* {p}_p")
+                outer.append(f"Raw<T> {p}{{{p}_p}};")
+            elif kind == "int":
+                sig.append(f"int {p}")
             else:
-                sig.append(f"T* {toks[1]}_p")
-                inner.append(f"const T {toks[1]} = {toks[1]}_p[i];" if role == "in" else f"T& {toks[1]} = {toks[1]}_p[i];")
+                sig.append(f"T* {p}_p")
+                inner.append(f"const T {p} = {p}_p[i];" if role == "in" else f"T& {p} = {p}_p[i];")
     return (f'extern "C" void {name}({", ".join(sig)}, long n) {{\n  {" ".join(outer)}\n'
-            f'  for (ptrdiff_t i = 0; i < n; ++i) {{\n    {" ".join(inner)}\n{body}\n  }}\n}}\n')
+            f'  for (ptrdiff_t i = 0; i < n; ++i) {{\n    {" ".join(inner)}\n{backend.cuda_body(k)}\n  }}\n}}\n')
 
 
 @pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
+def cuda_form(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no host C++ compiler to build the kernel sources with")
     d = tmp_path_factory.mktemp("kernels")
-    src = _HEADER + rnnops.CUDA_PREAMBLE + "".join(
-        _wrap(name, *spec) for name, spec in rnnops.CUDA_KERNELS.items())
+    src = _HEADER + backend.CUDA_PRELUDE + "".join(_wrap_flat(name, k) for name, k in rnnops.KERNELS.items())
     (d / "k.cpp").write_text(src)
     r = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-o", str(d / "k.so"), str(d / "k.cpp")],
                        capture_output=True, text=True)
-    assert r.returncode == 0, f"kernel sources do not compile as C++:\n{r.stderr}\n{src}"
+    assert r.returncode == 0, f"the CUDA form of the kernels does not compile as C++:\n{r.stderr}\n{src}"
     lib = ctypes.CDLL(str(d / "k.so"))
 
     def run(name, n, *args):
@@ -71,71 +328,62 @@ def kernels(tmp_path_factory):
             else:
                 conv.append(ctypes.c_int(a))
         getattr(lib, name)(*conv, ctypes.c_long(n))
-    return run
-
-
-CPU = tg.get_device("cpu")
-rng = np.random.default_rng(0)
-
-
-def R(*shape):
-    return rng.standard_normal(shape) * 2
+    with backend.kernels_off(CPU):  # the reference: the portable form
+        yield run
 
 
 def close(a, b):
     np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
 
 
-def E(*shape):
-    return np.empty(shape)
-
-
 @pytest.mark.parametrize("nl", ["tanh", "relu"])
-def test_rnn_kernels(kernels, nl):
+def test_cuda_form_rnn(cuda_form, nl):
     B, H = 4, 6
-    gx, gh, dh = R(B, H), R(B, H), R(B, H)
-    h, ref_h = E(B, H), E(B, H)
-    kernels(f"rnn_{nl}_fwd", B * H, gx, gh, h)
+    gx, gh, dh = R(np.float64, B, H), R(np.float64, B, H), R(np.float64, B, H)
+    h, ref_h = E(np.float64, B, H), E(np.float64, B, H)
+    cuda_form(f"rnn_{nl}_fwd", B * H, gx, gh, h)
     rnnops.rnn_forward(CPU, gx, gh, ref_h, nl)
     close(h, ref_h)
-    dp, ref_dp = E(B, H), E(B, H)
-    kernels(f"rnn_{nl}_bwd", B * H, h, dh, dp)
+    dp, ref_dp = E(np.float64, B, H), E(np.float64, B, H)
+    cuda_form(f"rnn_{nl}_bwd", B * H, h, dh, dp)
     rnnops.rnn_backward(CPU, ref_h, dh, ref_dp, nl)
     close(dp, ref_dp)
 
 
-def test_lstm_kernels(kernels):
+def test_cuda_form_lstm(cuda_form):
     B, H = 3, 5
-    gx, gh, c, dh, dc = R(B, 4 * H), R(B, 4 * H), R(B, H), R(B, H), R(B, H)
-    h, c_new, act = E(B, H), E(B, H), E(B, 4 * H)
-    kernels("lstm_fwd", B * H, gx, gh, c, H, h, c_new, act)
-    ref_h, ref_c, ref_act = E(B, H), E(B, H), E(B, 4 * H)
+    f64 = np.float64
+    gx, gh, c, dh, dc = R(f64, B, 4 * H), R(f64, B, 4 * H), R(f64, B, H), R(f64, B, H), R(f64, B, H)
+    h, c_new, act = E(f64, B, H), E(f64, B, H), E(f64, B, 4 * H)
+    cuda_form("lstm_fwd", B * H, gx, gh, c, H, h, c_new, act)
+    ref_h, ref_c, ref_act = E(f64, B, H), E(f64, B, H), E(f64, B, 4 * H)
     rnnops.lstm_forward(CPU, gx, gh, c, ref_act, ref_h, ref_c)
     close(h, ref_h)
     close(c_new, ref_c)
     close(act, ref_act)  # one saved layout: the activations, in PyTorch's gate order
-    dgates, dc_prev = E(B, 4 * H), E(B, H)
-    kernels("lstm_bwd", B * H, act, c, c_new, dh, dc, H, dgates, dc_prev)
-    ref_da, ref_dc = E(B, 4 * H), E(B, H)
+    dgates, dc_prev = E(f64, B, 4 * H), E(f64, B, H)
+    cuda_form("lstm_bwd", B * H, act, c, c_new, dh, dc, H, dgates, dc_prev)
+    ref_da, ref_dc = E(f64, B, 4 * H), E(f64, B, H)
     rnnops.lstm_backward(CPU, ref_act, c, ref_c, dh, dc, ref_da, ref_dc)
     close(dgates, ref_da)
     close(dc_prev, ref_dc)
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_gru_kernels(kernels, with_bias):
+def test_cuda_form_gru(cuda_form, with_bias):
     B, H = 3, 5
-    gx, gh, h, dh = R(B, 3 * H), R(B, 3 * H), R(B, H), R(B, H)
-    b = R(3 * H) if with_bias else None
-    h_new, act = E(B, H), E(B, 4 * H)
-    kernels("gru_fwd", B * H, gx, gh, b if with_bias else np.zeros(3 * H), h, H, h_new, act)
-    ref_h, ref_act = E(B, H), E(B, 4 * H)
+    f64 = np.float64
+    gx, gh, h, dh = R(f64, B, 3 * H), R(f64, B, 3 * H), R(f64, B, H), R(f64, B, H)
+    b = R(f64, 3 * H) if with_bias else None
+    h_new, act = E(f64, B, H), E(f64, B, 4 * H)
+    cuda_form("gru_fwd", B * H, gx, gh, b if with_bias else np.zeros(3 * H), h, H, h_new, act)
+    ref_h, ref_act = E(f64, B, H), E(f64, B, 4 * H)
     rnnops.gru_forward(CPU, gx, gh, b, h, ref_act, ref_h)
     close(h_new, ref_h)
     close(act, ref_act)  # [r, z, n, hn]
-    dgates, dh_z = E(B, 4 * H), E(B, H)
-    kernels("gru_bwd", B * H, act, h, dh, H, dgates, dh_z)
-    ref_dg, ref_dhz = E(B, 4 * H), E(B, H)
+    dgates, dh_z = E(f64, B, 4 * H), E(f64, B, H)
+    cuda_form("gru_bwd", B * H, act, h, dh, H, dgates, dh_z)
+    ref_dg, ref_dhz = E(f64, B, 4 * H), E(f64, B, H)
     rnnops.gru_backward(CPU, ref_act, h, dh, ref_dg, ref_dhz)
     close(dgates, ref_dg)  # [dr, dz, dn r, dn]
     close(dh_z, ref_dhz)

@@ -2,7 +2,7 @@
 
 A `Device` owns an array namespace (`device.xp`), moves data to and from the host,
 draws random numbers, and provides the few primitives that the Python Array API
-standard does not have (scatter-add, compiling a CUDA elementwise kernel, `out=`). Everything above this module does array math
+standard does not have (scatter-add, building an op's elementwise kernels, `out=`). Everything above this module does array math
 through `device.xp` with names from the standard, so the same op code runs on NumPy,
 CuPy and `array_api_strict` (a test-only device that refuses anything outside the
 standard, as CuPy would refuse a stray NumPy call).
@@ -13,6 +13,9 @@ Devices:
   "strict"              array_api_strict (tests only; computes with NumPy underneath)
 """
 from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -74,6 +77,39 @@ def to_dtype(d) -> DType:
         raise TypeError(f"unsupported dtype {d!r}; use one of {sorted(DTYPES)}") from None
 
 
+# ----------------------------------------------------------------------------- kernels
+class Kernel(NamedTuple):
+    """An elementwise kernel in CuPy's ElementwiseKernel form, which every device builds.
+
+    in_params/out_params: "T x, raw T y, int32 n": a `T x` is the current element of x (an
+    output: a reference to it), a `raw T y` the whole array indexed by hand, an `int32` a
+    number. The body runs for each element index `i` of the non-raw arrays, and may call
+    tg_tanh(x) and tg_sigmoid(x) (the device's own: CUDA's tanh; on the CPU a vectorised
+    one, see cpu_kernels.py). With `row` naming an int32 parameter, the elements form rows
+    of that length and the body also gets the row `b` and column `j` of element i.
+    """
+    in_params: str
+    out_params: str
+    body: str
+    row: str | None = None
+
+
+CUDA_PRELUDE = r"""
+template <typename T> __device__ __forceinline__ T tg_tanh(T x) { return tanh(x); }
+template <typename T> __device__ __forceinline__ T tg_sigmoid(T x) {
+  const T half = 0.5;
+  return tg_tanh(x * half) * half + half;  // as the portable form: no overflow for large |x|
+}
+"""
+
+
+def cuda_body(kernel: Kernel) -> str:
+    """The body CuPy compiles: the row and column of element i first, where the kernel has rows."""
+    if kernel.row is None:
+        return kernel.body
+    return f"const ptrdiff_t b = i / {kernel.row}, j = i % {kernel.row};\n{kernel.body}"
+
+
 # ----------------------------------------------------------------------------- devices
 _seed = 0  # the last tg.manual_seed; devices created later start from it too
 
@@ -95,6 +131,7 @@ class Device:
         self._native = {d: self._native_dtype(getattr(xp, "bool" if d is bool_ else d.name))
                         for d in DTYPES.values()}
         self._from_native = {v: k for k, v in self._native.items()}
+        self._kernel_families = {}
         self.manual_seed(_seed)
 
     def __repr__(self):
@@ -164,9 +201,22 @@ class Device:
     def synchronize(self) -> None:
         pass
 
-    # kernels an op compiles for itself (ops/rnn.py): only CUDA has them; an op whose
-    # device returns None runs its portable array-API form instead
-    def elementwise_kernel(self, name, in_params, out_params, body, preamble=""):
+    # elementwise kernels an op writes for itself (ops/rnn.py), built by the device: CuPy
+    # on CUDA, the host C++ compiler on the CPU (cpu_kernels.py). Where the device gives
+    # None, the op runs its portable array-API form.
+    use_kernels = True  # False: ops run their portable array-API form even where kernels exist
+
+    def elementwise_kernels(self, family, kernels, preamble=""):
+        """{name: callable} for a family of `Kernel`s, built once per device, or None (no
+        kernels here, or `use_kernels` is off: see `kernels_off`)."""
+        if not self.use_kernels:
+            return None
+        built = self._kernel_families.get(family, False)
+        if built is False:
+            built = self._kernel_families[family] = self._build_kernels(family, kernels, preamble)
+        return built
+
+    def _build_kernels(self, family, kernels, preamble):
         return None
 
 
@@ -212,6 +262,24 @@ class CPUDevice(Device):
 
     def contiguous(self, arr):
         return np.ascontiguousarray(arr)
+
+    @property
+    def use_kernels(self):
+        """As for every device, plus the default from TINYGRAD_RNN_CPU_KERNELS (on unless 0)."""
+        if self._use_kernels is None:
+            from . import cpu_kernels
+            self._use_kernels = cpu_kernels.enabled_by_env()
+        return self._use_kernels
+
+    @use_kernels.setter
+    def use_kernels(self, on):
+        self._use_kernels = bool(on)
+
+    _use_kernels = None
+
+    def _build_kernels(self, family, kernels, preamble):
+        from . import cpu_kernels
+        return cpu_kernels.build(family, kernels, preamble)
 
     def scatter_add(self, target, index, values):
         if (isinstance(index, np.ndarray) and index.ndim == 1 and values.ndim == target.ndim
@@ -341,18 +409,27 @@ class CUDADevice(Device):
     def scatter_add(self, target, index, values):
         self._cupyx.scatter_add(target, index, values)
 
-    _kernels: dict = {}  # (name, source) -> compiled kernel, shared by every GPU
-
-    def elementwise_kernel(self, name, in_params, out_params, body, preamble=""):
-        key = (name, in_params, out_params, body, preamble)
-        k = CUDADevice._kernels.get(key)
-        if k is None:
-            k = CUDADevice._kernels[key] = self._cupy.ElementwiseKernel(
-                in_params, out_params, body, f"tinygrad_rnn_{name}", preamble=preamble)
-        return k
+    def _build_kernels(self, family, kernels, preamble):
+        # CuPy compiles each kernel for a dtype at its first call, and caches it on disk
+        return {name: self._cupy.ElementwiseKernel(k.in_params, k.out_params, cuda_body(k),
+                                                   f"tinygrad_rnn_{family}_{name}", preamble=CUDA_PRELUDE + preamble)
+                for name, k in kernels.items()}
 
     def synchronize(self):
         self._cupy.cuda.Device(self.index).synchronize()
+
+
+@contextlib.contextmanager
+def kernels_off(device):
+    """Within the block, ops on `device` run their portable array-API form instead of its
+    compiled elementwise kernels: to compare the two, or to time what the kernels save."""
+    dev = get_device(device)
+    was = dev.use_kernels
+    dev.use_kernels = False
+    try:
+        yield dev
+    finally:
+        dev.use_kernels = was
 
 
 # ----------------------------------------------------------------------------- registry

@@ -1,6 +1,6 @@
 """Recurrent ops, each kind (RNN, LSTM, GRU) whole in one place: its cell math in a
-portable array-API form and a CUDA form side by side, one saved layout for both, and
-the two fused ops built on that math:
+portable array-API form and as elementwise kernels side by side, one saved layout for
+both, and the two fused ops built on that math:
 
 - `LSTMCellFn` & co. ("step"): one timestep's gate math as one graph node; the matmuls
   around it stay ordinary engine ops.
@@ -12,12 +12,16 @@ the two fused ops built on that math:
   loop dW_hh, dW_ih, dx and the biases as one GEMM (or sum) each over all timesteps.
 
 The cell math writes into the arrays it is given (`out=` on NumPy and CuPy; the strict
-device assigns instead, `Device.xp_out`). On CUDA each cell function is one elementwise
-kernel each way (`Device.elementwise_kernel`), one thread per (batch, unit) element of
-the state reading and writing that unit's gate columns (b * G * H + j + k * H, PyTorch's
-blocked gate layout), as Chainer's functions/activation/lstm.py does. The kernels compute
-sigmoid(x) as 0.5 tanh(0.5 x) + 0.5 like the portable form, but in the GPU's own tanh:
-the two agree to rounding (a few ulp), not bit for bit, and the CUDA tests hold them to that.
+device assigns instead, `Device.xp_out`). Where the device builds kernels (CUDA through
+CuPy; the CPU through the host C++ compiler, cpu_kernels.py) each cell function is one
+elementwise kernel each way (`Device.elementwise_kernels`), one thread or SIMD lane per
+(batch, unit) element of the state reading and writing that unit's gate columns
+(b * G * H + j + k * H, PyTorch's blocked gate layout), as Chainer's
+functions/activation/lstm.py does; elsewhere (the strict device, a CPU without a
+compiler) the portable form runs. The kernels compute sigmoid(x) as 0.5 tanh(0.5 x) + 0.5
+like the portable form, but in the device's own tanh (the GPU's; on the CPU a vectorised
+one within 1.5 ulp in float32, the C library's in float64): the forms agree to rounding
+(a few ulp), not bit for bit, and the tests hold them to that.
 
 Derivations (s' = s(1 - s) for a sigmoid s, t' = 1 - t^2 for a tanh t; d. = dLoss/d.):
 
@@ -52,73 +56,65 @@ dX = dG_x W_ih, and the biases are column sums of dG.
 from __future__ import annotations
 
 from ..autograd import Function
+from ..backend import Kernel
 from ..errors import DTypeError, ShapeError, fmt_shape
 
-# ----------------------------------------------------------------------------- CUDA sources
-# `i` is the thread's element of the (B, H) state; b, j its batch row and unit; k the same
-# unit's first gate column. A `T x` parameter is the thread's element, a `raw T x` the whole
-# array indexed by hand. tests/test_rnn_kernels.py compiles these bodies as host C++ and runs
-# them against the portable forms, so the index arithmetic is checked without a GPU.
-CUDA_PREAMBLE = r"""
-template <typename T> __device__ __forceinline__ T tg_sigmoid(T x) {
-  const T half = 0.5;
-  return tanh(x * half) * half + half;  // as the portable form: no overflow for large |x|
-}
-"""
-
-CUDA_KERNELS = {
-    "rnn_tanh_fwd": ("T gx, T gh", "T h", "h = tanh(gx + gh);"),
-    "rnn_tanh_bwd": ("T h, T dh", "T dpre", "dpre = dh * (1 - h * h);"),
-    "rnn_relu_fwd": ("T gx, T gh", "T h", "const T p = gx + gh; h = p > 0 ? p : T(0);"),
-    "rnn_relu_bwd": ("T h, T dh", "T dpre", "dpre = h > 0 ? dh : T(0);"),
-    "lstm_fwd": (
+# ----------------------------------------------------------------------------- kernels
+# Each cell's math as elementwise kernels (backend.Kernel), which the device builds: CuPy on
+# CUDA, the host C++ compiler on the CPU (cpu_kernels.py). One thread or SIMD lane per
+# (batch, unit) element of the state: `b`, `j` its batch row and unit, `k` the same unit's
+# first gate column. A `T x` parameter is the element, a `raw T x` the whole array indexed
+# by hand. tests/test_rnn_kernels.py runs the CPU build, and the CUDA form of the bodies
+# compiled as host C++, against the portable forms below.
+KERNELS = {
+    "rnn_tanh_fwd": Kernel("T gx, T gh", "T h", "h = tg_tanh(gx + gh);"),
+    "rnn_tanh_bwd": Kernel("T h, T dh", "T dpre", "dpre = dh * (1 - h * h);"),
+    "rnn_relu_fwd": Kernel("T gx, T gh", "T h", "const T p = gx + gh; h = p > 0 ? p : T(0);"),
+    "rnn_relu_bwd": Kernel("T h, T dh", "T dpre", "dpre = h > 0 ? dh : T(0);"),
+    "lstm_fwd": Kernel(
         "raw T gx, raw T gh, T c_prev, int32 H",
         "T h, T c, raw T act",
         """
-        const ptrdiff_t b = i / H, j = i % H;
         const ptrdiff_t k = b * 4 * H + j;
         const T ig = tg_sigmoid(gx[k] + gh[k]);
         const T fg = tg_sigmoid(gx[k + H] + gh[k + H]);
-        const T gg = tanh(gx[k + 2 * H] + gh[k + 2 * H]);
+        const T gg = tg_tanh(gx[k + 2 * H] + gh[k + 2 * H]);
         const T og = tg_sigmoid(gx[k + 3 * H] + gh[k + 3 * H]);
         act[k] = ig; act[k + H] = fg; act[k + 2 * H] = gg; act[k + 3 * H] = og;
         const T cn = fg * c_prev + ig * gg;
         c = cn;
-        h = og * tanh(cn);
-        """),
-    "lstm_bwd": (
+        h = og * tg_tanh(cn);
+        """, row="H"),
+    "lstm_bwd": Kernel(
         "raw T act, T c_prev, T c, T dh, T dc, int32 H",
         "raw T dgates, T dc_prev",
         """
-        const ptrdiff_t b = i / H, j = i % H;
         const ptrdiff_t k = b * 4 * H + j;
         const T ig = act[k], fg = act[k + H], gg = act[k + 2 * H], og = act[k + 3 * H];
-        const T tc = tanh(c);
+        const T tc = tg_tanh(c);
         const T dct = dc + dh * og * (1 - tc * tc);
         dgates[k] = dct * gg * ig * (1 - ig);
         dgates[k + H] = dct * c_prev * fg * (1 - fg);
         dgates[k + 2 * H] = dct * ig * (1 - gg * gg);
         dgates[k + 3 * H] = dh * tc * og * (1 - og);
         dc_prev = dct * fg;
-        """),
-    "gru_fwd": (
+        """, row="H"),
+    "gru_fwd": Kernel(
         "raw T gx, raw T gh, raw T bh, T h_prev, int32 H",
         "T h, raw T act",
         """
-        const ptrdiff_t b = i / H, j = i % H;
         const ptrdiff_t k = b * 3 * H + j, s = b * 4 * H + j;
         const T rg = tg_sigmoid(gx[k] + gh[k] + bh[j]);
         const T zg = tg_sigmoid(gx[k + H] + gh[k + H] + bh[j + H]);
         const T hn = gh[k + 2 * H] + bh[j + 2 * H];
-        const T ng = tanh(gx[k + 2 * H] + rg * hn);
+        const T ng = tg_tanh(gx[k + 2 * H] + rg * hn);
         act[s] = rg; act[s + H] = zg; act[s + 2 * H] = ng; act[s + 3 * H] = hn;
         h = ng + zg * (h_prev - ng);
-        """),
-    "gru_bwd": (
+        """, row="H"),
+    "gru_bwd": Kernel(
         "raw T act, T h_prev, T dh, int32 H",
         "raw T dgates, T dh_z",
         """
-        const ptrdiff_t b = i / H, j = i % H;
         const ptrdiff_t s = b * 4 * H + j;
         const T rg = act[s], zg = act[s + H], ng = act[s + 2 * H], hn = act[s + 3 * H];
         const T dn = dh * (1 - zg) * (1 - ng * ng);
@@ -127,13 +123,14 @@ CUDA_KERNELS = {
         dgates[s + 2 * H] = dn * rg;
         dgates[s + 3 * H] = dn;
         dh_z = dh * zg;
-        """),
+        """, row="H"),
 }
 
 
 def _kernel(dev, name):
-    """The compiled CUDA kernel `name` on dev, or None where the portable form runs."""
-    return dev.elementwise_kernel(name, *CUDA_KERNELS[name], preamble=CUDA_PREAMBLE)
+    """The device's build of kernel `name`, or None where the portable form runs."""
+    ks = dev.elementwise_kernels("rnn", KERNELS)
+    return None if ks is None else ks[name]
 
 
 # ----------------------------------------------------------------------------- cell math
