@@ -1,6 +1,7 @@
 """Optimizers: each against its update formula written out in NumPy for two steps (and
 its variants), parameter groups, skipped parameters, state dict round trips that
 resume bit for bit, and errors."""
+import contextlib
 import math
 
 import numpy as np
@@ -124,6 +125,32 @@ def test_two_steps_against_formula(device, cls, ref, kw):
     _check(params, [ref(p0[i], [gs[i] for gs in grads], **kw) for i in range(2)])
     assert all(p.data is d for p, d in zip(params, datas))  # updated in place
     assert all(p.is_leaf and p.grad_fn is None for p in params)
+
+
+ADAM_CASES = [(c, kw) for c, _, kw in CASES if c in (optim.Adam, optim.AdamW)]
+
+
+@pytest.mark.parametrize("dtype", [tg.float64, tg.float32])
+@pytest.mark.parametrize("cls,kw", ADAM_CASES, ids=[f"{c.__name__}-{kw}" for c, kw in ADAM_CASES])
+def test_adam_kernel_equals_the_portable_update(dtype, cls, kw):
+    # the CPU builds Adam as one elementwise kernel (where a compiler is); the portable form beside it
+    if tg.get_device("cpu").elementwise_kernels("optim", optim._KERNELS) is None:
+        pytest.skip("no CPU kernels here (no C++ compiler)")
+    rng = np.random.default_rng(1)
+    p0 = rng.standard_normal((7, 33))
+    grads = [rng.standard_normal(p0.shape) for _ in range(6)]
+    res = []
+    for off in (False, True):
+        p = tg.nn.Parameter(tg.tensor(p0, dtype=dtype))
+        opt = cls([p], **kw)
+        with (tg.backend.kernels_off("cpu") if off else contextlib.nullcontext()):
+            for g in grads:
+                p.grad = tg.tensor(g, dtype=dtype)
+                opt.step()
+        res.append([p.numpy()] + [opt.state[p][k] for k in sorted(opt.state[p]) if k != "step"])
+    tol = 1e-14 if dtype is tg.float64 else 2e-6
+    for a, b in zip(*res):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("cls", [optim.SGD, optim.Adagrad, optim.RMSprop, optim.Adam, optim.AdamW])

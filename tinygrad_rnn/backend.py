@@ -81,9 +81,9 @@ def to_dtype(d) -> DType:
 class Kernel(NamedTuple):
     """An elementwise kernel in CuPy's ElementwiseKernel form, which every device builds.
 
-    in_params/out_params: "T x, raw T y, int32 n": a `T x` is the current element of x (an
-    output: a reference to it), a `raw T y` the whole array indexed by hand, an `int32` a
-    number. The body runs for each element index `i` of the non-raw arrays, and may call
+    in_params/out_params: "T x, raw T y, int32 n, float64 s": a `T x` is the current
+    element of x (an output: a reference to it, which may be read too), a `raw T y` the
+    whole array indexed by hand, an `int32` or `float64` a number. The body runs for each element index `i` of the non-raw arrays, and may call
     tg_tanh(x) and tg_sigmoid(x) (the device's own: CUDA's tanh; on the CPU a vectorised
     one, see cpu_kernels.py). With `row` naming an int32 parameter, the elements form rows
     of that length and the body also gets the row `b` and column `j` of element i.

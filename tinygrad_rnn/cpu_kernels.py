@@ -61,6 +61,7 @@ HOST_PRELUDE = r"""
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+using std::sqrt;  // sqrt(float) in float, as CUDA's
 
 static inline float tg_exp_reduced(float y) {  // exp(y) for -87.4 <= y <= 88
   const float shift = 12582912.f;  // 1.5 * 2^23: adding it rounds y / ln 2 to an integer
@@ -100,20 +101,25 @@ static inline double tg_sigmoid(double x) {
 }
 """
 
-# Flags tried in order: the first set the compiler accepts is used. -fno-trapping-math lets
-# the compiler vectorise the selects in tg_tanh (results do not change); -march=native
-# builds for this CPU's vector width, which is why the cache key names the CPU.
+# Flags tried in order: the first set the compiler accepts is used. -fno-trapping-math and
+# -fno-math-errno let the compiler vectorise selects and sqrt (results do not change: no
+# code here reads errno or traps); -march=native builds for this CPU's vector width,
+# which is why the cache key names the CPU. Not -ffast-math: it would drop NaN checks.
+# Not OpenMP threads: they spin against OpenBLAS's own on the same cores (measured 10x
+# slower training steps on 2 cores).
+_SAFE = ["-O3", "-fno-trapping-math", "-fno-math-errno"]
 FLAG_SETS = (
-    ["-O3", "-march=native", "-mprefer-vector-width=256", "-fopenmp-simd", "-fno-trapping-math"],
-    ["-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math"],
-    ["-O3", "-fno-trapping-math"],
+    _SAFE + ["-march=native", "-mprefer-vector-width=256", "-fopenmp-simd"],
+    _SAFE + ["-march=native", "-fopenmp-simd"],
+    _SAFE,
 )
 _SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
+_C_ARG = {"int": ctypes.c_int, "scalar": ctypes.c_double}
 _C_TYPE = {"_f32": "float", "_f64": "double"}
 
 
 def parse_params(spec):
-    """'T a, raw T b, int32 n' -> [(kind, name)] with kind 'elem', 'raw' or 'int'."""
+    """'T a, raw T b, int32 n, float64 s' -> [(kind, name)], kind 'elem', 'raw', 'int' or 'scalar'."""
     out = []
     for p in spec.split(","):
         toks = p.split()
@@ -121,10 +127,13 @@ def parse_params(spec):
             out.append(("raw", toks[2]))
         elif toks[0] == "int32" and len(toks) == 2:
             out.append(("int", toks[1]))
+        elif toks[0] == "float64" and len(toks) == 2:
+            out.append(("scalar", toks[1]))
         elif toks[0] == "T" and len(toks) == 2:
             out.append(("elem", toks[1]))
         else:
-            raise ValueError(f"kernel parameter {p.strip()!r}: expected 'T name', 'raw T name' or 'int32 name'")
+            raise ValueError(f"kernel parameter {p.strip()!r}: expected 'T name', 'raw T name', 'int32 name' "
+                             f"or 'float64 name'")
     return out
 
 
@@ -138,6 +147,8 @@ def host_source(family, kernels, preamble=""):
             for kind, p in params:
                 if kind == "int":
                     sig.append(f"int {p}")
+                elif kind == "scalar":
+                    sig.append(f"double {p}")
                 elif kind == "raw":
                     sig.append(f"{'const ' if role == 'in' else ''}T* {p}")
                 else:
@@ -197,10 +208,10 @@ class HostKernel:
         for dt, sfx in _SUFFIX.items():
             fn = getattr(lib, name + sfx)
             fn.restype = None
-            fn.argtypes = [ctypes.c_int if kind == "int" else ctypes.c_void_p for kind, _ in self.params] \
-                + [ctypes.c_ssize_t]
+            fn.argtypes = [_C_ARG.get(kind, ctypes.c_void_p) for kind, _ in self.params] + [ctypes.c_ssize_t]
             self._fns[dt] = fn
         self._elems = [k for k, (kind, _) in enumerate(self.params) if kind == "elem"]
+        self._arrays = [k for k, (kind, _) in enumerate(self.params) if kind in ("elem", "raw")]
         self._n_in = len(parse_params(kernel.in_params))
         self._row_arg = None if kernel.row is None else [p for _, p in self.params].index(kernel.row)
 
@@ -208,41 +219,56 @@ class HostKernel:
         return f"<CPU kernel {self.name}>"
 
     def __call__(self, *args):
-        params = self.params
-        if len(args) != len(params):
-            raise TypeError(f"kernel {self.name}: takes {len(params)} arguments "
-                            f"({', '.join(p for _, p in params)}), got {len(args)}")
-        dt = args[self._elems[0]].dtype
+        # called twice a timestep: the usual case (row-major arrays of one dtype) checks each
+        # argument once and reads its pointer; anything else goes the long way round
+        if len(args) != len(self.params):
+            raise TypeError(f"kernel {self.name}: takes {len(self.params)} arguments "
+                            f"({', '.join(p for _, p in self.params)}), got {len(args)}")
+        first = args[self._elems[0]]
+        dt = first.dtype
         fn = self._fns.get(dt)
         if fn is None:
             raise DTypeError(f"kernel {self.name}: runs on float32 or float64 arrays, got {dt}")
-        conv, write_back = [], None
-        for k, ((kind, p), a) in enumerate(zip(params, args)):
-            if kind == "int":
-                conv.append(a)
-                continue
+        conv = list(args)
+        ptr = _data_pointer
+        for k in self._arrays:
+            a = args[k]
+            if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous:
+                return self._call_general(fn, dt, args)
+            conv[k] = ptr(a)
+        n = first.size
+        self._check_sizes(args, n)
+        fn(*conv, n)
+
+    def _call_general(self, fn, dt, args):
+        conv, write_back = list(args), []
+        for k in self._arrays:
+            a, p = args[k], self.params[k][1]
             if type(a) is not np.ndarray or a.dtype != dt:
                 raise DTypeError(f"kernel {self.name}: argument {p} must be a {dt} NumPy array like the "
                                  f"others, got {getattr(a, 'dtype', type(a).__name__)}")
             if not a.flags.c_contiguous:  # as CuPy takes any strides: through a row-major copy
                 c = np.ascontiguousarray(a)
                 if k >= self._n_in:
-                    write_back = (write_back or []) + [(a, c)]
+                    write_back.append((a, c))
                 a = c
-            conv.append(_data_pointer(a))
+            conv[k] = _data_pointer(a)
         n = args[self._elems[0]].size
+        self._check_sizes(args, n)
+        fn(*conv, n)
+        for a, c in write_back:
+            a[...] = c
+
+    def _check_sizes(self, args, n):
         for k in self._elems[1:]:
             if args[k].size != n:
                 raise ShapeError(f"kernel {self.name}: the elementwise arguments must have one size; "
-                                 f"{params[self._elems[0]][1]} has {n} elements, {params[k][1]} "
+                                 f"{self.params[self._elems[0]][1]} has {n} elements, {self.params[k][1]} "
                                  f"{args[k].size}")
-        if self.row is not None:
+        if self._row_arg is not None:
             row = args[self._row_arg]
             if row <= 0 or n % row:
                 raise ShapeError(f"kernel {self.name}: {n} elements are not whole rows of {self.row}={row}")
-        fn(*conv, n)
-        for a, c in write_back or ():
-            a[...] = c
 
 
 # ----------------------------------------------------------------------------- building

@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from ..autograd import enable_grad
+from ..backend import Kernel
 from ..errors import DTypeError, StateDictError, fmt_shape
 from ..tensor import Tensor
 
@@ -454,15 +455,25 @@ class Adam(Optimizer):
         t = state["step"]
         lr, wd = group["lr"], group["weight_decay"]
         beta1, beta2 = group["betas"]
-        if wd:
-            if self._decoupled:
-                p.data *= 1.0 - lr * wd
+        amsgrad = group["amsgrad"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        step_size, bias2 = lr / (1.0 - beta1 ** t), math.sqrt(1.0 - beta2 ** t)
+        l2, decay = (0.0, 1.0 - lr * wd) if self._decoupled else (wd, 1.0)
+        ks = p.device.elementwise_kernels("optim", _KERNELS)
+        if ks is not None:  # one pass over the five arrays instead of a dozen
+            if amsgrad:
+                ks["adam_amsgrad"](g, beta1, beta2, step_size, bias2, group["eps"], l2, decay,
+                                   p.data, m, v, state["max_exp_avg_sq"])
             else:
-                g = g + wd * p.data
+                ks["adam"](g, beta1, beta2, step_size, bias2, group["eps"], l2, decay, p.data, m, v)
+            return
+        if decay != 1.0:
+            p.data *= decay
+        if l2:
+            g = g + l2 * p.data
         # in place, through one temporary: an LSTM's weights are millions of numbers, and a
         # fresh array per term costs more than the arithmetic
         xo = p.device.xp_out
-        m, v = state["exp_avg"], state["exp_avg_sq"]
         m *= beta1
         tmp = g * (1.0 - beta1)
         m += tmp
@@ -470,16 +481,36 @@ class Adam(Optimizer):
         tmp *= 1.0 - beta2
         v *= beta2
         v += tmp
-        if group["amsgrad"]:
+        if amsgrad:
             vmax = state["max_exp_avg_sq"]
             xo.maximum(vmax, v, out=vmax)
             v = vmax
         xo.sqrt(v, out=tmp)
-        tmp /= math.sqrt(1.0 - beta2 ** t)
+        tmp /= bias2
         tmp += group["eps"]  # the denominator
         xo.divide(m, tmp, out=tmp)
-        tmp *= lr / (1.0 - beta1 ** t)
+        tmp *= step_size
         p.data -= tmp
+
+
+# Adam's update as one elementwise kernel (backend.Kernel), the same arithmetic in the same
+# order as the portable form above; l2 is Adam's weight decay into the gradient, decay
+# AdamW's (1 - lr * wd) on the weights. Scalars are cast to T first, as NumPy does.
+_ADAM_BODY = """
+    const T b1 = beta1, b2 = beta2;
+    const T gg = l2 != 0 ? g + (T)l2 * p : g;
+    if (decay != 1) p = p * (T)decay;
+    m = m * b1 + gg * (T)(1 - beta1);
+    v = v * b2 + gg * gg * (T)(1 - beta2);
+    {VMAX}
+    p = p - m / (sqrt({V}) / (T)bias2 + (T)eps) * (T)step_size;
+"""
+_ADAM_IN = "T g, float64 beta1, float64 beta2, float64 step_size, float64 bias2, float64 eps, float64 l2, float64 decay"
+_KERNELS = {
+    "adam": Kernel(_ADAM_IN, "T p, T m, T v", _ADAM_BODY.replace("{VMAX}", "").replace("{V}", "v")),
+    "adam_amsgrad": Kernel(_ADAM_IN, "T p, T m, T v, T vmax",
+                           _ADAM_BODY.replace("{VMAX}", "vmax = vmax > v ? vmax : v;").replace("{V}", "vmax")),
+}
 
 
 class AdamW(Adam):
