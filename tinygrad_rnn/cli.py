@@ -109,10 +109,10 @@ def _add_train(sub):
     g.add_argument("--clip", type=_nonneg_float, metavar="NORM",
                    help=f"clip the global gradient norm; 0 turns it off (default {d['clip']})")
     g.add_argument("--seed", type=_nonneg_int, help=f"(default {d['seed']})")
-    g = p.add_argument_group("budget (totals for the run; with neither, 2 minutes)")
-    b = g.add_mutually_exclusive_group()
-    b.add_argument("--steps", type=_positive_int, metavar="N", help="train until step N")
-    b.add_argument("--minutes", type=_positive_float, metavar="M", help="train for M minutes of wall time")
+    g = p.add_argument_group("budget (totals for the run; with neither, 2 minutes; with both, whichever "
+                             "comes first, e.g. a schedule over --steps capped at --minutes)")
+    g.add_argument("--steps", type=_positive_int, metavar="N", help="train until step N")
+    g.add_argument("--minutes", type=_positive_float, metavar="M", help="train for M minutes of wall time")
     g = p.add_argument_group("running")
     g.add_argument("--device", type=_device, help=f"cpu, cuda or cuda:N (default {d['device']})")
     g.add_argument("--out", metavar="DIR", help="run directory for checkpoint.npz and metrics.jsonl "
