@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+import tinygrad_rnn as tg
 from tinygrad_rnn.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -332,6 +333,54 @@ def test_sample_streams_as_it_generates(trained, monkeypatch):
     assert writes[0] == "the " and len(writes) >= 25 + 2  # the prompt, then one write per character
     flushes_between = sum(1 for kind, _ in events[1:-1] if kind == "flush")
     assert flushes_between >= 25  # each character is flushed as it comes, before the end
+
+
+def _as_saved_on(src, dst, device, rng_state):
+    """A copy of the checkpoint src as the same run saves it on another device: a checkpoint
+    holds host arrays whatever the device, and names the device in its configuration and
+    random state (CUDA's random state is its seed, see CUDADevice.get_rng_state)."""
+    with np.load(os.path.join(src, "checkpoint.npz")) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+    meta["config"]["device"] = device
+    meta["rng"] = {"device": device, "state": rng_state, "ranks": [rng_state]}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    os.makedirs(dst)
+    np.savez(os.path.join(dst, "checkpoint.npz"), **arrays)
+    return dst
+
+
+def test_a_cuda_checkpoint_samples_evaluates_and_resumes_on_the_cpu(tmp_path, trained, capsys):
+    gpu = _as_saved_on(trained, str(tmp_path / "gpu"), "cuda:0", {"seed": 0})
+    capsys.readouterr()
+    for argv in (["sample", "--prompt", "the ", "--length", "40", "--seed", "3"], ["eval"]):
+        outs = []
+        for ckpt in (trained, gpu):
+            assert main([argv[0], ckpt, "--device", "cpu", *argv[1:]]) == 0
+            out = capsys.readouterr().out
+            outs.append(out if argv[0] == "sample" else json.loads(out)["val_loss"])
+        assert outs[0] == outs[1] and outs[0]
+    # and training carries on there (without dropout the GPU's random state is not needed)
+    assert main(["train", "--resume", "--out", gpu, "--device", "cpu", "--steps", "32", "--progress", "none"]) == 0
+    assert "final (step 32" in capsys.readouterr().out
+
+
+def test_a_cpu_checkpoint_samples_on_cuda_and_back(tmp_path, trained, capsys):
+    ok, why = tg.cuda_available()
+    if not ok:
+        pytest.skip(f"cuda: {why}")
+    capsys.readouterr()
+    outs = []
+    for dev in ("cpu", "cuda"):
+        assert main(["sample", trained, "--device", dev, "--prompt", "the ", "--length", "40", "--temperature", "0"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]  # greedy: the same characters from the same weights
+    gpu = str(tmp_path / "on_gpu")  # a run trained on the GPU, sampled on the CPU
+    assert main(["train", "--data", str(tmp_path / "lines.txt"), *TINY, "--steps", "5", "--device", "cuda",
+                 "--out", gpu]) == 0
+    capsys.readouterr()
+    assert main(["sample", gpu, "--device", "cpu", "--prompt", "the ", "--length", "20", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("the ")
 
 
 def test_top_p_is_checked(capsys):
