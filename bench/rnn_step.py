@@ -11,7 +11,8 @@ Timing, so that the figures are honest on a shared 2-core machine: the libraries
 alternating blocks (`--rounds` rounds of `--steps` timed steps each), and the first
 `--warmup` steps after every switch are dropped, since both libraries keep thread pools
 spinning and interleaving step by step slows both. A configuration's figure is the
-median of all its timed steps. Run it as
+median of all its timed steps; torch ms / ours ms is the median over rounds of the ratio
+within each round (a slow spell of a shared machine that spans a round cancels). Run it as
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/rnn_step.py --preset issue
 
@@ -172,19 +173,28 @@ def pytorch(args, torch, cell, hidden, batch, layers):
 
 
 def time_blocks(runners, steps, warmup, rounds):
-    """{name: [seconds per step]}: each runner in turn, `rounds` times, `warmup` steps dropped per block."""
+    """{name: [[seconds per step] per round]}: each runner in turn, `rounds` times, `warmup`
+    steps dropped per block."""
     times = {name: [] for name in runners}
     for _ in range(rounds):
         for name, (step, sync) in runners.items():
             for _ in range(warmup):
                 step()
             sync()
+            block = []
             for _ in range(steps):
                 t0 = time.perf_counter()
                 step()
                 sync()
-                times[name].append(time.perf_counter() - t0)
+                block.append(time.perf_counter() - t0)
+            times[name].append(block)
     return times
+
+
+def paired_ratio(times, a, b):
+    """The median over rounds of (a's block median / b's block median): a slow spell of the
+    machine that spans a round slows both blocks of that round, and cancels."""
+    return statistics.median(statistics.median(x) / statistics.median(y) for x, y in zip(times[a], times[b]))
 
 
 def main(argv=None):
@@ -241,9 +251,12 @@ def main(argv=None):
         times = time_blocks(runners, args.steps, args.warmup, args.rounds)
         row = {"cell": cell, "hidden": hidden, "batch": batch, "layers": layers}
         tokens = batch * args.seq
-        for name, ts in times.items():
+        for name, blocks in times.items():
+            ts = [t for block in blocks for t in block]
             ms = statistics.median(ts) * 1e3
             row[name] = ms
+            if torch is not None and name != "torch":
+                row["ratio " + name] = paired_ratio(times, "torch", name)
             lib = "torch " + torch.__version__ if name == "torch" else "tinygrad_rnn"
             rec = {"bench": "rnn_step", "library": lib, "impl": None if name == "torch" else name.split("/")[0],
                    "cell_math": None if name == "torch" else ("portable" if "/" in name else env["cpu_kernels"]), "cell": cell,
@@ -251,6 +264,8 @@ def main(argv=None):
                    "device": args.device, "dtype": args.dtype, "ms_per_step": round(ms, 3),
                    "ms_min": round(min(ts) * 1e3, 3), "tokens_per_s": round(tokens / ms * 1e3, 1),
                    "timed_steps": len(ts)}
+            if "ratio " + name in row:
+                rec["torch_over_ours_paired"] = round(row["ratio " + name], 3)
             print(json.dumps(rec), flush=True)
         rows.append(row)
     if limiter is not None:
@@ -274,7 +289,7 @@ def main(argv=None):
         for impl in names:
             line += f" | {r[impl]:>12.1f} {tokens / r[impl] * 1e3:>8,.0f}"
         if torch is not None:
-            line += f" | {r['torch']:>9.1f} | " + " ".join(f"{r['torch'] / r[impl]:>15.2f}" for impl in names)
+            line += f" | {r['torch']:>9.1f} | " + " ".join(f"{r['ratio ' + impl]:>15.2f}" for impl in names)
         print(line)
 
 

@@ -1,11 +1,13 @@
-"""The only module that names NumPy or CuPy.
+"""The only module that names NumPy or CuPy (with cpu_kernels.py, the CPU device's
+kernel builder, which it imports).
 
 A `Device` owns an array namespace (`device.xp`), moves data to and from the host,
 draws random numbers, and provides the few primitives that the Python Array API
-standard does not have (scatter-add, building an op's elementwise kernels, `out=`). Everything above this module does array math
-through `device.xp` with names from the standard, so the same op code runs on NumPy,
-CuPy and `array_api_strict` (a test-only device that refuses anything outside the
-standard, as CuPy would refuse a stray NumPy call).
+standard does not have (scatter-add, building an op's elementwise kernels, `out=`).
+Everything above this module does array math through `device.xp` with names from the
+standard, so the same op code runs on NumPy, CuPy and `array_api_strict` (a test-only
+device that refuses anything outside the standard, as CuPy would refuse a stray NumPy
+call).
 
 Devices:
   "cpu"                 NumPy
@@ -83,10 +85,11 @@ class Kernel(NamedTuple):
 
     in_params/out_params: "T x, raw T y, int32 n, float64 s": a `T x` is the current
     element of x (an output: a reference to it, which may be read too), a `raw T y` the
-    whole array indexed by hand, an `int32` or `float64` a number. The body runs for each element index `i` of the non-raw arrays, and may call
-    tg_tanh(x) and tg_sigmoid(x) (the device's own: CUDA's tanh; on the CPU a vectorised
-    one, see cpu_kernels.py). With `row` naming an int32 parameter, the elements form rows
-    of that length and the body also gets the row `b` and column `j` of element i.
+    whole array indexed by hand, an `int32` or `float64` a number. The body runs for each
+    element index `i` of the non-raw arrays, and may call tg_tanh(x) and tg_sigmoid(x)
+    (the device's own: CUDA's tanh; on the CPU vectorised ones, see cpu_kernels.py). With
+    `row` naming an int32 parameter, the elements form rows of that length and the body
+    also gets the row `b` and column `j` of element i.
     """
     in_params: str
     out_params: str
