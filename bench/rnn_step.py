@@ -96,6 +96,9 @@ def blas_info():
     return {"blas": "none found"}
 
 
+KERNELS_DEFAULT = {}  # device name -> use_kernels as the process started (TINYGRAD_RNN_CPU_KERNELS)
+
+
 def cpu_kernels_info(device):
     """Whether the recurrent cells run compiled CPU kernels (cpu_kernels.py) or the portable form."""
     import tinygrad_rnn as tg
@@ -131,13 +134,10 @@ def ours(args, cell, hidden, batch, layers, impl, portable=False):
     y = tg.tensor(data[1:].reshape(-1), device=dev)
     T = args.seq
 
-    kernels = dev.use_kernels if hasattr(dev, "use_kernels") else None
-    if portable:
-        kernels = False
+    kernels = False if portable else KERNELS_DEFAULT.setdefault(dev.name, dev.use_kernels)
 
     def step():
-        if kernels is not None:
-            dev.use_kernels = kernels  # runners alternate in one process
+        dev.use_kernels = kernels  # runners alternate in one process, so each sets its own
         out, _ = rnn(emb(x))
         loss = F.cross_entropy(head(out.reshape(T * batch, hidden)), y)
         opt.zero_grad()
