@@ -2,7 +2,6 @@
 implementations (sequence, step, composed) against each other, truncated BPTT, long
 sequences, shapes, dropout, and bad inputs."""
 import gc
-import time
 import warnings
 
 import numpy as np

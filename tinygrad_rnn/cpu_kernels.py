@@ -34,7 +34,7 @@ import warnings
 
 import numpy as np
 
-from .errors import DTypeError, ShapeError, fmt_shape
+from .errors import DTypeError, ShapeError
 
 ENV_SWITCH = "TINYGRAD_RNN_CPU_KERNELS"
 
