@@ -223,6 +223,8 @@ def main(argv=None):
     except OSError:
         pass
     env["cpu_kernels"] = cpu_kernels_info(args.device)
+    from tinygrad_rnn.backend import hold_freed_memory
+    env["freed_memory_held"] = hold_freed_memory()  # as `train` runs (both libraries' allocations)
     if torch is not None:
         env["torch"] = torch.__version__
         env["torch_threads"] = torch.get_num_threads()

@@ -399,6 +399,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"{parser.prog} {args.command}"
+    from .backend import hold_freed_memory
+    hold_freed_memory()  # this process is ours: keep freed buffers for the next step
     try:
         return args.func(args)
     except _UsageError as e:
