@@ -1,4 +1,5 @@
-"""The recurrent cells' elementwise kernels (ops/rnn.py's KERNELS), checked without a GPU.
+"""The elementwise kernels of the recurrent cells (ops/rnn.py's KERNELS) and of the fused
+softmax cross-entropy (ops/nn.py's), checked without a GPU.
 
 - The CPU build (cpu_kernels.py: the kernel bodies in vectorised loops, built by the host
   C++ compiler) against the portable array-API forms: float64 to 1e-13, float32 to a few
@@ -23,6 +24,7 @@ import tinygrad_rnn as tg
 from tinygrad_rnn import backend, cpu_kernels
 from tinygrad_rnn.backend import Kernel
 from tinygrad_rnn.errors import DTypeError, ShapeError
+from tinygrad_rnn.ops import nn as nnops
 from tinygrad_rnn.ops import rnn as rnnops
 
 CXX = cpu_kernels.find_compiler()
@@ -93,6 +95,28 @@ def test_kernels_match_the_portable_forms(device, dt, B, H):
         both(rnnops.gru_backward, lambda o: (act, hp, dh, o[0], o[1]), [(B, 4 * H), (B, H)])
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("N,C,scale", [(1, 1, 1.0), (3, 5, 1.0), (7, 65, 1.0), (4, 9, 80.0)])
+def test_cross_entropy_kernels_match_the_portable_form(device, dt, N, C, scale):
+    from tinygrad_rnn.nn import functional as F
+    dev = _device(device)
+    rng_ = np.random.default_rng(N * C)
+    logits = (rng_.standard_normal((C, N)) * scale).astype(dt).T  # a transposed view, as a head may give
+    targets = rng_.integers(0, C, N).astype(np.int32)  # int32 targets are widened for the kernel
+    tol = dict(rtol=1e-13, atol=1e-13) if dt == np.float64 else dict(rtol=3e-6, atol=3e-6)
+    for reduction in ("mean", "sum"):
+        res = []
+        for off in (False, True):
+            x = tg.tensor(logits, device=dev, requires_grad=True)
+            with (backend.kernels_off(dev) if off else contextlib.nullcontext()):
+                loss = F.cross_entropy(x, tg.tensor(targets, device=dev), reduction=reduction)
+                (loss * 1.5).backward()
+            res.append((loss.numpy(), x.grad.numpy()))
+        for a, b in zip(*res):
+            np.testing.assert_allclose(a, b, err_msg=f"{reduction} {np.dtype(dt).name} on {device}", **tol)
+
+
 def test_lstm_activations_may_overwrite_the_projection(cpu_kernels_on):
     # the sequence op passes one buffer as gx and act: the kernel reads a unit's gate
     # columns before it writes them
@@ -129,13 +153,14 @@ def test_float32_layers_with_and_without_cpu_kernels(cpu_kernels_on, layer):
 
 # ----------------------------------------------------------------------------- the math
 def _math_kernels():
-    return CPU.elementwise_kernels("test_math", {"tanh": Kernel("T x", "T y", "y = tg_tanh(x);"),
-                                                 "sigmoid": Kernel("T x", "T y", "y = tg_sigmoid(x);")})
+    return CPU.elementwise_kernels("test_math", {f: Kernel("T x", "T y", f"y = tg_{f}(x);")
+                                                 for f in ("tanh", "sigmoid", "exp", "log")})
 
 
 def _ulp_errors(y, x, exact):
     ref = exact(x.astype(np.float64))
-    normal = np.isfinite(x) & (np.abs(ref) >= np.finfo(np.float32).tiny)
+    f32 = np.finfo(np.float32)
+    normal = np.isfinite(x) & (np.abs(ref) >= f32.tiny) & (np.abs(ref) <= f32.max)
     ulp = np.spacing(np.abs(ref[normal]).astype(np.float32)).astype(np.float64)
     return np.abs(y[normal] - ref[normal]) / ulp
 
@@ -144,7 +169,8 @@ def test_float32_tanh_and_sigmoid_within_a_few_ulp(cpu_kernels_on):
     ks = _math_kernels()
     x = np.concatenate([np.linspace(-100, 100, 400001), np.logspace(-40, 2, 100000),
                         -np.logspace(-40, 2, 100000)]).astype(np.float32)
-    for name, exact, bound in (("tanh", np.tanh, 2.0), ("sigmoid", lambda v: 1 / (1 + np.exp(-v)), 3.0)):
+    for name, exact, bound in (("tanh", np.tanh, 2.0), ("sigmoid", lambda v: 1 / (1 + np.exp(-v)), 3.0),
+                               ("exp", np.exp, 1.0)):
         y = np.empty_like(x)
         ks[name](x, y)
         err = _ulp_errors(y, x, exact)
@@ -164,6 +190,12 @@ def test_float32_math_special_values(cpu_kernels_on):
     np.testing.assert_array_equal(t, [0.0, -0.0, 1.0, -1.0, np.nan, 1.0, -1.0, -1.0, -1.0])
     assert np.signbit(t[1])
     np.testing.assert_array_equal(s, [0.5, 0.5, 1.0, 0.0, np.nan, 1.0, 0.0, 0.0, 0.0])  # under FLT_MIN: 0
+    e = np.empty_like(x)
+    ks["exp"](x, e)
+    np.testing.assert_array_equal(e, [1.0, 1.0, np.inf, 0.0, np.nan, np.inf, 0.0, 0.0, 0.0])
+    edge = np.array([88.72283, np.nextafter(np.float32(88.72283), np.float32(100))], dtype=np.float32)
+    ks["exp"](edge, e[:2])
+    assert np.isfinite(e[0]) and e[0] == np.float32(np.exp(np.float64(edge[0]))) and e[1] == np.inf  # FLT_MAX's edge
 
 
 def test_float64_math_is_the_portable_forms(cpu_kernels_on):
@@ -284,6 +316,8 @@ _HEADER = r"""
 #include <cmath>
 #include <cstddef>
 using std::tanh;
+using std::exp;
+using std::log;
 #define __device__
 #define __forceinline__ inline
 typedef double T;
@@ -295,9 +329,12 @@ def _wrap_flat(name, k):
     sig, outer, inner = [], [], []
     for role, spec in (("in", k.in_params), ("out", k.out_params)):
         for kind, p in cpu_kernels.parse_params(spec):
-            if kind == "raw":
-                sig.append(f"T* {p}_p")
-                outer.append(f"Raw<T> {p}{{{p}_p}};")
+            if kind in ("raw", "index"):
+                ty = "T" if kind == "raw" else "long long"
+                sig.append(f"{ty}* {p}_p")
+                outer.append(f"Raw<{ty}> {p}{{{p}_p}};")
+            elif kind == "scalar":
+                sig.append(f"double {p}")
             elif kind == "int":
                 sig.append(f"int {p}")
             else:
@@ -312,7 +349,8 @@ def cuda_form(tmp_path_factory):
     if CXX is None:
         pytest.skip("no host C++ compiler to build the kernel sources with")
     d = tmp_path_factory.mktemp("kernels")
-    src = _HEADER + backend.CUDA_PRELUDE + "".join(_wrap_flat(name, k) for name, k in rnnops.KERNELS.items())
+    kernels = {**rnnops.KERNELS, **nnops.KERNELS}
+    src = _HEADER + backend.CUDA_PRELUDE + "".join(_wrap_flat(name, k) for name, k in kernels.items())
     (d / "k.cpp").write_text(src)
     r = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-o", str(d / "k.so"), str(d / "k.cpp")],
                        capture_output=True, text=True)
@@ -323,8 +361,10 @@ def cuda_form(tmp_path_factory):
         conv = []
         for a in args:
             if isinstance(a, np.ndarray):
-                assert a.dtype == np.float64 and a.flags.c_contiguous
+                assert a.dtype in (np.float64, np.int64) and a.flags.c_contiguous
                 conv.append(a.ctypes.data_as(ctypes.c_void_p))
+            elif isinstance(a, float):
+                conv.append(ctypes.c_double(a))
             else:
                 conv.append(ctypes.c_int(a))
         getattr(lib, name)(*conv, ctypes.c_long(n))
@@ -367,6 +407,20 @@ def test_cuda_form_lstm(cuda_form):
     rnnops.lstm_backward(CPU, ref_act, c, ref_c, dh, dc, ref_da, ref_dc)
     close(dgates, ref_da)
     close(dc_prev, ref_dc)
+
+
+def test_cuda_form_cross_entropy(cuda_form):
+    N, C = 4, 7
+    logits, target = R(np.float64, N, C), rng.integers(0, C, N).astype(np.int64)
+    nll, logp = E(np.float64, N), E(np.float64, N, C)
+    cuda_form("xent_fwd", N, logits, target, C, nll, logp)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    ref_logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    close(logp, ref_logp)
+    close(nll, -ref_logp[np.arange(N), target])
+    g = E(np.float64, N, C)
+    cuda_form("xent_bwd", N * C, logp, target, np.array([2.0]), 0.25, C, g)
+    close(g, (np.exp(ref_logp) - np.eye(C)[target]) * 0.5)
 
 
 @pytest.mark.parametrize("with_bias", [True, False])

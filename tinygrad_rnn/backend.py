@@ -83,11 +83,12 @@ def to_dtype(d) -> DType:
 class Kernel(NamedTuple):
     """An elementwise kernel in CuPy's ElementwiseKernel form, which every device builds.
 
-    in_params/out_params: "T x, raw T y, int32 n, float64 s": a `T x` is the current
-    element of x (an output: a reference to it, which may be read too), a `raw T y` the
-    whole array indexed by hand, an `int32` or `float64` a number. The body runs for each
-    element index `i` of the non-raw arrays, and may call tg_tanh(x) and tg_sigmoid(x)
-    (the device's own: CUDA's tanh; on the CPU vectorised ones, see cpu_kernels.py). With
+    in_params/out_params: "T x, raw T y, raw int64 k, int32 n, float64 s": a `T x` is the
+    current element of x (an output: a reference to it, which may be read too), a `raw T y`
+    the whole array indexed by hand, `raw int64` an index array likewise, an `int32` or
+    `float64` a number. The body runs for each element index `i` of the non-raw arrays, and
+    may call tg_tanh, tg_sigmoid, tg_exp and tg_log (the device's own: CUDA's; on the CPU
+    vectorised float32 ones, see cpu_kernels.py). With
     `row` naming an int32 parameter, the elements form rows of that length and the body
     also gets the row `b` and column `j` of element i.
     """
@@ -99,6 +100,8 @@ class Kernel(NamedTuple):
 
 CUDA_PRELUDE = r"""
 template <typename T> __device__ __forceinline__ T tg_tanh(T x) { return tanh(x); }
+template <typename T> __device__ __forceinline__ T tg_exp(T x) { return exp(x); }
+template <typename T> __device__ __forceinline__ T tg_log(T x) { return log(x); }
 template <typename T> __device__ __forceinline__ T tg_sigmoid(T x) {
   const T half = 0.5;
   return tg_tanh(x * half) * half + half;  // as the portable form: no overflow for large |x|

@@ -51,6 +51,7 @@ class KernelBuildWarning(UserWarning):
 #   4,000 Chebyshev points (relative error 1.1e-9 before rounding); otherwise
 #   1 - 2 / (exp(2|x|) + 1), |x| clamped at 10 (tanh(10) rounds to 1), the sign put back;
 # - sigmoid: 1 / (1 + exp(-x)), 0 where the exact value is below FLT_MIN (x < -87.3365);
+#   exp itself likewise 0 below that, and inf above FLT_MAX's log;
 # - NaN passes through both.
 # Measured over 2.5 million float32 inputs from 1e-40 to 100 against float64: tanh within
 # 1.4 ulp (NumPy's float32 tanh: 1.4), sigmoid within 2.5; tests/test_rnn_kernels.py holds
@@ -63,7 +64,7 @@ HOST_PRELUDE = r"""
 #include <cstring>
 using std::sqrt;  // sqrt(float) in float, as CUDA's
 
-static inline float tg_exp_reduced(float y) {  // exp(y) for -87.4 <= y <= 88
+static inline float tg_exp_reduced(float y) {  // exp(y) for -87.4 <= y <= 88.7
   const float shift = 12582912.f;  // 1.5 * 2^23: adding it rounds y / ln 2 to an integer
   const float n = (y * 1.44269504088896341f + shift) - shift;
   const float r = (y - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
@@ -87,6 +88,25 @@ static inline float tg_tanh(float x) {
 }
 
 static inline double tg_tanh(double x) { return std::tanh(x); }
+
+static inline float tg_exp(float x) {  // 0 below the float32 range (as sigmoid), inf above
+  const float y = x < -87.3365f ? -87.3365f : (x > 88.7228317f ? 88.7228317f : x);
+  const float shift = 12582912.f;
+  const float n = (y * 1.44269504088896341f + shift) - shift;
+  const float r = (y - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  const float p = 1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120
+                  + r * (1.f / 720 + r * (1.f / 5040)))))));
+  const int32_t top = n > 127.f ? 1 : 0;  // 2^128 has no exponent field: 2 x 2^127
+  const int32_t bits = ((int32_t)n - top + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  const float v = p * scale * (top ? 2.f : 1.f);
+  const float res = x < -87.3365f ? 0.f : (x > 88.7228317f ? INFINITY : v);  // past FLT_MAX
+  return x != x ? x : res;
+}
+
+static inline double tg_exp(double x) { return std::exp(x); }
+template <typename T> static inline T tg_log(T x) { return std::log(x); }
 
 static inline float tg_sigmoid(float x) {  // 1 / (1 + exp(-x)): less work than through tanh
   float y = -x;
@@ -115,16 +135,20 @@ FLAG_SETS = (
 )
 _SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
 _C_ARG = {"int": ctypes.c_int, "scalar": ctypes.c_double}
+_INT64 = np.dtype(np.int64)
 _C_TYPE = {"_f32": "float", "_f64": "double"}
 
 
 def parse_params(spec):
-    """'T a, raw T b, int32 n, float64 s' -> [(kind, name)], kind 'elem', 'raw', 'int' or 'scalar'."""
+    """'T a, raw T b, raw int64 k, int32 n, float64 s' -> [(kind, name)], kind 'elem', 'raw',
+    'index' (a raw int64 array), 'int' or 'scalar'."""
     out = []
     for p in spec.split(","):
         toks = p.split()
         if toks[0] == "raw" and len(toks) == 3 and toks[1] == "T":
             out.append(("raw", toks[2]))
+        elif toks[0] == "raw" and len(toks) == 3 and toks[1] == "int64":
+            out.append(("index", toks[2]))
         elif toks[0] == "int32" and len(toks) == 2:
             out.append(("int", toks[1]))
         elif toks[0] == "float64" and len(toks) == 2:
@@ -132,8 +156,8 @@ def parse_params(spec):
         elif toks[0] == "T" and len(toks) == 2:
             out.append(("elem", toks[1]))
         else:
-            raise ValueError(f"kernel parameter {p.strip()!r}: expected 'T name', 'raw T name', 'int32 name' "
-                             f"or 'float64 name'")
+            raise ValueError(f"kernel parameter {p.strip()!r}: expected 'T name', 'raw T name', "
+                             f"'raw int64 name', 'int32 name' or 'float64 name'")
     return out
 
 
@@ -149,6 +173,8 @@ def host_source(family, kernels, preamble=""):
                     sig.append(f"int {p}")
                 elif kind == "scalar":
                     sig.append(f"double {p}")
+                elif kind == "index":
+                    sig.append(f"const int64_t* {p}")
                 elif kind == "raw":
                     sig.append(f"{'const ' if role == 'in' else ''}T* {p}")
                 else:
@@ -212,6 +238,7 @@ class HostKernel:
             self._fns[dt] = fn
         self._elems = [k for k, (kind, _) in enumerate(self.params) if kind == "elem"]
         self._arrays = [k for k, (kind, _) in enumerate(self.params) if kind in ("elem", "raw")]
+        self._indices = [k for k, (kind, _) in enumerate(self.params) if kind == "index"]
         self._n_in = len(parse_params(kernel.in_params))
         self._row_arg = None if kernel.row is None else [p for _, p in self.params].index(kernel.row)
 
@@ -236,6 +263,11 @@ class HostKernel:
             if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous:
                 return self._call_general(fn, dt, args)
             conv[k] = ptr(a)
+        for k in self._indices:
+            a = args[k]
+            if type(a) is not np.ndarray or a.dtype != _INT64 or not a.flags.c_contiguous:
+                return self._call_general(fn, dt, args)
+            conv[k] = ptr(a)
         n = first.size
         self._check_sizes(args, n)
         fn(*conv, n)
@@ -253,6 +285,14 @@ class HostKernel:
                     write_back.append((a, c))
                 a = c
             conv[k] = _data_pointer(a)
+        for k in self._indices:
+            a, p = args[k], self.params[k][1]
+            if type(a) is not np.ndarray or a.dtype.kind not in "iu":
+                raise DTypeError(f"kernel {self.name}: argument {p} must be an integer NumPy array, got "
+                                 f"{getattr(a, 'dtype', type(a).__name__)}")
+            a = np.ascontiguousarray(a, dtype=_INT64)
+            conv[k] = _data_pointer(a)
+            args = args[:k] + (a,) + args[k + 1:]  # kept alive through the call
         n = args[self._elems[0]].size
         self._check_sizes(args, n)
         fn(*conv, n)

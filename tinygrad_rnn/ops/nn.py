@@ -1,6 +1,7 @@
 """Neural-network ops fused for speed and stability: softmax, log-softmax,
 cross-entropy, embedding lookup, dropout."""
 from ..autograd import Function
+from ..backend import Kernel
 from ..errors import AxisError, DTypeError, IndexOutOfRange, ShapeError, fmt_shape
 
 
@@ -82,8 +83,13 @@ class CrossEntropy(Function):
             if lo < 0 or hi >= c:
                 raise IndexOutOfRange(f"cross_entropy: target {hi if hi >= c else lo} is out of range for "
                                       f"{c} classes (logits of shape {fmt_shape(logits.shape)})")
-        logp = _log_softmax(xp, logits, -1)
-        nll = -xp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
+        ks = ctx.device.elementwise_kernels("nn", KERNELS) if valid is None and n else None
+        if ks is not None:  # one pass per row: max, log-sum-exp, log-probabilities, the target's
+            logp, nll = xp.empty((n, c), dtype=logits.dtype), xp.empty((n,), dtype=logits.dtype)
+            ks["xent_fwd"](logits, xp.astype(safe, xp.int64), c, nll, logp)
+        else:
+            logp = _log_softmax(xp, logits, -1)
+            nll = -xp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
         weight = None if valid is None else xp.astype(valid, logits.dtype)
         if weight is not None:
             nll = nll * weight
@@ -101,6 +107,12 @@ class CrossEntropy(Function):
     def backward(ctx, grad):
         xp = ctx.xp
         logp, safe, weight = ctx.saved_tensors
+        ks = ctx.device.elementwise_kernels("nn", KERNELS) if weight is None and ctx.reduction != "none" else None
+        if ks is not None:  # softmax minus the target's indicator, times the incoming gradient, in one pass
+            g = xp.empty(logp.shape, dtype=logp.dtype)
+            inv = 1.0 if ctx.reduction == "sum" else 1.0 / ctx.count
+            ks["xent_bwd"](logp, xp.astype(safe, xp.int64), xp.reshape(grad, (1,)), inv, logp.shape[1], g)
+            return g, None
         g = xp.exp(logp)
         g = g - xp.astype(xp.arange(ctx.n_classes)[None, :] == safe[:, None], g.dtype)
         if ctx.reduction == "none":
@@ -110,6 +122,29 @@ class CrossEntropy(Function):
             if weight is not None:
                 scale = scale * weight[:, None]
         return g * scale, None
+
+
+# The fused loss as elementwise kernels (backend.Kernel), where the device builds them:
+# forward one row per element (its max, log-sum-exp, log-probabilities and the target's
+# negative log-likelihood), backward one element per (row, class). The portable form above
+# is the reference; ignore_index and reduction="none" run it.
+KERNELS = {
+    "xent_fwd": Kernel(
+        "raw T logits, raw int64 target, int32 C", "T nll, raw T logp",
+        """
+        const ptrdiff_t row = i * C;
+        T m = logits[row];
+        for (int c = 1; c < C; ++c) m = logits[row + c] > m ? logits[row + c] : m;
+        T s = 0;
+        for (int c = 0; c < C; ++c) s += tg_exp(logits[row + c] - m);
+        const T lse = m + tg_log(s);
+        for (int c = 0; c < C; ++c) logp[row + c] = logits[row + c] - lse;
+        nll = lse - logits[row + target[i]];
+        """),
+    "xent_bwd": Kernel(
+        "T logp, raw int64 target, raw T grad, float64 inv_count, int32 C", "T g",
+        "g = (tg_exp(logp) - (j == target[b] ? T(1) : T(0))) * (grad[0] * (T)inv_count);", row="C"),
+}
 
 
 class Embedding(Function):
