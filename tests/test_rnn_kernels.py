@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import tinygrad_rnn as tg
-from tinygrad_rnn import backend, cpu_kernels
+from tinygrad_rnn import backend, cpu_kernels, optim
 from tinygrad_rnn.backend import Kernel
 from tinygrad_rnn.errors import DTypeError, ShapeError
 from tinygrad_rnn.ops import nn as nnops
@@ -318,6 +318,7 @@ _HEADER = r"""
 using std::tanh;
 using std::exp;
 using std::log;
+using std::sqrt;
 #define __device__
 #define __forceinline__ inline
 typedef double T;
@@ -349,7 +350,7 @@ def cuda_form(tmp_path_factory):
     if CXX is None:
         pytest.skip("no host C++ compiler to build the kernel sources with")
     d = tmp_path_factory.mktemp("kernels")
-    kernels = {**rnnops.KERNELS, **nnops.KERNELS}
+    kernels = {**rnnops.KERNELS, **nnops.KERNELS, **optim._KERNELS}
     src = _HEADER + backend.CUDA_PRELUDE + "".join(_wrap_flat(name, k) for name, k in kernels.items())
     (d / "k.cpp").write_text(src)
     r = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-o", str(d / "k.so"), str(d / "k.cpp")],
@@ -421,6 +422,22 @@ def test_cuda_form_cross_entropy(cuda_form):
     g = E(np.float64, N, C)
     cuda_form("xent_bwd", N * C, logp, target, np.array([2.0]), 0.25, C, g)
     close(g, (np.exp(ref_logp) - np.eye(C)[target]) * 0.5)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_cuda_form_adam(cuda_form, decoupled):
+    n = 11
+    p0, g, m0, v0 = R(np.float64, n), R(np.float64, n), R(np.float64, n), np.abs(R(np.float64, n))
+    b1, b2, lr, wd, eps, t = 0.9, 0.999, 1e-2, 0.1, 1e-8, 3
+    step, bias2 = lr / (1 - b1 ** t), np.sqrt(1 - b2 ** t)
+    l2, decay = (0.0, 1 - lr * wd) if decoupled else (wd, 1.0)
+    p, m, v = p0.copy(), m0.copy(), v0.copy()
+    cuda_form("adam", n, g, b1, b2, step, bias2, eps, l2, decay, p, m, v)
+    gg = g + l2 * p0
+    m_ref, v_ref = m0 * b1 + gg * (1 - b1), v0 * b2 + gg * gg * (1 - b2)
+    close(m, m_ref)
+    close(v, v_ref)
+    close(p, p0 * decay - m_ref / (np.sqrt(v_ref) / bias2 + eps) * step)
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
