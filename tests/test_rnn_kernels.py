@@ -117,6 +117,33 @@ def test_cross_entropy_kernels_match_the_portable_form(device, dt, N, C, scale):
             np.testing.assert_allclose(a, b, err_msg=f"{reduction} {np.dtype(dt).name} on {device}", **tol)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("V,D,shape", [(1, 1, (1,)), (5, 7, (4, 3)), (65, 33, (16, 9)), (3, 256, (40,))])
+def test_embedding_backward_kernel_matches_the_portable_form(device, dt, V, D, shape):
+    # repeated indices accumulate (every V is smaller than the lookup but the first); D with
+    # vector remainders; int32 indices are widened for the kernel
+    dev = _device(device)
+    rng_ = np.random.default_rng(V * D)
+    ids = rng_.integers(0, V, shape).astype(np.int32)
+    table = rng_.standard_normal((V, D)).astype(dt)
+    g = rng_.standard_normal(shape + (D,)).astype(dt)
+    ref = np.zeros((V, D))
+    np.add.at(ref, ids.reshape(-1), g.reshape(-1, D).astype(np.float64))
+    res = []
+    for off in (False, True):
+        w = tg.tensor(table, device=dev, requires_grad=True)
+        with (backend.kernels_off(dev) if off else contextlib.nullcontext()):
+            out = tg.nn.functional.embedding(tg.tensor(ids, device=dev), w)
+            (out * tg.tensor(g, device=dev)).sum().backward()
+        res.append(w.grad.numpy())
+    tol = dict(rtol=1e-13, atol=1e-13) if dt == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    for got in res:
+        np.testing.assert_allclose(got, ref, **tol)
+    if dt == np.float64 and device == "cpu":  # in index order, as np.add.at adds: the same bits
+        np.testing.assert_array_equal(res[0], ref)
+
+
 def test_lstm_activations_may_overwrite_the_projection(cpu_kernels_on):
     # the sequence op passes one buffer as gx and act: the kernel reads a unit's gate
     # columns before it writes them
@@ -322,6 +349,7 @@ using std::sqrt;
 #define __device__
 #define __forceinline__ inline
 typedef double T;
+template <typename U> inline U atomicAdd(U* p, U v) { U old = *p; *p += v; return old; }
 template <typename U> struct Raw { U* p; U& operator[](ptrdiff_t k) const { return p[k]; } };
 """
 
@@ -422,6 +450,16 @@ def test_cuda_form_cross_entropy(cuda_form):
     g = E(np.float64, N, C)
     cuda_form("xent_bwd", N * C, logp, target, np.array([2.0]), 0.25, C, g)
     close(g, (np.exp(ref_logp) - np.eye(C)[target]) * 0.5)
+
+
+def test_cuda_form_embedding_backward(cuda_form):
+    V, D, N = 4, 6, 9
+    ids, g = rng.integers(0, V, N).astype(np.int64), R(np.float64, N, D)
+    table = np.zeros((V, D))
+    cuda_form("embed_bwd", N * D, g, ids, D, table)
+    ref = np.zeros((V, D))
+    np.add.at(ref, ids, g)
+    close(table, ref)
 
 
 @pytest.mark.parametrize("decoupled", [False, True])

@@ -88,7 +88,9 @@ class Kernel(NamedTuple):
     the whole array indexed by hand, `raw int64` an index array likewise, an `int32` or
     `float64` a number. The body runs for each element index `i` of the non-raw arrays, and
     may call tg_tanh, tg_sigmoid, tg_exp and tg_log (the device's own: CUDA's; on the CPU
-    vectorised float32 ones, see cpu_kernels.py). With
+    vectorised float32 ones, see cpu_kernels.py), and tg_atomic_add(&y[k], v) where rows
+    add into the same places of a raw output (atomic on CUDA; on the CPU rows run in order
+    and one row's elements together, so one row must not add twice into one place). With
     `row` naming an int32 parameter, the elements form rows of that length and the body
     also gets the row `b` and column `j` of element i.
     """
@@ -106,6 +108,7 @@ template <typename T> __device__ __forceinline__ T tg_sigmoid(T x) {
   const T half = 0.5;
   return tg_tanh(x * half) * half + half;  // as the portable form: no overflow for large |x|
 }
+template <typename T> __device__ __forceinline__ void tg_atomic_add(T* p, T v) { atomicAdd(p, v); }
 """
 
 

@@ -107,6 +107,8 @@ static inline float tg_exp(float x) {  // 0 below the float32 range (as sigmoid)
 
 static inline double tg_exp(double x) { return std::exp(x); }
 template <typename T> static inline T tg_log(T x) { return std::log(x); }
+// one thread runs a kernel here, in element order: a plain add (CUDA's is atomicAdd)
+template <typename T> static inline void tg_atomic_add(T* p, T v) { *p += v; }
 
 static inline float tg_sigmoid(float x) {  // 1 / (1 + exp(-x)): less work than through tanh
   float y = -x;

@@ -144,6 +144,11 @@ KERNELS = {
     "xent_bwd": Kernel(
         "T logp, raw int64 target, raw T grad, float64 inv_count, int32 C", "T g",
         "g = (tg_exp(logp) - (j == target[b] ? T(1) : T(0))) * (grad[0] * (T)inv_count);", row="C"),
+    # the embedding's backward: row b of the incoming gradient into the table's row index[b]
+    # (one pass over the gradient; as a one-hot GEMM it ran at a quarter of BLAS's speed)
+    "embed_bwd": Kernel(
+        "T grad, raw int64 index, int32 D", "raw T table",
+        "tg_atomic_add(&table[index[b] * D + j], grad);", row="D"),
 }
 
 
@@ -170,7 +175,12 @@ class Embedding(Function):
     def backward(ctx, grad):
         xp = ctx.xp
         gw = xp.zeros(ctx.w_shape, dtype=grad.dtype)
-        ctx.device.scatter_add(gw, ctx.flat, xp.reshape(grad, (-1, ctx.w_shape[1])))
+        rows = xp.reshape(grad, (-1, ctx.w_shape[1]))
+        ks = ctx.device.elementwise_kernels("nn", KERNELS) if rows.shape[0] and rows.shape[1] else None
+        if ks is not None:
+            ks["embed_bwd"](rows, xp.astype(ctx.flat, xp.int64), ctx.w_shape[1], gw)
+        else:
+            ctx.device.scatter_add(gw, ctx.flat, rows)
         if ctx.padding_idx is not None:
             gw[ctx.padding_idx, ...] = 0.0
         return None, gw
