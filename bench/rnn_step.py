@@ -69,6 +69,9 @@ def parse_args(argv=None):
                     help="BLAS threads for both libraries (NumPy's through threadpoolctl)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     ap.add_argument("--profile", action="store_true", help="cProfile one step of our first impl per configuration")
+    ap.add_argument("--phases", action="store_true",
+                    help="also split our first impl's step (CPU) into the time inside NumPy's matmul (BLAS), "
+                         "inside the CPU kernels, and the rest")
     return ap.parse_args(argv)
 
 
@@ -197,6 +200,46 @@ def paired_ratio(times, a, b):
     return statistics.median(statistics.median(x) / statistics.median(y) for x, y in zip(times[a], times[b]))
 
 
+def phases(step, steps):
+    """Where our CPU step's time goes: inside numpy.matmul (BLAS, with the GFLOP/s it ran at),
+    inside the compiled kernels, and the rest (NumPy's other calls, Python, the engine).
+    Both are wrapped for the measurement only (a microsecond a call), then restored."""
+    import numpy as np
+    from tinygrad_rnn import cpu_kernels
+    spent = {"gemm": 0.0, "kernels": 0.0, "flop": 0}
+    matmul, call = np.matmul, cpu_kernels.HostKernel.__call__
+
+    def timed_matmul(a, b, *rest, **kw):
+        t0 = time.perf_counter()
+        r = matmul(a, b, *rest, **kw)
+        spent["gemm"] += time.perf_counter() - t0
+        spent["flop"] += 2 * a.size * b.shape[-1]
+        return r
+
+    def timed_call(self, *args):
+        t0 = time.perf_counter()
+        r = call(self, *args)
+        spent["kernels"] += time.perf_counter() - t0
+        return r
+
+    step()
+    np.matmul, cpu_kernels.HostKernel.__call__ = timed_matmul, timed_call
+    try:
+        step()
+        spent.update(gemm=0.0, kernels=0.0, flop=0)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        total = (time.perf_counter() - t0) / steps
+    finally:
+        np.matmul, cpu_kernels.HostKernel.__call__ = matmul, call
+    gemm, kernels = spent["gemm"] / steps, spent["kernels"] / steps
+    return {"step_ms": round(total * 1e3, 2), "gemm_ms": round(gemm * 1e3, 2),
+            "gemm_gflop": round(spent["flop"] / steps / 1e9, 3),
+            "gemm_gflop_per_s": round(spent["flop"] / steps / gemm / 1e9, 1) if gemm else None,
+            "kernels_ms": round(kernels * 1e3, 2), "rest_ms": round((total - gemm - kernels) * 1e3, 2)}
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch = None
@@ -250,6 +293,10 @@ def main(argv=None):
             sync()
             pr.disable()
             pstats.Stats(pr, stream=sys.stderr).sort_stats("tottime").print_stats(15)
+        if args.phases and args.device == "cpu":
+            ph = phases(runners[args.impl[0]][0], args.steps * args.rounds)
+            print(json.dumps({"bench": "rnn_step_phases", "impl": args.impl[0], "cell": cell, "hidden": hidden,
+                              "batch": batch, "layers": layers, **ph}), flush=True)
         times = time_blocks(runners, args.steps, args.warmup, args.rounds)
         row = {"cell": cell, "hidden": hidden, "batch": batch, "layers": layers}
         tokens = batch * args.seq
