@@ -732,7 +732,7 @@ def test_embedding_repeats_accumulate_and_padding_row_gets_nothing(device):
     np.testing.assert_array_equal(w.grad.numpy(), [[1, 1], [3, 3], [0, 0], [2, 2]])
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+@pytest.mark.parametrize("p", [0.001, 0.1, 0.5, 0.8, 0.999])
 def test_dropout_mask_statistics(device, p):
     n = 200_000
     x = T(np.full(n, 2.0), device)
@@ -742,6 +742,15 @@ def test_dropout_mask_statistics(device, p):
     assert abs(zero.mean() - p) < 6 * math.sqrt(p * (1 - p) / n)
     np.testing.assert_allclose(y[~zero], 2.0 / (1 - p))  # inverted dropout: survivors scaled up
     assert abs(y.mean() - 2.0) < 6 * 2.0 * math.sqrt(p / (1 - p) / n)  # the mean is kept
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (7,), (3, 5), (2, 0, 4)])
+def test_dropout_mask_shapes_and_values(device, shape):
+    # odd sizes: the CPU draws 32 bits an element from 64-bit words
+    x = T(np.ones(shape), device)
+    y = F.dropout(x, 0.25).numpy()
+    assert y.shape == shape and y.dtype == np.float64
+    assert set(np.unique(y)) <= {0.0, 1 / 0.75}
 
 
 def test_dropout_gradient_is_the_mask(device):

@@ -193,6 +193,11 @@ class Device:
     def rand(self, shape, dtype: DType):
         return self.from_host(self._rng.random(shape), dtype)
 
+    def dropout_mask(self, shape, p: float, dtype: DType):
+        """0 where an element is dropped (each with probability p), 1/(1-p) where it is kept."""
+        keep = self.rand(shape, dtype) >= p
+        return self.xp.astype(keep, self.native(dtype)) / (1.0 - p)
+
     def randint(self, low, high, shape):
         return self.from_host(self._rng.integers(low, high, size=shape), int64)
 
@@ -289,6 +294,17 @@ class CPUDevice(Device):
     def _build_kernels(self, family, kernels, preamble):
         from . import cpu_kernels
         return cpu_kernels.build(family, kernels, preamble)
+
+    def dropout_mask(self, shape, p, dtype):
+        # 32 random bits an element against round(p * 2^32) (a drop probability within 2^-33 of
+        # p): half the generator's work of a float64 uniform, which was 60% of a dropout's time
+        n = 1
+        for s in shape:
+            n *= int(s)
+        bits = self._rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n].reshape(shape)
+        mask = (bits >= round(p * 2.0 ** 32)).astype(self.native(dtype))
+        mask /= 1.0 - p  # as the portable form divides
+        return mask
 
     def scatter_add(self, target, index, values):
         if (isinstance(index, np.ndarray) and index.ndim == 1 and values.ndim == target.ndim

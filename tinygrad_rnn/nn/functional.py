@@ -129,6 +129,4 @@ def dropout(x, p=0.5, training=True):
     dev = x.device
     if p == 1.0:
         return x * 0.0
-    keep = dev.rand(x.shape, x.dtype) >= p
-    mask = dev.xp.astype(keep, x.data.dtype) / (1.0 - p)
-    return nnops.Dropout.apply(x, mask)
+    return nnops.Dropout.apply(x, dev.dropout_mask(x.shape, p, x.dtype))
