@@ -92,7 +92,7 @@ def test_kernels_match_the_portable_forms(device, dt, B, H):
     for b_hh in (R(dt, 3 * H), None):
         gx, gh, hp, dh = R(dt, B, 3 * H), R(dt, B, 3 * H), R(dt, B, H), R(dt, B, H)
         h, act = both(rnnops.gru_forward, lambda o: (gx, gh, b_hh, hp, o[1], o[0]), [(B, H), (B, 4 * H)])
-        both(rnnops.gru_backward, lambda o: (act, hp, dh, o[0], o[1]), [(B, 4 * H), (B, H)])
+        both(rnnops.gru_backward, lambda o: (act, hp, dh, o[0], o[1], o[2]), [(B, 3 * H), (B, 3 * H), (B, H)])
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
@@ -490,9 +490,10 @@ def test_cuda_form_gru(cuda_form, with_bias):
     rnnops.gru_forward(CPU, gx, gh, b, h, ref_act, ref_h)
     close(h_new, ref_h)
     close(act, ref_act)  # [r, z, n, hn]
-    dgates, dh_z = E(f64, B, 4 * H), E(f64, B, H)
-    cuda_form("gru_bwd", B * H, act, h, dh, H, dgates, dh_z)
-    ref_dg, ref_dhz = E(f64, B, 4 * H), E(f64, B, H)
-    rnnops.gru_backward(CPU, ref_act, h, dh, ref_dg, ref_dhz)
-    close(dgates, ref_dg)  # [dr, dz, dn r, dn]
+    dgh, dgx, dh_z = E(f64, B, 3 * H), E(f64, B, 3 * H), E(f64, B, H)
+    cuda_form("gru_bwd", B * H, act, h, dh, H, dgh, dgx, dh_z)
+    ref_dgh, ref_dgx, ref_dhz = E(f64, B, 3 * H), E(f64, B, 3 * H), E(f64, B, H)
+    rnnops.gru_backward(CPU, ref_act, h, dh, ref_dgh, ref_dgx, ref_dhz)
+    close(dgh, ref_dgh)  # [dr, dz, dn r]
+    close(dgx, ref_dgx)  # [dr, dz, dn]
     close(dh_z, ref_dhz)

@@ -113,15 +113,15 @@ KERNELS = {
         """, row="H"),
     "gru_bwd": Kernel(
         "raw T act, T h_prev, T dh, int32 H",
-        "raw T dgates, T dh_z",
+        "raw T dgh, raw T dgx, T dh_z",
         """
-        const ptrdiff_t s = b * 4 * H + j;
+        const ptrdiff_t s = b * 4 * H + j, k = b * 3 * H + j;
         const T rg = act[s], zg = act[s + H], ng = act[s + 2 * H], hn = act[s + 3 * H];
         const T dn = dh * (1 - zg) * (1 - ng * ng);
-        dgates[s] = dn * hn * rg * (1 - rg);
-        dgates[s + H] = dh * (h_prev - ng) * zg * (1 - zg);
-        dgates[s + 2 * H] = dn * rg;
-        dgates[s + 3 * H] = dn;
+        const T dr = dn * hn * rg * (1 - rg);
+        const T dz = dh * (h_prev - ng) * zg * (1 - zg);
+        dgh[k] = dr; dgh[k + H] = dz; dgh[k + 2 * H] = dn * rg;
+        dgx[k] = dr; dgx[k + H] = dz; dgx[k + 2 * H] = dn;
         dh_z = dh * zg;
         """, row="H"),
 }
@@ -268,16 +268,18 @@ def gru_forward(dev, gx, gh, b_hh, h_prev, act, h):
     h += n
 
 
-def gru_backward(dev, act, h_prev, dh, dgates, dh_z):
-    """dgates <- [dr~, dz~, dn~ r, dn~] (B, 4H); dh_z <- dh' z, the part of dh that skips W_hh."""
+def gru_backward(dev, act, h_prev, dh, dgh, dgx, dh_z):
+    """The gates' gradients, each side in its own (B, 3H) buffer so that each is one GEMM's
+    operand: dgh <- [dr~, dz~, dn~ r] on the hidden side (n's hidden part is multiplied by
+    r), dgx <- [dr~, dz~, dn~] on the input side; dh_z <- dh' z, the part of dh that skips W_hh."""
     H = h_prev.shape[-1]
     k = _kernel(dev, "gru_bwd")
     if k is not None:
-        k(act, h_prev, dh, H, dgates, dh_z)
+        k(act, h_prev, dh, H, dgh, dgx, dh_z)
         return
     xo = dev.xp_out
     r, z, n, hn = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
-    dr, dz, dnr, dn = dgates[:, :H], dgates[:, H:2 * H], dgates[:, 2 * H:3 * H], dgates[:, 3 * H:]
+    dr, dz, dnr, dn = dgh[:, :H], dgh[:, H:2 * H], dgh[:, 2 * H:], dgx[:, 2 * H:]
     xo.multiply(dh, z, out=dh_z)
     xo.multiply(n, n, out=dn)
     xo.subtract(1.0, dn, out=dn)
@@ -292,6 +294,7 @@ def gru_backward(dev, act, h_prev, dh, dgates, dh_z):
     xo.subtract(h_prev, n, out=dnr)
     dz *= dnr
     xo.multiply(dn, r, out=dnr)
+    dgx[:, :2 * H] = dgh[:, :2 * H]
 
 
 # ----------------------------------------------------------------------------- one step, composed
@@ -417,10 +420,9 @@ class GRUCellFn(Function):
         act, h = ctx.saved_tensors
         xp = ctx.xp
         H = h.shape[-1]
-        dg, dh_z = xp.empty(act.shape, dtype=act.dtype), xp.empty(h.shape, dtype=h.dtype)
-        gru_backward(ctx.device, act, h, dh, dg, dh_z)
-        dgh = dg[:, :3 * H]
-        dgx = xp.concat([dg[:, :2 * H], dg[:, 3 * H:]], axis=1)
+        dgh, dgx = xp.empty((h.shape[0], 3 * H), dtype=h.dtype), xp.empty((h.shape[0], 3 * H), dtype=h.dtype)
+        dh_z = xp.empty(h.shape, dtype=h.dtype)
+        gru_backward(ctx.device, act, h, dh, dgh, dgx, dh_z)
         return dgx, dgh, (dgh if ctx.needs_input_grad[2] else None), dh_z
 
     @staticmethod
@@ -451,7 +453,6 @@ class _Sequence(Function):
     gates = 1   # G = gates * H
     name = "?"
     has_cell = False             # the LSTM's second state c
-    dgate_blocks = 1             # d gates buffer (T, B, dgate_blocks * H)
     state_skips_weights = False  # the GRU's dh_{t-1} has a term (dh z) that bypasses W_hh
 
     @classmethod
@@ -544,16 +545,16 @@ class _Sequence(Function):
         T, B = hs.shape[0] - 1, hs.shape[1]
         G, H = w_hh.shape
         dt = hs.dtype
-        dg = xp.empty((T, B, cls.dgate_blocks * H), dtype=dt)
-        dgh = dg[..., :G]  # the gates' gradient on the hidden side (all of dg but the GRU's)
+        dgh, dgx = cls._dgate_buffers(xp, T, B, G, dt)
         dh = dev.copy(d_hn)
         dc = dev.copy(d_cn) if cls.has_cell else None
         scratch = xp.empty((B, H), dtype=dt)  # a second state-sized buffer to write into
-        hv, cv, av, dgv, dghv, dov = (_views(a) for a in (hs, cs, act, dg, dgh, d_out))
+        hv, cv, av, dghv, dov = (_views(a) for a in (hs, cs, act, dgh, d_out))
+        dgxv = dghv if dgx is dgh else _views(dgx)
         for n, t in enumerate(range(T) if reverse else range(T - 1, -1, -1)):
             p, q = (t + 1, t) if reverse else (t, t + 1)
             dh += dov[t]
-            cls._step_backward(ctx, av, hv, cv, dh, dc, dgv, scratch, t, p, q)
+            cls._step_backward(ctx, av, hv, cv, dh, dc, dghv, dgxv, scratch, t, p, q)
             if cls.has_cell:  # scratch got dc_{t-1}; dc's buffer is free for the next step
                 dc, scratch = scratch, dc
             if n == T - 1 and not need[5]:
@@ -566,7 +567,6 @@ class _Sequence(Function):
         h_prev = hs[1:, ...] if reverse else hs[:T, ...]
         dw_hh = xp.matmul(xp.permute_dims(dgh2, (1, 0)), xp.reshape(h_prev, (T * B, H))) if need[2] else None
         db_hh = xp.sum(dgh2, axis=0) if need[4] else None
-        dgx = cls._dgx(dg, G)
         dgx2 = xp.reshape(dgx, (T * B, G))
         if w_ih is None:  # the input was the projection itself
             dx, dw_ih = (dgx if need[0] else None), None
@@ -575,7 +575,7 @@ class _Sequence(Function):
             dw_ih = xp.matmul(xp.permute_dims(dgx2, (1, 0)), xp.reshape(x, (T * B, x.shape[2]))) if need[1] else None
         db_ih = None
         if need[3]:  # where both sides share d gates, so do the two biases (as separate arrays)
-            db_ih = dev.copy(db_hh) if db_hh is not None and cls.dgate_blocks == cls.gates else xp.sum(dgx2, axis=0)
+            db_ih = dev.copy(db_hh) if db_hh is not None and dgx is dgh else xp.sum(dgx2, axis=0)
         dh0 = dh if need[5] else None
         dc0 = dc if need[6] else None
         return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0
@@ -616,9 +616,11 @@ class _Sequence(Function):
         return b_ih + b_hh
 
     @staticmethod
-    def _dgx(dg, G):
-        """d gates on the input side, (T, B, G)."""
-        return dg
+    def _dgate_buffers(xp, T, B, G, dt):
+        """(d gates on the hidden side, on the input side), each (T, B, G): one array where
+        the two are the same numbers (RNN, LSTM)."""
+        dg = xp.empty((T, B, G), dtype=dt)
+        return dg, dg
 
     @staticmethod
     def _step_bias(dev, b_hh, G, dt):
@@ -646,7 +648,7 @@ class RNNSequence(_Sequence):
         rnn_forward(ctx.device, gx_t, gh, hs[q], ctx.nonlinearity)
 
     @staticmethod
-    def _step_backward(ctx, act, hs, cs, dh, dc, dg, scratch, t, p, q):
+    def _step_backward(ctx, act, hs, cs, dh, dc, dg, dgx, scratch, t, p, q):
         rnn_backward(ctx.device, hs[q], dh, dg[t], ctx.nonlinearity)
 
 
@@ -656,7 +658,6 @@ class LSTMSequence(_Sequence):
     gates = 4
     name = "lstm_sequence"
     has_cell = True
-    dgate_blocks = 4
 
     @staticmethod
     def _act_buffer(xp, gx, owned, T, B, H):
@@ -668,7 +669,7 @@ class LSTMSequence(_Sequence):
         lstm_forward(ctx.device, gx_t, gh, cs[p], act[t], hs[q], cs[q])
 
     @staticmethod
-    def _step_backward(ctx, act, hs, cs, dh, dc, dg, scratch, t, p, q):
+    def _step_backward(ctx, act, hs, cs, dh, dc, dg, dgx, scratch, t, p, q):
         lstm_backward(ctx.device, act[t], cs[p], cs[q], dh, dc, dg[t], scratch)
 
 
@@ -676,11 +677,10 @@ class GRUSequence(_Sequence):
     """A GRU layer's sequence in one direction, PyTorch's equations (gates r, z, n; see GRUCellFn).
 
     b_hh stays out of the input projection (its n part is multiplied by r); the d gates
-    buffer is (T, B, 4H) in the [dr, dz, dn r, dn] layout of gru_backward."""
+    differ by side in n's block, so each side has its own (T, B, 3H) buffer (gru_backward)."""
 
     gates = 3
     name = "gru_sequence"
-    dgate_blocks = 4
     state_skips_weights = True
 
     @staticmethod
@@ -696,8 +696,8 @@ class GRUSequence(_Sequence):
         gru_forward(ctx.device, gx_t, gh, b_hh, hs[p], act[t], hs[q])
 
     @staticmethod
-    def _step_backward(ctx, act, hs, cs, dh, dc, dg, scratch, t, p, q):
-        gru_backward(ctx.device, act[t], hs[p], dh, dg[t], scratch)
+    def _step_backward(ctx, act, hs, cs, dh, dc, dg, dgx, scratch, t, p, q):
+        gru_backward(ctx.device, act[t], hs[p], dh, dg[t], dgx[t], scratch)
 
     @staticmethod
     def _step_bias(dev, b_hh, G, dt):
@@ -706,8 +706,5 @@ class GRUSequence(_Sequence):
         return b_hh
 
     @staticmethod
-    def _dgx(dg, G):
-        # d gx = [dr, dz, dn]: the dn r block (used above for dW_hh) is overwritten with dn
-        H = G // 3
-        dg[..., 2 * H:3 * H] = dg[..., 3 * H:]
-        return dg[..., :G]
+    def _dgate_buffers(xp, T, B, G, dt):
+        return xp.empty((T, B, G), dtype=dt), xp.empty((T, B, G), dtype=dt)
