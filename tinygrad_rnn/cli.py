@@ -86,7 +86,8 @@ def _add_train(sub):
     g.add_argument("--hidden", type=_positive_int, metavar="N", help=f"hidden size (default {d['hidden']})")
     g.add_argument("--layers", type=_positive_int, metavar="N", help=f"stacked layers (default {d['layers']})")
     g.add_argument("--embed-dim", type=_positive_int, metavar="N",
-                   help="learned character embedding of N dims (default: one-hot input)")
+                   help="learned character embedding of N dims (default: one-hot input); the first layer "
+                        "folds it into its input projection, which makes larger models' steps faster")
     g.add_argument("--dropout", type=_dropout, metavar="P", help=f"dropout (default {d['dropout']})")
     g.add_argument("--dtype", choices=["float32", "float64"], help=f"weights and arithmetic (default {d['dtype']})")
     g = p.add_argument_group("optimisation")
