@@ -235,7 +235,7 @@ def phases(step, steps):
         np.matmul, cpu_kernels.HostKernel.__call__ = matmul, call
     gemm, kernels = spent["gemm"] / steps, spent["kernels"] / steps
     return {"step_ms": round(total * 1e3, 2), "gemm_ms": round(gemm * 1e3, 2),
-            "gemm_gflop": round(spent["flop"] / steps / 1e9, 3),
+            "gemm_gflop": round(spent["flop"] / steps / 1e9, 6),
             "gemm_gflop_per_s": round(spent["flop"] / steps / gemm / 1e9, 1) if gemm else None,
             "kernels_ms": round(kernels * 1e3, 2), "rest_ms": round((total - gemm - kernels) * 1e3, 2)}
 
