@@ -17,6 +17,7 @@ Devices:
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -298,9 +299,7 @@ class CPUDevice(Device):
     def dropout_mask(self, shape, p, dtype):
         # 32 random bits an element against round(p * 2^32) (a drop probability within 2^-33 of
         # p): half the generator's work of a float64 uniform, which was 60% of a dropout's time
-        n = 1
-        for s in shape:
-            n *= int(s)
+        n = math.prod(shape)
         bits = self._rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n].reshape(shape)
         mask = (bits >= round(p * 2.0 ** 32)).astype(self.native(dtype))
         mask /= 1.0 - p  # as the portable form divides
