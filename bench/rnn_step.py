@@ -111,7 +111,7 @@ def cpu_kernels_info(device):
         return "n/a"
     if not dev.use_kernels:
         return "off (TINYGRAD_RNN_CPU_KERNELS=0)"
-    return "built" if dev.elementwise_kernels("rnn", rnnops.KERNELS) is not None else "unavailable (portable form)"
+    return "built" if rnnops.device_kernels(dev) is not None else "unavailable (portable form)"
 
 
 def ours(args, cell, hidden, batch, layers, impl, portable=False):

@@ -19,6 +19,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tinygrad_rnn as tg
 from tinygrad_rnn import backend, cpu_kernels, optim
@@ -44,7 +46,7 @@ def _device(name):
         pytest.skip("no host C++ compiler to build the CPU kernels with")
     dev = tg.get_device(name)
     assert dev.use_kernels, "the kernels are switched off (TINYGRAD_RNN_CPU_KERNELS=0?)"
-    assert dev.elementwise_kernels("rnn", rnnops.KERNELS) is not None, f"the {name} kernels did not build"
+    assert rnnops.device_kernels(dev) is not None, f"the {name} kernels did not build"
     return dev
 
 
@@ -238,7 +240,7 @@ def test_float64_math_is_the_portable_forms(cpu_kernels_on):
 
 # ----------------------------------------------------------------------------- calling
 def test_kernel_arguments_any_strides_like_cupy(cpu_kernels_on):
-    k = CPU.elementwise_kernels("rnn", rnnops.KERNELS)["rnn_tanh_fwd"]
+    k = rnnops.device_kernels(CPU)["rnn_tanh_fwd"]
     a, b = R(np.float64, 6, 4), R(np.float64, 4, 6)
     out = np.zeros((4, 6)).T  # a transposed (not C-contiguous) output is written through a copy
     k(a, b.T, out)
@@ -246,7 +248,7 @@ def test_kernel_arguments_any_strides_like_cupy(cpu_kernels_on):
 
 
 def test_kernel_argument_errors(cpu_kernels_on):
-    ks = CPU.elementwise_kernels("rnn", rnnops.KERNELS)
+    ks = rnnops.device_kernels(CPU)
     a = R(np.float64, 2, 3)
     with pytest.raises(TypeError, match=r"kernel rnn\.rnn_tanh_fwd: takes 3 arguments \(gx, gh, h\), got 2"):
         ks["rnn_tanh_fwd"](a, a)
@@ -312,8 +314,7 @@ def test_a_layer_without_kernels_gives_the_same_numbers(tmp_path):
         "m = tg.nn.LSTM(3, 4, dtype=tg.float64)\n"
         "x = tg.randn(5, 2, 3, dtype=tg.float64)\n"
         "out, _ = m(x); out.sum().backward()\n"
-        "print(tg.get_device('cpu').elementwise_kernels('rnn', __import__('tinygrad_rnn.ops.rnn', "
-        "fromlist=['KERNELS']).KERNELS) is not None)\n"
+        "print(__import__('tinygrad_rnn.ops.rnn', fromlist=['device_kernels']).device_kernels(tg.get_device('cpu')) is not None)\n"
         "np.save(__import__('sys').argv[1], np.concatenate([out.numpy().ravel(), m.weight_hh_l0.grad.numpy().ravel()]))\n")
     res = {}
     for label, extra in (("built", {}), ("off", {"TINYGRAD_RNN_CPU_KERNELS": "0"}),
@@ -333,9 +334,95 @@ def test_a_layer_without_kernels_gives_the_same_numbers(tmp_path):
 def test_the_switch_turns_the_kernels_off(monkeypatch):
     monkeypatch.setenv("TINYGRAD_RNN_CPU_KERNELS", "0")
     dev = backend.CPUDevice()
-    assert dev.use_kernels is False and dev.elementwise_kernels("rnn", rnnops.KERNELS) is None
+    assert dev.use_kernels is False and rnnops.device_kernels(dev) is None
     dev.use_kernels = True
-    assert dev.elementwise_kernels("rnn", rnnops.KERNELS) is not None
+    assert rnnops.device_kernels(dev) is not None
+
+
+# ----------------------------------------------------------------------------- host loops
+# ops/rnn.py's HOST_LOOPS: the sequence ops' loops over time in C++ on the CPU, calling
+# NumPy's own BLAS; the Python loop beside them stays the form every other device runs.
+needs_host_loops = pytest.mark.skipif(CXX is None or cpu_kernels.numpy_blas() is None,
+                                      reason="no C++ compiler, or NumPy's BLAS not found (not Linux?)")
+
+
+@needs_host_loops
+def test_numpys_blas_is_found_and_the_host_loops_are_built(cpu_kernels_on):
+    s, d, ilp64 = cpu_kernels.numpy_blas()
+    assert s and d and s != d and isinstance(ilp64, bool)
+    ks = rnnops.device_kernels(CPU)
+    assert {"seq_fwd", "seq_bwd"} <= set(ks)
+    assert repr(ks["seq_fwd"]) == "<CPU host function rnn.seq_fwd>"
+
+
+def _layer_results(case, dt):
+    mode = case["mode"]
+    tg.manual_seed(case["seed"])
+    kw = {"nonlinearity": mode[4:].lower()} if mode.startswith("RNN") else {}
+    cls = {"LSTM": tg.nn.LSTM, "GRU": tg.nn.GRU}.get(mode, tg.nn.RNN)
+    m = cls(case["I"], case["H"], num_layers=case["L"], bidirectional=case["bi"], bias=case["bias"], dtype=dt, **kw)
+    D = 2 if case["bi"] else 1
+    x = tg.randn(case["T"], case["B"], case["I"], dtype=dt, requires_grad=True)
+    state = None
+    if case["given_state"]:
+        state = [tg.randn(case["L"] * D, case["B"], case["H"], dtype=dt, requires_grad=True)
+                 for _ in range(2 if mode == "LSTM" else 1)]
+    out, fin = m(x, None if state is None else tuple(state) if mode == "LSTM" else state[0])
+    fins = list(fin) if mode == "LSTM" else [fin]
+    loss = (out * out).sum() + sum((f * f * 0.5).sum() for f in fins)
+    loss.backward()
+    return ([out.numpy()] + [f.numpy() for f in fins] + [x.grad.numpy()]
+            + [s.grad.numpy() for s in state or ()] + [p.grad.numpy() for p in m.parameters()])
+
+
+@needs_host_loops
+@settings(deadline=None)
+@given(case=st.fixed_dictionaries(dict(
+    mode=st.sampled_from(["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]), T=st.integers(1, 6), B=st.integers(1, 4),
+    I=st.integers(1, 5), H=st.integers(1, 9), L=st.integers(1, 2), bi=st.booleans(), given_state=st.booleans(),
+    bias=st.booleans(), seed=st.integers(0, 2 ** 16))), dt=st.sampled_from([tg.float64, tg.float32]))
+def test_host_loops_match_the_python_loop(case, dt):
+    calls = []
+    real = rnnops._host_loop
+
+    def spy(dev, name, dtype):
+        loop = real(dev, name, dtype)
+        calls.append(loop is not None)
+        return loop
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rnnops, "_host_loop", spy)
+        in_c = _layer_results(case, dt)
+        mp.setattr(rnnops, "_host_loop", lambda dev, name, dtype: None)
+        in_python = _layer_results(case, dt)
+    assert calls and all(calls)  # every layer and direction, both ways, ran in C++
+    tol = 1e-13 if dt == tg.float64 else 1e-6  # the same steps and BLAS calls: rounding at most
+    for k, (a, b) in enumerate(zip(in_c, in_python)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"array {k}")
+
+
+@needs_host_loops
+def test_host_function_argument_errors(cpu_kernels_on):
+    loop = rnnops.device_kernels(CPU)["seq_fwd"]
+    a = np.zeros((2, 3))
+    with pytest.raises(TypeError, match=r"host function rnn\.seq_fwd: takes 14 arguments, got 2"):
+        loop(0, a)
+    args = [0, 1, 2, 3, 0, 1, 0, a, a, None, a, a, None, None]
+    with pytest.raises(DTypeError, match=r"argument w_hh_t must be a row-major float64 NumPy array, got float32"):
+        loop(*args[:8], a.astype(np.float32), *args[9:])
+    with pytest.raises(DTypeError, match=r"argument gh must be a row-major float64"):
+        loop(*args[:10], np.zeros((3, 2)).T, *args[11:])
+
+
+@needs_cxx
+def test_without_numpys_blas_the_layers_loop_in_python(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGRAD_RNN_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "numpy_blas", lambda: None)
+    ks = cpu_kernels.build("rnn", rnnops.KERNELS, host=rnnops.HOST)
+    assert ks is not None and "lstm_fwd" in ks and "seq_fwd" not in ks
+    dev = backend.CPUDevice()
+    monkeypatch.setattr(dev, "_kernel_families", {"rnn": ks})
+    assert rnnops._host_loop(dev, "seq_fwd", np.dtype(np.float64)) is None
+    assert rnnops._host_loop(CPU, "seq_fwd", np.dtype(np.float16)) is None  # float32 and float64 builds only
 
 
 # ----------------------------------------------------------------------------- the CUDA form
@@ -497,3 +584,4 @@ def test_cuda_form_gru(cuda_form, with_bias):
     close(dgh, ref_dgh)  # [dr, dz, dn r]
     close(dgx, ref_dgx)  # [dr, dz, dn]
     close(dh_z, ref_dhz)
+

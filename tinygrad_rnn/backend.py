@@ -101,6 +101,21 @@ class Kernel(NamedTuple):
     row: str | None = None
 
 
+class HostCode(NamedTuple):
+    """C++ that the CPU device compiles into a family's kernel library, for loops that
+    would pay Python's per-call overhead at every step (the recurrent layers' loop over
+    time). `source` defines each function as `template <typename T> static int NAME(...)`,
+    and may call the family's kernels (`KERNEL_impl<T>(inputs, outputs, n)`, parameters
+    in declared order) and tg_gemm<T> (NumPy's own BLAS). `functions` maps each NAME to
+    its C parameter list ("int n, const T* x, T* y"); it is exported for float32 and
+    float64 and appears in the family's kernel dict under NAME, called with arrays (one
+    float dtype, row-major), None for a null pointer, and ints. Other devices ignore it,
+    and the CPU leaves it out where NumPy's BLAS cannot be found (cpu_kernels.numpy_blas):
+    an op looks the name up and runs its portable loop where it is missing."""
+    source: str
+    functions: dict
+
+
 CUDA_PRELUDE = r"""
 template <typename T> __device__ __forceinline__ T tg_tanh(T x) { return tanh(x); }
 template <typename T> __device__ __forceinline__ T tg_exp(T x) { return exp(x); }
@@ -221,17 +236,18 @@ class Device:
     # None, the op runs its portable array-API form.
     use_kernels = True  # False: ops run their portable array-API form even where kernels exist
 
-    def elementwise_kernels(self, family, kernels, preamble=""):
-        """{name: callable} for a family of `Kernel`s, built once per device, or None (no
-        kernels here, or `use_kernels` is off: see `kernels_off`)."""
+    def elementwise_kernels(self, family, kernels, preamble="", host=None):
+        """{name: callable} for a family of `Kernel`s (and, on the CPU, the `HostCode`
+        functions), built once per device, or None (no kernels here, or `use_kernels` is
+        off: see `kernels_off`)."""
         if not self.use_kernels:
             return None
         built = self._kernel_families.get(family, False)
         if built is False:
-            built = self._kernel_families[family] = self._build_kernels(family, kernels, preamble)
+            built = self._kernel_families[family] = self._build_kernels(family, kernels, preamble, host)
         return built
 
-    def _build_kernels(self, family, kernels, preamble):
+    def _build_kernels(self, family, kernels, preamble, host):
         return None
 
 
@@ -292,9 +308,9 @@ class CPUDevice(Device):
 
     _use_kernels = None
 
-    def _build_kernels(self, family, kernels, preamble):
+    def _build_kernels(self, family, kernels, preamble, host):
         from . import cpu_kernels
-        return cpu_kernels.build(family, kernels, preamble)
+        return cpu_kernels.build(family, kernels, preamble, host)
 
     def dropout_mask(self, shape, p, dtype):
         # 32 random bits an element against round(p * 2^32) (a drop probability within 2^-33 of
@@ -433,7 +449,7 @@ class CUDADevice(Device):
     def scatter_add(self, target, index, values):
         self._cupyx.scatter_add(target, index, values)
 
-    def _build_kernels(self, family, kernels, preamble):
+    def _build_kernels(self, family, kernels, preamble, host):
         # CuPy compiles each kernel for a dtype at its first call, and caches it on disk
         return {name: self._cupy.ElementwiseKernel(k.in_params, k.out_params, cuda_body(k),
                                                    f"tinygrad_rnn_{family}_{name}", preamble=CUDA_PRELUDE + preamble)

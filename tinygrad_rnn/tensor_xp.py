@@ -205,7 +205,7 @@ class _GraphDevice:
             raise CreateGraphError("scatter_add under create_graph: the target must come from xp.zeros in the rule")
         target.add_at(index, values, accumulate=True)
 
-    def elementwise_kernels(self, family, kernels):
+    def elementwise_kernels(self, family, kernels, preamble="", host=None):
         return None  # kernels compute on arrays, not on a graph: the rule takes its portable form
 
     def __getattr__(self, name):
