@@ -71,7 +71,7 @@ def parse_args(argv=None):
     ap.add_argument("--profile", action="store_true", help="cProfile one step of our first impl per configuration")
     ap.add_argument("--phases", action="store_true",
                     help="also split our first impl's step (CPU) into the time inside NumPy's matmul (BLAS), "
-                         "inside the CPU kernels, and the rest")
+                         "inside the CPU kernels, inside the layers' C++ loops over time, and the rest")
     return ap.parse_args(argv)
 
 
@@ -202,12 +202,14 @@ def paired_ratio(times, a, b):
 
 def phases(step, steps):
     """Where our CPU step's time goes: inside numpy.matmul (BLAS, with the GFLOP/s it ran at),
-    inside the compiled kernels, and the rest (NumPy's other calls, Python, the engine).
-    Both are wrapped for the measurement only (a microsecond a call), then restored."""
+    inside the compiled kernels, inside the layers' C++ loops over time (the recurrent GEMMs
+    and the cell kernels of every step, ops/rnn.py's HOST_LOOPS), and the rest (NumPy's other
+    calls, Python, the engine). All are wrapped for the measurement only (a microsecond a
+    call), then restored."""
     import numpy as np
     from tinygrad_rnn import cpu_kernels
-    spent = {"gemm": 0.0, "kernels": 0.0, "flop": 0}
-    matmul, call = np.matmul, cpu_kernels.HostKernel.__call__
+    spent = {"gemm": 0.0, "kernels": 0.0, "loops": 0.0, "flop": 0}
+    matmul, call, loop = np.matmul, cpu_kernels.HostKernel.__call__, cpu_kernels.HostFunction.__call__
 
     def timed_matmul(a, b, *rest, **kw):
         t0 = time.perf_counter()
@@ -222,22 +224,29 @@ def phases(step, steps):
         spent["kernels"] += time.perf_counter() - t0
         return r
 
+    def timed_loop(self, *args):
+        t0 = time.perf_counter()
+        r = loop(self, *args)
+        spent["loops"] += time.perf_counter() - t0
+        return r
+
     step()
-    np.matmul, cpu_kernels.HostKernel.__call__ = timed_matmul, timed_call
+    np.matmul, cpu_kernels.HostKernel.__call__, cpu_kernels.HostFunction.__call__ = timed_matmul, timed_call, timed_loop
     try:
         step()
-        spent.update(gemm=0.0, kernels=0.0, flop=0)
+        spent.update(gemm=0.0, kernels=0.0, loops=0.0, flop=0)
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
         total = (time.perf_counter() - t0) / steps
     finally:
-        np.matmul, cpu_kernels.HostKernel.__call__ = matmul, call
-    gemm, kernels = spent["gemm"] / steps, spent["kernels"] / steps
+        np.matmul, cpu_kernels.HostKernel.__call__, cpu_kernels.HostFunction.__call__ = matmul, call, loop
+    gemm, kernels, loops = spent["gemm"] / steps, spent["kernels"] / steps, spent["loops"] / steps
     return {"step_ms": round(total * 1e3, 2), "gemm_ms": round(gemm * 1e3, 2),
             "gemm_gflop": round(spent["flop"] / steps / 1e9, 6),
             "gemm_gflop_per_s": round(spent["flop"] / steps / gemm / 1e9, 1) if gemm else None,
-            "kernels_ms": round(kernels * 1e3, 2), "rest_ms": round((total - gemm - kernels) * 1e3, 2)}
+            "kernels_ms": round(kernels * 1e3, 2), "loops_ms": round(loops * 1e3, 2),
+            "rest_ms": round((total - gemm - kernels - loops) * 1e3, 2)}
 
 
 def main(argv=None):

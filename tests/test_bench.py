@@ -24,14 +24,16 @@ def test_rnn_step_phases_split_a_step_and_restore_what_they_wrap():
     rs = _load("rnn_step")
     args = rs.parse_args(["--no-torch", "--seq", "8"])
     step, _ = rs.ours(args, "gru", 16, 4, 2, "sequence")
-    matmul, call = np.matmul, cpu_kernels.HostKernel.__call__
+    matmul, call, loop = np.matmul, cpu_kernels.HostKernel.__call__, cpu_kernels.HostFunction.__call__
     ph = rs.phases(step, 2)
     assert np.matmul is matmul and cpu_kernels.HostKernel.__call__ is call
+    assert cpu_kernels.HostFunction.__call__ is loop
     # per step: the head (32 x 16 x 65) and layer 2's input projection (32 x 16 x 48) forward,
     # at least; every figure a share of the step
     assert ph["gemm_gflop"] * 1e9 >= 0.99 * 2 * 32 * 16 * (65 + 48)
-    assert 0 <= ph["gemm_ms"] <= ph["step_ms"] and 0 <= ph["kernels_ms"] <= ph["step_ms"]
-    assert ph["rest_ms"] == pytest.approx(ph["step_ms"] - ph["gemm_ms"] - ph["kernels_ms"], abs=0.02)
+    for part in ("gemm_ms", "kernels_ms", "loops_ms"):
+        assert 0 <= ph[part] <= ph["step_ms"]
+    assert ph["rest_ms"] == pytest.approx(ph["step_ms"] - ph["gemm_ms"] - ph["kernels_ms"] - ph["loops_ms"], abs=0.02)
 
 
 def test_rnn_step_prints_json_lines_and_a_table():
