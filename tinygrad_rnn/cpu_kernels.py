@@ -437,7 +437,7 @@ def numpy_blas():
                 except AttributeError:
                     continue
                 if ilp64 != cfg_ilp64:
-                    return None
+                    continue  # another BLAS in the process (SciPy's, say), not the one NumPy was built with
                 _blas = (ctypes.cast(s, ctypes.c_void_p).value, ctypes.cast(d, ctypes.c_void_p).value, ilp64)
                 return _blas
     return None
