@@ -11,7 +11,8 @@ both, and the two fused ops built on that math:
   only what the recurrence needs (d gates_t, then dh_{t-1} = d gates_t @ W_hh); after the
   loop dW_hh, dW_ih, dx and the biases as one GEMM (or sum) each over all timesteps.
   On the CPU with its kernels built, that loop over time runs in C++ (HOST_LOOPS: the
-  same steps, the same kernels, NumPy's own BLAS), as a step of Python costs ~15 us.
+  same steps and kernels; the recurrent GEMM through NumPy's own BLAS, or, for a W_hh small
+  enough to stay in cache, on W_hh packed once per call), as a step of Python costs ~15 us.
 
 The cell math writes into the arrays it is given (`out=` on NumPy and CuPy; the strict
 device assigns instead, `Device.xp_out`). Where the device builds kernels (CUDA through
@@ -130,9 +131,9 @@ KERNELS = {
 
 
 # The sequence ops' loops over time in C++ for the CPU (backend.HostCode): the same steps
-# as _Sequence.forward and .backward below, in the same order and through the same BLAS
-# call (NumPy's), without the ~15 us of Python a step costs there (a tenth of an LSTM
-# H=128 step; most of a batch-1 step). Each cell's functions share one parameter list,
+# as _Sequence.forward and .backward below, in the same order, the GEMM through NumPy's BLAS
+# or on a packed W_hh (PACKED_GEMM_MAX_BYTES), without the ~15 us of Python a step costs
+# there (a tenth of an LSTM H=128 step). Each cell's functions share one parameter list,
 # unused pointers null. hs, cs (T + 1, B, H); gx (T, B, G); act as _act_buffer; the steps
 # run t = 0..T-1 (reverse: T-1..0) with the previous state at p and the new one at q.
 HOST_LOOPS = r"""
@@ -141,13 +142,17 @@ HOST_LOOPS = r"""
 
 // forward: gh <- h_p W_hh^T (zeros at the first step without h0), then the cell
 template <typename T>
-static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, const T* gx,
+static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int packed_max, const T* gx,
                    const T* w_hh_t, const T* b_step, T* gh, T* hs, T* cs, T* act) {
   const int gates = cell == 2 ? 4 : cell == 1 ? 3 : 1;
   const ptrdiff_t n = (ptrdiff_t)B * H, G = (ptrdiff_t)gates * H, A = cell == 0 ? 0 : 4 * (ptrdiff_t)H;
+  const bool packed = G * H * (ptrdiff_t)sizeof(T) <= packed_max;
+  std::vector<T> wp(packed ? tg_pk<T>::size(H, G) : 0);
+  if (packed) tg_pack<T>(H, G, w_hh_t, wp.data());
   for (int s = 0; s < T_; ++s) {
     TG_STEP(s);
     if (s == 0 && zero_h0) std::memset(gh, 0, sizeof(T) * B * G);
+    else if (packed) tg_pgemm<T>(B, G, H, hs + p * n, wp.data(), gh);
     else tg_gemm<T>(B, G, H, hs + p * n, w_hh_t, gh, T(0));
     const T* gx_t = gx + t * B * G;
     if (cell == 2) lstm_fwd_impl<T>(gx_t, gh, cs + p * n, H, hs + q * n, cs + q * n, act + t * B * A, n);
@@ -161,12 +166,15 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
 // backward: dh += d_out[t]; the cell's d gates (and dc_{t-1} or dh z into scratch); then
 // dh <- d gates W_hh (+ dh z). Returns 1 where the LSTM's final dc is in scratch.
 template <typename T>
-static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, const T* w_hh,
+static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int packed_max, const T* w_hh,
                    const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch,
                    T* dgh, T* dgx) {
   const int gates = cell == 2 ? 4 : cell == 1 ? 3 : 1;
   const ptrdiff_t n = (ptrdiff_t)B * H, G = (ptrdiff_t)gates * H, A = cell == 0 ? 0 : 4 * (ptrdiff_t)H;
   int swapped = 0;
+  const bool packed = G * H * (ptrdiff_t)sizeof(T) <= packed_max;
+  std::vector<T> wp(packed ? tg_pk<T>::size(G, H) : 0);
+  if (packed) tg_pack<T>(G, H, w_hh, wp.data());
   for (int s = 0; s < T_; ++s) {
     TG_BACK(s);
     const T* dout_t = d_out + t * n;
@@ -183,19 +191,29 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
       rnn_tanh_bwd_impl<T>(hs + q * n, dh, dg_t, n);
     }
     if (s == T_ - 1 && !need_dh0) break;
-    tg_gemm<T>(B, H, G, dg_t, w_hh, dh, T(0));
+    if (packed) tg_pgemm<T>(B, H, G, dg_t, wp.data(), dh);
+    else tg_gemm<T>(B, H, G, dg_t, w_hh, dh, T(0));
     if (cell == 1) for (ptrdiff_t i = 0; i < n; ++i) dh[i] += scratch[i];
   }
   return swapped;
 }
 """
 HOST = HostCode(HOST_LOOPS, {
-    "seq_fwd": "int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, const T* gx, "
+    "seq_fwd": "int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int packed_max, const T* gx, "
                "const T* w_hh_t, const T* b_step, T* gh, T* hs, T* cs, T* act",
-    "seq_bwd": "int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, const T* w_hh, "
+    "seq_bwd": "int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int packed_max, "
+               "const T* w_hh, "
                "const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch, "
                "T* dgh, T* dgx",
 })
+
+
+# The loops' recurrent GEMM runs on W_hh packed once per call (cpu_kernels.tg_pgemm, one
+# thread) where the packed W_hh is at most this many bytes, so that it stays in a core's L2
+# cache between steps; above it, through NumPy's BLAS on all its threads. Measured on a 2-core
+# Xeon (training steps, C++ loop with BLAS against packed): LSTM H=128 (256 KB) and RNN H=256
+# (256 KB) 12-15% faster packed; GRU H=256 (768 KB), LSTM H=256 (1 MB) and H=512 slower.
+PACKED_GEMM_MAX_BYTES = 1 << 18
 
 
 def device_kernels(dev):
@@ -609,7 +627,8 @@ class _Sequence(Function):
         gh = xp.empty((B, G), dtype=dt)
         loop = _host_loop(dev, "seq_fwd", dt)
         if loop is not None:  # the loop below, in C++
-            loop(cls.host_cell, T, B, H, reverse, h0 is None, nonlinearity == "relu", dev.contiguous(gx), w_hh_t,
+            loop(cls.host_cell, T, B, H, reverse, h0 is None, nonlinearity == "relu", PACKED_GEMM_MAX_BYTES,
+                 dev.contiguous(gx), w_hh_t,
                  b_step if cls.host_cell == 1 else None, gh, hs, cs, act)
         for n, t in enumerate(() if loop is not None else range(T - 1, -1, -1) if reverse else range(T)):
             p, q = (t + 1, t) if reverse else (t, t + 1)  # previous and new state's slot
@@ -643,7 +662,7 @@ class _Sequence(Function):
         loop = _host_loop(dev, "seq_bwd", dt)
         if loop is not None:  # the loop below, in C++
             swapped = loop(cls.host_cell, T, B, H, reverse, need[5], ctx.nonlinearity == "relu",
-                           dev.contiguous(w_hh), act, hs, cs, dev.contiguous(d_out), dh, dc, scratch, dgh,
+                           PACKED_GEMM_MAX_BYTES, dev.contiguous(w_hh), act, hs, cs, dev.contiguous(d_out), dh, dc, scratch, dgh,
                            None if dgx is dgh else dgx)
             if swapped:
                 dc, scratch = scratch, dc
