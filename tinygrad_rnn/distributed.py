@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 from .tensor import Tensor
@@ -124,6 +125,9 @@ def _abort_on_uncaught_exceptions():
         sys.stderr.write(f"[rank {_world.rank}/{_world.size}] {kind.__name__}: {value}; aborting the MPI job\n"
                          f"{text}")
         sys.stderr.flush()
+        # mpiexec forwards a rank's output through its proxy, and an abort tears the proxies
+        # down: give it a moment, or the one line that says why can be lost (seen once in CI)
+        time.sleep(0.2)
         _world.comm.Abort(1)
 
     sys.excepthook = hook
