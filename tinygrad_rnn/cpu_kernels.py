@@ -9,8 +9,9 @@ float64 forms of all the kernels of an op family go into one shared library, bui
 per machine and source and kept in a cache directory, and calls go through ctypes.
 
 An op family may also bring host functions (backend.HostCode): C++ loops over its kernels
-and NumPy's own BLAS (found in the process by `numpy_blas`, handed to the library once,
-checked against NumPy's matmul), which the recurrent layers use for their loop over time.
+and GEMMs, either through NumPy's own BLAS (found in the process by `numpy_blas`, handed to
+the library once, checked against NumPy's matmul) or on a weight packed once for many calls
+(tg_pgemm), which the recurrent layers use for their loop over time.
 
 Why: one fused loop per step instead of twenty NumPy passes, and a tanh that runs eight
 lanes at a time (NumPy's float32 tanh runs one element at a time on CPUs without AVX-512:
@@ -135,19 +136,19 @@ extern "C" void tg_set_blas(void* sgemm, void* dgemm, int ilp64) {
   tg_blas_fn[0] = sgemm; tg_blas_fn[1] = dgemm; tg_blas_ilp64 = ilp64;
 }
 
-// C <- A B + beta C, row-major and contiguous: A (M, K), B (K, N), C (M, N); the call NumPy's
-// matmul makes for the same arrays
+// C <- A B, row-major and contiguous: A (M, K), B (K, N), C (M, N); the call NumPy's matmul
+// makes for the same arrays
 template <typename T>
-static void tg_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A, const T* B, T* C, T beta) {
+static void tg_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A, const T* B, T* C) {
   void* f = tg_blas_fn[sizeof(T) == 8 ? 1 : 0];
   const int row_major = 101, no_trans = 111;
   if (tg_blas_ilp64) {
     typedef void (*gemm_t)(int, int, int, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, int64_t,
                            T, T*, int64_t);
-    ((gemm_t)f)(row_major, no_trans, no_trans, M, N, K, T(1), A, K, B, N, beta, C, N);
+    ((gemm_t)f)(row_major, no_trans, no_trans, M, N, K, T(1), A, K, B, N, T(0), C, N);
   } else {
     typedef void (*gemm_t)(int, int, int, int, int, int, T, const T*, int, const T*, int, T, T*, int);
-    ((gemm_t)f)(row_major, no_trans, no_trans, (int)M, (int)N, (int)K, T(1), A, (int)K, B, (int)N, beta, C, (int)N);
+    ((gemm_t)f)(row_major, no_trans, no_trans, (int)M, (int)N, (int)K, T(1), A, (int)K, B, (int)N, T(0), C, (int)N);
   }
 }
 // C <- A W for a small A (M, K) against a W (K, N) that many calls share (a recurrent weight
@@ -217,7 +218,7 @@ static void tg_pgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A, const T*
 }
 
 template <typename T> static int tg_gemm_check(int M, int N, int K, const T* A, const T* B, T* C) {
-  tg_gemm<T>(M, N, K, A, B, C, T(0));  // Python compares it with NumPy's matmul before any loop runs
+  tg_gemm<T>(M, N, K, A, B, C);  // Python compares it with NumPy's matmul before any loop runs
   return 0;
 }
 extern "C" int tg_gemm_check_f32(int M, int N, int K, const float* A, const float* B, float* C) {

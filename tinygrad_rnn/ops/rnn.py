@@ -153,7 +153,7 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
     TG_STEP(s);
     if (s == 0 && zero_h0) std::memset(gh, 0, sizeof(T) * B * G);
     else if (packed) tg_pgemm<T>(B, G, H, hs + p * n, wp.data(), gh);
-    else tg_gemm<T>(B, G, H, hs + p * n, w_hh_t, gh, T(0));
+    else tg_gemm<T>(B, G, H, hs + p * n, w_hh_t, gh);
     const T* gx_t = gx + t * B * G;
     if (cell == 2) lstm_fwd_impl<T>(gx_t, gh, cs + p * n, H, hs + q * n, cs + q * n, act + t * B * A, n);
     else if (cell == 1) gru_fwd_impl<T>(gx_t, gh, b_step, hs + p * n, H, hs + q * n, act + t * B * A, n);
@@ -192,7 +192,7 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
     }
     if (s == T_ - 1 && !need_dh0) break;
     if (packed) tg_pgemm<T>(B, H, G, dg_t, wp.data(), dh);
-    else tg_gemm<T>(B, H, G, dg_t, w_hh, dh, T(0));
+    else tg_gemm<T>(B, H, G, dg_t, w_hh, dh);
     if (cell == 1) for (ptrdiff_t i = 0; i < n; ++i) dh[i] += scratch[i];
   }
   return swapped;
@@ -622,26 +622,26 @@ class _Sequence(Function):
         w_hh_t = dev.contiguous(xp.permute_dims(w_hh, (1, 0)))  # once per call, for every step's GEMM
         b_step = cls._step_bias(dev, b_hh, G, dt)
         ctx.nonlinearity = nonlinearity
-        # per-timestep views, made once (the array API indexes a leading axis as a[t, ...])
-        hv, cv, gxv, av = _views(hs), _views(cs), _views(gx), _views(act)
         gh = xp.empty((B, G), dtype=dt)
         loop = _host_loop(dev, "seq_fwd", dt)
         if loop is not None:  # the loop below, in C++
             loop(cls.host_cell, T, B, H, reverse, h0 is None, nonlinearity == "relu", PACKED_GEMM_MAX_BYTES,
-                 dev.contiguous(gx), w_hh_t,
-                 b_step if cls.host_cell == 1 else None, gh, hs, cs, act)
-        for n, t in enumerate(() if loop is not None else range(T - 1, -1, -1) if reverse else range(T)):
-            p, q = (t + 1, t) if reverse else (t, t + 1)  # previous and new state's slot
-            if n == 0 and h0 is None:
-                gh[...] = 0
-            else:
-                xo.matmul(hv[p], w_hh_t, out=gh)
-            cls._step_forward(ctx, gxv[t], gh, b_step, hv, cv, av, t, p, q)
+                 dev.contiguous(gx), w_hh_t, b_step if cls.host_cell == 1 else None, gh, hs, cs, act)
+        else:
+            # per-timestep views, made once (the array API indexes a leading axis as a[t, ...])
+            hv, cv, gxv, av = _views(hs), _views(cs), _views(gx), _views(act)
+            for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
+                p, q = (t + 1, t) if reverse else (t, t + 1)  # previous and new state's slot
+                if n == 0 and h0 is None:
+                    gh[...] = 0
+                else:
+                    xo.matmul(hv[p], w_hh_t, out=gh)
+                cls._step_forward(ctx, gxv[t], gh, b_step, hv, cv, av, t, p, q)
         ctx.reverse = reverse
         ctx.save_for_backward(x if w_ih is not None else None, w_ih, w_hh, act, hs, cs)
         last = 0 if reverse else T
         out = hs[:T, ...] if reverse else hs[1:, ...]
-        finals = (dev.copy(hv[last]),) + ((dev.copy(cv[last]),) if cls.has_cell else ())
+        finals = (dev.copy(hs[last, ...]),) + ((dev.copy(cs[last, ...]),) if cls.has_cell else ())
         return (out,) + finals
 
     @classmethod
@@ -657,26 +657,27 @@ class _Sequence(Function):
         dh = dev.copy(d_hn)
         dc = dev.copy(d_cn) if cls.has_cell else None
         scratch = xp.empty((B, H), dtype=dt)  # a second state-sized buffer to write into
-        hv, cv, av, dghv, dov = (_views(a) for a in (hs, cs, act, dgh, d_out))
-        dgxv = dghv if dgx is dgh else _views(dgx)
         loop = _host_loop(dev, "seq_bwd", dt)
         if loop is not None:  # the loop below, in C++
             swapped = loop(cls.host_cell, T, B, H, reverse, need[5], ctx.nonlinearity == "relu",
-                           PACKED_GEMM_MAX_BYTES, dev.contiguous(w_hh), act, hs, cs, dev.contiguous(d_out), dh, dc, scratch, dgh,
-                           None if dgx is dgh else dgx)
+                           PACKED_GEMM_MAX_BYTES, dev.contiguous(w_hh), act, hs, cs, dev.contiguous(d_out),
+                           dh, dc, scratch, dgh, None if dgx is dgh else dgx)
             if swapped:
                 dc, scratch = scratch, dc
-        for n, t in enumerate(() if loop is not None else range(T) if reverse else range(T - 1, -1, -1)):
-            p, q = (t + 1, t) if reverse else (t, t + 1)
-            dh += dov[t]
-            cls._step_backward(ctx, av, hv, cv, dh, dc, dghv, dgxv, scratch, t, p, q)
-            if cls.has_cell:  # scratch got dc_{t-1}; dc's buffer is free for the next step
-                dc, scratch = scratch, dc
-            if n == T - 1 and not need[5]:
-                break  # dh0 is not wanted: skip the last recurrent GEMM
-            xo.matmul(dghv[t], w_hh, out=dh)
-            if cls.state_skips_weights:  # the GRU's dh' z, in scratch
-                dh += scratch
+        else:
+            hv, cv, av, dghv, dov = (_views(a) for a in (hs, cs, act, dgh, d_out))
+            dgxv = dghv if dgx is dgh else _views(dgx)
+            for n, t in enumerate(range(T) if reverse else range(T - 1, -1, -1)):
+                p, q = (t + 1, t) if reverse else (t, t + 1)
+                dh += dov[t]
+                cls._step_backward(ctx, av, hv, cv, dh, dc, dghv, dgxv, scratch, t, p, q)
+                if cls.has_cell:  # scratch got dc_{t-1}; dc's buffer is free for the next step
+                    dc, scratch = scratch, dc
+                if n == T - 1 and not need[5]:
+                    break  # dh0 is not wanted: skip the last recurrent GEMM
+                xo.matmul(dghv[t], w_hh, out=dh)
+                if cls.state_skips_weights:  # the GRU's dh' z, in scratch
+                    dh += scratch
         # the weight gradients of all timesteps: one GEMM each over T * B rows
         dgh2 = xp.reshape(dgh, (T * B, G))
         h_prev = hs[1:, ...] if reverse else hs[:T, ...]
