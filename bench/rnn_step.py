@@ -86,6 +86,13 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def blas_pool():
+    """Whose threads run NumPy's BLAS jobs: tinygrad_rnn's pool takes them over (OpenBLAS's
+    threading callback) once the CPU kernels of the recurrent ops are built."""
+    from tinygrad_rnn import cpu_kernels
+    return "tinygrad_rnn's" if cpu_kernels._shared_pool is not None else "its own"
+
+
 def blas_info():
     """NumPy's BLAS: library, kernel (architecture) and threads, as threadpoolctl reports them."""
     try:
@@ -322,6 +329,8 @@ def main(argv=None):
                    "device": args.device, "dtype": args.dtype, "ms_per_step": round(ms, 3),
                    "ms_min": round(min(ts) * 1e3, 3), "tokens_per_s": round(tokens / ms * 1e3, 1),
                    "timed_steps": len(ts)}
+            if name != "torch":
+                rec["blas_jobs_on"] = blas_pool()
             if "ratio " + name in row:
                 rec["torch_over_ours_paired"] = round(row["ratio " + name], 3)
             print(json.dumps(rec), flush=True)
@@ -329,8 +338,10 @@ def main(argv=None):
     if limiter is not None:
         limiter.restore_original_limits()
 
+    pool = blas_pool()
     print(f"\nchar-LM training step: seq {args.seq}, vocab {args.vocab}, {args.dtype}, device {args.device}; "
-          f"{env['cpu']}, {env.get('blas')} {env.get('blas_kernel', '')} x{env.get('blas_threads', '?')} threads, "
+          f"{env['cpu']}, {env.get('blas')} {env.get('blas_kernel', '')} x{env.get('blas_threads', '?')} threads "
+          f"(its jobs on {pool} threads), "
           f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}, CPU kernels {env['cpu_kernels']}" + (f", torch {env['torch']} x{env['torch_threads']}"
                                                               if torch is not None else ""))
     names = list(args.impl) + ([f"{impl}/numpy" for impl in args.impl] if args.portable else [])

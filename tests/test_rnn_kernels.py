@@ -15,6 +15,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -349,8 +350,8 @@ needs_host_loops = pytest.mark.skipif(CXX is None or cpu_kernels.numpy_blas() is
 
 @needs_host_loops
 def test_numpys_blas_is_found_and_the_host_loops_are_built(cpu_kernels_on):
-    s, d, ilp64 = cpu_kernels.numpy_blas()
-    assert s and d and s != d and isinstance(ilp64, bool)
+    s, d, ilp64, threads, callback = cpu_kernels.numpy_blas()
+    assert s and d and s != d and isinstance(ilp64, bool) and (threads is None or threads not in (s, d))
     ks = rnnops.device_kernels(CPU)
     assert {"seq_fwd", "seq_bwd"} <= set(ks)
     assert repr(ks["seq_fwd"]) == "<CPU host function rnn.seq_fwd>"
@@ -382,10 +383,11 @@ def _layer_results(case, dt):
     mode=st.sampled_from(["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]), T=st.integers(1, 6), B=st.integers(1, 11),
     I=st.integers(1, 5), H=st.integers(1, 9), L=st.integers(1, 2), bi=st.booleans(), given_state=st.booleans(),
     bias=st.booleans(), seed=st.integers(0, 2 ** 16))), dt=st.sampled_from([tg.float64, tg.float32]),
-    packed=st.booleans())
-def test_host_loops_match_the_python_loop(case, dt, packed):
+    packed=st.booleans(), threads=st.sampled_from([0, 1, 2, 3]))
+def test_host_loops_match_the_python_loop(case, dt, packed, threads):
     # packed: the recurrent GEMM on W_hh packed by the loop (tg_pgemm: its row blocks and column
-    # panels, whole and cut, as B and H vary), else through NumPy's BLAS
+    # panels, whole and cut, as B and H vary), else through NumPy's BLAS; packed, the batch rows
+    # split over `threads` threads (0: as many as NumPy's BLAS, 3: uneven splits, or one per row)
     calls = []
     real = rnnops._host_loop
 
@@ -394,7 +396,8 @@ def test_host_loops_match_the_python_loop(case, dt, packed):
         calls.append(loop is not None)
         return loop
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rnnops, "PACKED_GEMM_MAX_BYTES", 1 << 30 if packed else 0)
+        mp.setattr(rnnops, "PACKED_GEMM_MIN_ROWS", 1 if packed else 1 << 30)
+        mp.setattr(rnnops, "HOST_THREADS", threads)
         mp.setattr(rnnops, "_host_loop", spy)
         in_c = _layer_results(case, dt)
         mp.setattr(rnnops, "_host_loop", lambda dev, name, dtype: None)
@@ -405,17 +408,114 @@ def test_host_loops_match_the_python_loop(case, dt, packed):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"array {k}")
 
 
+def _threaded_layer_results(cls, dt, threads, T=9, B=29):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rnnops, "HOST_THREADS", threads)
+        tg.manual_seed(0)
+        m = cls(7, 37, num_layers=2, bidirectional=True, dtype=dt)
+        x = tg.randn(T, B, 7, dtype=dt, requires_grad=True)
+        out, _ = m(x)
+        (out * out).sum().backward()
+        return [out.numpy(), x.grad.numpy()] + [p.grad.numpy() for p in m.parameters()]
+
+
+@needs_host_loops
+@pytest.mark.parametrize("cls", [tg.nn.LSTM, tg.nn.GRU, tg.nn.RNN])
+@pytest.mark.parametrize("dt", [tg.float32, tg.float64])
+def test_the_host_loops_results_do_not_depend_on_the_thread_count(cpu_kernels_on, cls, dt):
+    # each batch row sums in the same order whichever thread and register block it falls in
+    one = _threaded_layer_results(cls, dt, 1)
+    for threads in (0, 2, 3, 7):
+        for k, (a, b) in enumerate(zip(one, _threaded_layer_results(cls, dt, threads))):
+            assert np.array_equal(a, b), f"{threads} threads, array {k}"
+
+
+needs_blas_callback = pytest.mark.skipif(
+    CXX is None or cpu_kernels.numpy_blas() is None or cpu_kernels.numpy_blas().set_threads_callback is None,
+    reason="NumPy's BLAS takes no threading callback (not OpenBLAS >= 0.3.27)")
+
+
+@needs_blas_callback
+def test_numpys_blas_runs_its_jobs_on_the_host_loops_threads(cpu_kernels_on):
+    lib = rnnops.device_kernels(CPU) and cpu_kernels._shared_pool
+    assert lib is not None
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 400)), rng.standard_normal((400, 500))
+    before = lib.tg_blas_pool_calls()
+    np.testing.assert_allclose(a @ b, np.einsum("ik,kj->ij", a, b), rtol=1e-12, atol=1e-12)
+    threads = ctypes.CFUNCTYPE(ctypes.c_int)(cpu_kernels.numpy_blas().get_num_threads)()
+    assert (lib.tg_blas_pool_calls() > before) == (threads > 1)  # one thread: BLAS calls no jobs
+
+
+@needs_host_loops
+def test_host_loops_and_blas_from_many_python_threads(cpu_kernels_on):
+    # ctypes lets go of the GIL: loops and BLAS calls from 4 threads at once share one pool
+    # (a loop finding it busy runs on its caller alone; a BLAS call waits for it)
+    import threading
+    want = _threaded_layer_results(tg.nn.LSTM, tg.float64, 0, T=5, B=16)
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((200, 300)), rng.standard_normal((300, 200))
+    ab = np.einsum("ik,kj->ij", a, b)
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(6):
+                if k % 2:
+                    got = _threaded_layer_results(tg.nn.LSTM, tg.float64, 0, T=5, B=16)
+                    assert all(np.array_equal(x, y) for x, y in zip(got, want))
+                else:
+                    np.testing.assert_allclose(a @ b, ab, rtol=1e-12, atol=1e-12)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "deadlocked"
+    assert not errors, errors
+
+
+@needs_host_loops
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # Python 3.12+
+def test_host_loops_and_blas_in_a_forked_child(cpu_kernels_on):
+    # the child has none of the parent's pool threads: it makes its own
+    import multiprocessing
+    want = _threaded_layer_results(tg.nn.GRU, tg.float64, 0, T=4, B=12)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_threaded_layer_results, (tg.nn.GRU, tg.float64, 0, 4, 12)).get(timeout=120)
+        a = np.arange(120000.0).reshape(300, 400) % 7
+        np.testing.assert_array_equal(pool.apply_async(np.matmul, (a, a.T)).get(timeout=120), a @ a.T)
+    for x, y in zip(got, want):
+        np.testing.assert_array_equal(x, y)
+
+
+@needs_blas_callback
+def test_blas_keeps_its_own_threads_when_told(tmp_path):
+    code = ("import numpy as np, tinygrad_rnn as tg\n"
+            "from tinygrad_rnn import cpu_kernels\n"
+            "from tinygrad_rnn.ops import rnn\n"
+            "assert rnn.device_kernels(tg.get_device('cpu')) is not None\n"
+            "print(cpu_kernels._shared_pool is None)\n")
+    env = dict(os.environ, TINYGRAD_RNN_SHARE_BLAS_THREADS="0", TINYGRAD_RNN_CPU_KERNELS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+
+
 @needs_host_loops
 def test_host_function_argument_errors(cpu_kernels_on):
     loop = rnnops.device_kernels(CPU)["seq_fwd"]
     a = np.zeros((2, 3))
-    with pytest.raises(TypeError, match=r"host function rnn\.seq_fwd: takes 15 arguments, got 2"):
+    with pytest.raises(TypeError, match=r"host function rnn\.seq_fwd: takes 16 arguments, got 2"):
         loop(0, a)
-    args = [0, 1, 2, 3, 0, 1, 0, 0, a, a, None, a, a, None, None]
+    args = [0, 1, 2, 3, 0, 1, 0, 0, 0, a, a, None, a, a, None, None]
     with pytest.raises(DTypeError, match=r"argument w_hh_t must be a row-major float64 NumPy array, got float32"):
-        loop(*args[:9], a.astype(np.float32), *args[10:])
+        loop(*args[:10], a.astype(np.float32), *args[11:])
     with pytest.raises(DTypeError, match=r"argument gh must be a row-major float64"):
-        loop(*args[:11], np.zeros((3, 2)).T, *args[12:])
+        loop(*args[:12], np.zeros((3, 2)).T, *args[13:])
 
 
 @needs_cxx

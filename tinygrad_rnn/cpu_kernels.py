@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import typing
 import warnings
 
 import numpy as np
@@ -66,8 +67,14 @@ HOST_PRELUDE = r"""
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <unistd.h>
 using std::sqrt;  // sqrt(float) in float, as CUDA's
 
 static inline float tg_exp_reduced(float y) {  // exp(y) for -87.4 <= y <= 88.7
@@ -132,8 +139,182 @@ static inline double tg_sigmoid(double x) {
 // for the host loops of an op family; the int width is the library's (ILP64 or not).
 static void* tg_blas_fn[2] = {nullptr, nullptr};
 static int tg_blas_ilp64 = 0;
-extern "C" void tg_set_blas(void* sgemm, void* dgemm, int ilp64) {
+static int (*tg_blas_threads)() = nullptr;  // its thread count now (OpenBLAS's get_num_threads), if known
+extern "C" void tg_set_blas(void* sgemm, void* dgemm, int ilp64, void* get_num_threads) {
   tg_blas_fn[0] = sgemm; tg_blas_fn[1] = dgemm; tg_blas_ilp64 = ilp64;
+  tg_blas_threads = (int (*)())get_num_threads;
+}
+
+// One pool of threads for the host loops that split their work (tg_parallel) and, where NumPy's
+// BLAS takes a threading callback (OpenBLAS >= 0.3.27), for that BLAS's own parallel jobs too
+// (tg_blas_jobs). With two pools, BLAS's idle threads spin for ~0.1 s after each call, on the
+// cores a loop's threads then share: a loop on 2 threads ran no faster than on 1. With one,
+// exactly one thread per core is ever busy. A host loop uses as many threads as BLAS is set to
+// (so OPENBLAS_NUM_THREADS, threadpoolctl and distributed's one thread per rank hold for both),
+// the caller being one of them. Workers spin up to 1 ms for the next job, then sleep: a training
+// step hands out jobs tens to hundreds of us apart, and waking a sleeping thread costs about as
+// much (measured: 50 us of spinning left the Python-loop LSTM step 25% slower than on
+// OpenBLAS's threads, 1 ms as fast; OpenBLAS's own spin for 0.1 s). The pool is never
+// destroyed (a condition variable destroyed at exit with a sleeping waiter may block) and is
+// made anew in a forked child, which has none of the parent's threads.
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void tg_relax() { _mm_pause(); }
+#else
+static inline void tg_relax() {}
+#endif
+#include <atomic>
+#include <chrono>
+struct tg_pool {
+  std::mutex m, busy;  // m guards sleeping and the condition variables; busy: one job at a time
+  std::condition_variable wake, done;
+  // the job, published seqlock-style: gen is odd while the fields are written
+  std::atomic<long> gen{0};
+  std::atomic<void (*)(void*, int, int)> fn{nullptr};
+  std::atomic<void*> arg{nullptr};
+  std::atomic<int> n{0}, left{0};
+  int workers = 0, sleeping = 0;
+  pid_t pid = getpid();
+};
+static tg_pool* tg_the_pool = nullptr;
+static std::mutex tg_pool_make;
+
+static tg_pool* tg_get_pool() {
+  std::lock_guard<std::mutex> g(tg_pool_make);
+  if (tg_the_pool == nullptr || tg_the_pool->pid != getpid()) tg_the_pool = new tg_pool();
+  return tg_the_pool;
+}
+
+#ifndef TG_SPIN_US
+#define TG_SPIN_US 1000
+#endif
+template <typename Ready> static bool tg_spin(Ready ready) {  // ready() within TG_SPIN_US?
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(TG_SPIN_US);
+  for (int i = 1;; ++i) {
+    if (ready()) return true;
+    tg_relax();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() > until) return false;
+  }
+}
+
+static void tg_worker(tg_pool* P, int id, long seen) {
+  for (;;) {
+    long g = 0;
+    void (*fn)(void*, int, int) = nullptr;
+    void* arg = nullptr;
+    int n = 0;
+    auto fresh = [&] {  // a job published after `seen`, read whole
+      g = P->gen.load(std::memory_order_acquire);
+      if (g == seen || (g & 1)) return false;
+      fn = P->fn.load(std::memory_order_relaxed);
+      arg = P->arg.load(std::memory_order_relaxed);
+      n = P->n.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      return P->gen.load(std::memory_order_relaxed) == g;
+    };
+    if (!tg_spin(fresh)) {
+      std::unique_lock<std::mutex> lk(P->m);
+      ++P->sleeping;
+      P->wake.wait(lk, [&] { return P->gen.load(std::memory_order_acquire) != seen; });
+      --P->sleeping;
+      lk.unlock();
+      while (!fresh()) tg_relax();
+    }
+    seen = g;
+    if (id >= n) continue;
+    fn(arg, id, n);
+    if (P->left.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lk(P->m);
+      P->done.notify_one();
+    }
+  }
+}
+
+template <typename F> static void tg_call(void* f, int id, int n) { (*(F*)f)(id, n); }
+
+// Runs f(id, n) for id = 0..n-1 at once on n threads (this one runs id 0) of a pool with no
+// other job; false, with nothing run, where the threads cannot be had.
+template <typename F> static bool tg_run(tg_pool* P, int n, F& f) {
+  {
+    std::lock_guard<std::mutex> g(P->m);
+    try {
+      for (; P->workers < n - 1; ++P->workers) std::thread(tg_worker, P, P->workers + 1, P->gen.load()).detach();
+    } catch (...) {
+      return false;
+    }
+  }
+  P->left.store(n - 1, std::memory_order_relaxed);
+  P->gen.fetch_add(1, std::memory_order_relaxed);  // odd: being written
+  std::atomic_thread_fence(std::memory_order_release);
+  P->fn.store(tg_call<F>, std::memory_order_relaxed);
+  P->arg.store((void*)&f, std::memory_order_relaxed);
+  P->n.store(n, std::memory_order_relaxed);
+  P->gen.fetch_add(1, std::memory_order_release);  // even: published
+  {
+    std::lock_guard<std::mutex> g(P->m);
+    if (P->sleeping) P->wake.notify_all();
+  }
+  f(0, n);
+  if (!tg_spin([&] { return P->left.load(std::memory_order_acquire) == 0; })) {
+    std::unique_lock<std::mutex> lk(P->m);
+    P->done.wait(lk, [&] { return P->left.load(std::memory_order_acquire) == 0; });
+  }
+  return true;
+}
+
+// f(id, n) for id = 0..n-1 on n threads, returning when all are done; f(0, 1) alone where
+// the pool is busy (a BLAS call from another thread) or workers cannot be started.
+template <typename F> static void tg_parallel(int n, F& f) {
+  tg_pool* P = n > 1 ? tg_get_pool() : nullptr;
+  if (P == nullptr || !P->busy.try_lock()) { f(0, 1); return; }
+  const bool ran = tg_run(P, n, f);
+  P->busy.unlock();
+  if (!ran) f(0, 1);
+}
+
+// OpenBLAS's threading callback: its jobs of one call must all run at once (its level-3
+// threads wait on each other), one call at a time.
+typedef void (*tg_dojob_t)(int, void*, int);
+static std::atomic<long> tg_blas_calls{0};
+extern "C" long tg_blas_pool_calls() { return tg_blas_calls.load(); }  // BLAS calls run on the pool
+extern "C" void tg_blas_jobs(int sync, tg_dojob_t dojob, int numjobs, size_t elsize, void* jobdata, int dojob_data) {
+  (void)sync;  // OpenBLAS always waits for its jobs
+  tg_blas_calls.fetch_add(1, std::memory_order_relaxed);
+  auto job = [&](int id, int) { dojob(id, (char*)jobdata + (size_t)id * elsize, dojob_data); };
+  if (numjobs <= 1) { job(0, 1); return; }
+  tg_pool* P = tg_get_pool();
+  std::lock_guard<std::mutex> g(P->busy);
+  if (!tg_run(P, numjobs, job)) {
+    std::fprintf(stderr, "tinygrad_rnn: cannot start %d threads for a BLAS call\n", numjobs);
+    std::abort();  // run one by one, the jobs would wait on each other for ever
+  }
+}
+
+// Workers for the BLAS callback started before it is handed over (0: none could be).
+extern "C" int tg_start_workers(int n) {
+  tg_pool* P = tg_get_pool();
+  std::lock_guard<std::mutex> g(P->m);
+  try {
+    for (; P->workers < n - 1; ++P->workers) std::thread(tg_worker, P, P->workers + 1, P->gen.load()).detach();
+  } catch (...) {
+    return 0;
+  }
+  return 1;
+}
+
+// How many threads a host loop over `rows` independent rows uses: `threads` if positive (at
+// most one a row), else as many as NumPy's BLAS (1 where unknown), at most one per core and
+// per 2 rows.
+static int tg_threads_for(int threads, ptrdiff_t rows) {
+  ptrdiff_t n = threads;
+  if (threads <= 0) {
+    n = tg_blas_threads ? tg_blas_threads() : 1;
+    const ptrdiff_t cores = std::thread::hardware_concurrency();
+    if (cores > 0 && n > cores) n = cores;
+    if (n > rows / 2) n = rows / 2;
+  }
+  if (n > rows) n = rows;
+  return n < 1 ? 1 : (int)n;
 }
 
 // C <- A B, row-major and contiguous: A (M, K), B (K, N), C (M, N); the call NumPy's matmul
@@ -472,11 +653,19 @@ class HostFunction:
 _blas = False
 
 
+class Blas(typing.NamedTuple):
+    """What host code takes from the BLAS library NumPy's matmul calls: function addresses."""
+    sgemm: int
+    dgemm: int
+    ilp64: bool  # 64-bit integers
+    get_num_threads: typing.Optional[int]  # OpenBLAS's; None elsewhere (host loops use one thread)
+    set_threads_callback: typing.Optional[int]  # OpenBLAS >= 0.3.27's, to run its jobs on our pool
+
+
 def numpy_blas():
-    """(sgemm, dgemm, ilp64): the addresses of cblas_sgemm and cblas_dgemm in the BLAS library
-    NumPy's matmul calls, and whether its integers are 64-bit; None where it cannot be found
-    for certain (not Linux, an unknown library, symbols whose int width disagrees with
-    NumPy's build configuration). Host loops then keep to Python and NumPy."""
+    """The Blas of the library NumPy's matmul calls; None where it cannot be found for certain
+    (not Linux, an unknown library, symbols whose int width disagrees with NumPy's build
+    configuration). Host loops then keep to Python and NumPy."""
     global _blas
     if _blas is not False:
         return _blas
@@ -498,17 +687,50 @@ def numpy_blas():
             lib = ctypes.CDLL(path)  # already loaded by NumPy: the same library
         except OSError:
             continue
+
+        def address(*names):
+            for name in names:
+                if hasattr(lib, name):
+                    return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+            return None
         for prefix in ("scipy_", ""):
             for suffix, ilp64 in (("64_", True), ("", False)):
-                try:
-                    s, d = (getattr(lib, f"{prefix}cblas_{t}gemm{suffix}") for t in "sd")
-                except AttributeError:
+                s, d = (address(f"{prefix}cblas_{t}gemm{suffix}") for t in "sd")
+                if s is None or d is None:
                     continue
                 if ilp64 != cfg_ilp64:
                     continue  # another BLAS in the process (SciPy's, say), not the one NumPy was built with
-                _blas = (ctypes.cast(s, ctypes.c_void_p).value, ctypes.cast(d, ctypes.c_void_p).value, ilp64)
+                _blas = Blas(s, d, ilp64,
+                             address(f"{prefix}openblas_get_num_threads{suffix}", "openblas_get_num_threads"),
+                             address(f"{prefix}openblas_set_threads_callback_function{suffix}",
+                                     "openblas_set_threads_callback_function"))
                 return _blas
     return None
+
+
+# Set to "0" to leave NumPy's BLAS on its own threads (host loops then run on one thread:
+# beside BLAS's idle threads, which spin ~0.1 s after every call, a second one gains nothing).
+SHARE_ENV = "TINYGRAD_RNN_SHARE_BLAS_THREADS"
+_shared_pool = None  # the library whose pool runs NumPy's BLAS jobs, once handed over
+
+
+def _share_blas_threads(blas, lib):
+    """Hands NumPy's BLAS jobs to lib's thread pool (tg_blas_jobs), so that BLAS calls and host
+    loops share one set of threads: True where lib's pool is the one (the first library built
+    with host functions; loops of any later one run on one thread)."""
+    global _shared_pool
+    if _shared_pool is not None:
+        return _shared_pool is lib
+    if (blas.set_threads_callback is None or blas.get_num_threads is None
+            or os.environ.get(SHARE_ENV, "1").strip().lower() in ("0", "false", "no", "off")):
+        return False
+    threads = ctypes.CFUNCTYPE(ctypes.c_int)(blas.get_num_threads)()
+    if not lib.tg_start_workers(threads):
+        return False
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p)(blas.set_threads_callback)(
+        ctypes.cast(lib.tg_blas_jobs, ctypes.c_void_p).value)
+    _shared_pool = lib  # kept loaded: BLAS calls into it from now on
+    return True
 
 
 def _host_functions(family, host, lib):
@@ -517,7 +739,9 @@ def _host_functions(family, host, lib):
     blas = numpy_blas()
     if blas is None:
         return {}
-    lib.tg_set_blas(ctypes.c_void_p(blas[0]), ctypes.c_void_p(blas[1]), blas[2])
+    shared = _share_blas_threads(blas, lib)
+    lib.tg_set_blas(ctypes.c_void_p(blas.sgemm), ctypes.c_void_p(blas.dgemm), blas.ilp64,
+                    ctypes.c_void_p(blas.get_num_threads if shared else None))
     check = HostFunction(family, "tg_gemm_check", "int M, int N, int K, const T* A, const T* B, T* C", lib)
     rng = np.random.default_rng(0)
     for dt in (np.float32, np.float64):
