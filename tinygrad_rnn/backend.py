@@ -106,12 +106,13 @@ class HostCode(NamedTuple):
     would pay Python's per-call overhead at every step (the recurrent layers' loop over
     time). `source` defines each function as `template <typename T> static int NAME(...)`,
     and may call the family's kernels (`KERNEL_impl<T>(inputs, outputs, n)`, parameters
-    in declared order) and tg_gemm<T> (NumPy's own BLAS). `functions` maps each NAME to
-    its C parameter list ("int n, const T* x, T* y"); it is exported for float32 and
-    float64 and appears in the family's kernel dict under NAME, called with arrays (one
-    float dtype, row-major), None for a null pointer, and ints. Other devices ignore it,
-    and the CPU leaves it out where NumPy's BLAS cannot be found (cpu_kernels.numpy_blas):
-    an op looks the name up and runs its portable loop where it is missing."""
+    in declared order; a kernel with a row length also as `KERNEL_cols<T>(..., rows, j0,
+    j1)`, columns j0 .. j1 - 1 of each row) and the prelude's packed GEMM and thread pool
+    (cpu_kernels.HOST_PRELUDE). `functions` maps each NAME to its C parameter list ("int n,
+    const T* x, T* y"); it is exported for float32 and float64 and appears in the family's
+    kernel dict under NAME, called with arrays (one float dtype, row-major), None for a null
+    pointer, and ints. Other devices ignore it: an op looks the name up and runs its
+    portable loop where it is missing."""
     source: str
     functions: dict
 

@@ -11,9 +11,9 @@ both, and the two fused ops built on that math:
   only what the recurrence needs (d gates_t, then dh_{t-1} = d gates_t @ W_hh); after the
   loop dW_hh, dW_ih, dx and the biases as one GEMM (or sum) each over all timesteps.
   On the CPU with its kernels built, that loop over time runs in C++ (HOST_LOOPS: the
-  same steps and kernels; the recurrent GEMM on W_hh packed once per call, the batch rows
-  split over the threads NumPy's BLAS runs on, or for a batch of 1-3 rows through that
-  BLAS), as a step of Python costs ~15 us.
+  same steps and kernels, the recurrent GEMM on W_hh packed once per call, the batch rows
+  or the hidden units split over the threads NumPy's BLAS runs on), as a step of Python
+  costs ~15 us.
 
 The cell math writes into the arrays it is given (`out=` on NumPy and CuPy; the strict
 device assigns instead, `Device.xp_out`). Where the device builds kernels (CUDA through
@@ -132,8 +132,8 @@ KERNELS = {
 
 
 # The sequence ops' loops over time in C++ for the CPU (backend.HostCode): the same steps
-# as _Sequence.forward and .backward below, in the same order, the GEMM on a packed W_hh or
-# through NumPy's BLAS (PACKED_GEMM_MIN_ROWS), without the ~15 us of Python a step costs
+# as _Sequence.forward and .backward below, in the same order, the recurrent GEMM on W_hh
+# packed once per call (cpu_kernels.tg_pgemm), without the ~15 us of Python a step costs
 # there (a tenth of an LSTM H=128 step). Each cell's functions share one parameter list,
 # unused pointers null. hs, cs (T + 1, B, H); gx (T, B, G); act as _act_buffer; the steps
 # run t = 0..T-1 (reverse: T-1..0) with the previous state at p and the new one at q.
@@ -141,102 +141,147 @@ HOST_LOOPS = r"""
 #define TG_STEP(s) const int t = reverse ? T_ - 1 - (s) : (s), p = reverse ? t + 1 : t, q = reverse ? t : t + 1
 #define TG_BACK(s) const int t = reverse ? (s) : T_ - 1 - (s), p = reverse ? t + 1 : t, q = reverse ? t : t + 1
 
-// A batch row's states depend on that row alone, at every step both ways: so with the packed
-// GEMM (which each thread runs on its own) the rows split over threads (tg_parallel), each
-// running the whole sequence on its rows with no synchronisation between steps.
+// The threads (tg_parallel) split a layer's work one of two ways, each running the whole
+// sequence on its share. By batch rows, with at least 2 rows a thread: a row's states depend
+// on that row alone, at every step both ways, so the threads never wait for each other
+// (W_hh packed once, shared). Else by hidden units (its units of every gate: its columns of
+// the recurrent GEMM, W_hh's columns packed by each thread), with one barrier a step, as the
+// next step's GEMM reads every unit's state.
+struct seq_split {
+  bool by_rows;
+  int n;
+  ptrdiff_t r0, r1, j0, j1;  // thread id's rows and units, once at(id, nt) is called
+  void at(int id, int nt, ptrdiff_t B, ptrdiff_t H, int L) {
+    r0 = 0; r1 = B; j0 = 0; j1 = H;
+    if (by_rows) {
+      r0 = B * id / nt; r1 = B * (id + 1) / nt;
+    } else {  // whole vectors where the units allow
+      auto cut = [&](int k) { const ptrdiff_t j = (H * k / nt + L - 1) / L * L; return j < H ? j : H; };
+      j0 = cut(id); j1 = id == nt - 1 ? H : cut(id + 1);
+    }
+  }
+};
+static seq_split seq_plan(int threads, int B, int H) {
+  const int n = tg_threads(threads);
+  if (threads > 0) return B >= n ? seq_split{true, n} : seq_split{false, n < H ? n : H};
+  const int rows = B / 2 < n ? B / 2 : n, cols = H / 32 < n ? H / 32 : n;  // 32 units a thread at least
+  if (rows >= cols) return {true, rows < 1 ? 1 : rows};
+  return {false, cols};
+}
 
 // forward: gh <- h_p W_hh^T (zeros at the first step without h0), then the cell
 template <typename T>
-static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int packed_min_rows, int threads,
-                   const T* gx, const T* w_hh_t, const T* b_step, T* gh, T* hs, T* cs, T* act) {
+static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, const T* gx,
+                   const T* w_hh_t, const T* b_step, T* gh, T* hs, T* cs, T* act) {
   const int gates = cell == 2 ? 4 : cell == 1 ? 3 : 1;
   const ptrdiff_t n = (ptrdiff_t)B * H, G = (ptrdiff_t)gates * H, A = cell == 0 ? 0 : 4 * (ptrdiff_t)H;
-  const bool packed = B >= packed_min_rows;
-  std::vector<T> wp(packed ? tg_pk<T>::size(H, G) : 0);
-  if (packed) tg_pack<T>(H, G, w_hh_t, wp.data());
-  auto rows = [&](int id, int nt) {  // rows r0 .. r1 - 1, every step
-    const ptrdiff_t r0 = (ptrdiff_t)B * id / nt, m = (ptrdiff_t)B * (id + 1) / nt - r0, nr = m * H;
+  seq_split plan = seq_plan(threads, B, H);
+  tg_packed<T> shared;
+  if (plan.by_rows) { shared.add(0, G); shared.pack(H, w_hh_t, G); }
+  tg_barrier bar(plan.n);
+  auto work = [&](int id, int nt) {
+    seq_split me = plan;
+    me.at(id, nt, B, H, tg_pk<T>::L);
+    const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
+    tg_packed<T> own;
+    if (!plan.by_rows) {
+      for (int g = 0; g < gates; ++g) own.add(g * H + j0, j1 - j0);
+      own.pack(H, w_hh_t, G);
+    }
+    const tg_packed<T>& W = plan.by_rows ? shared : own;
     T* ghr = gh + r0 * G;
     for (int s = 0; s < T_; ++s) {
       TG_STEP(s);
       const T* hp = hs + p * n + r0 * H;
       T* hq = hs + q * n + r0 * H;
-      if (s == 0 && zero_h0) std::memset(ghr, 0, sizeof(T) * m * G);
-      else if (packed) tg_pgemm<T>(m, G, H, hp, wp.data(), ghr);
-      else tg_gemm<T>(m, G, H, hp, w_hh_t, ghr);
+      if (s == 0 && zero_h0) {
+        for (ptrdiff_t b = 0; b < m; ++b)
+          for (int g = 0; g < gates; ++g) std::memset(ghr + b * G + g * H + j0, 0, sizeof(T) * (j1 - j0));
+      } else {
+        W.gemm(m, hp, ghr, G);
+      }
       const T* gx_t = gx + (t * (ptrdiff_t)B + r0) * G;
-      if (cell == 2) lstm_fwd_impl<T>(gx_t, ghr, cs + p * n + r0 * H, H, hq, cs + q * n + r0 * H,
-                                      act + (t * (ptrdiff_t)B + r0) * A, nr);
-      else if (cell == 1) gru_fwd_impl<T>(gx_t, ghr, b_step, hp, H, hq, act + (t * (ptrdiff_t)B + r0) * A, nr);
-      else if (relu) rnn_relu_fwd_impl<T>(gx_t, ghr, hq, nr);
-      else rnn_tanh_fwd_impl<T>(gx_t, ghr, hq, nr);
+      T* act_t = act + (t * (ptrdiff_t)B + r0) * A;
+      if (cell == 2) lstm_fwd_cols<T>(gx_t, ghr, cs + p * n + r0 * H, H, hq, cs + q * n + r0 * H, act_t, m, j0, j1);
+      else if (cell == 1) gru_fwd_cols<T>(gx_t, ghr, b_step, hp, H, hq, act_t, m, j0, j1);
+      else
+        for (ptrdiff_t b = 0; b < m; ++b) {
+          if (relu) rnn_relu_fwd_impl<T>(gx_t + b * G + j0, ghr + b * G + j0, hq + b * H + j0, j1 - j0);
+          else rnn_tanh_fwd_impl<T>(gx_t + b * G + j0, ghr + b * G + j0, hq + b * H + j0, j1 - j0);
+        }
+      if (!plan.by_rows && nt > 1) bar.wait();  // every unit's h_q, before the next GEMM reads it
     }
   };
-  tg_parallel(packed ? tg_threads_for(threads, B) : 1, rows);
+  tg_parallel(plan.n, work);
   return 0;
 }
 
 // backward: dh += d_out[t]; the cell's d gates (and dc_{t-1} or dh z into scratch); then
 // dh <- d gates W_hh (+ dh z). Returns 1 where the LSTM's final dc is in scratch.
 template <typename T>
-static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int packed_min_rows, int threads,
-                   const T* w_hh, const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch,
+static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, const T* w_hh,
+                   const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch,
                    T* dgh, T* dgx) {
   const int gates = cell == 2 ? 4 : cell == 1 ? 3 : 1;
   const ptrdiff_t n = (ptrdiff_t)B * H, G = (ptrdiff_t)gates * H, A = cell == 0 ? 0 : 4 * (ptrdiff_t)H;
-  const bool packed = B >= packed_min_rows;
-  std::vector<T> wp(packed ? tg_pk<T>::size(G, H) : 0);
-  if (packed) tg_pack<T>(G, H, w_hh, wp.data());
-  auto rows = [&](int id, int nt) {
-    const ptrdiff_t r0 = (ptrdiff_t)B * id / nt, m = (ptrdiff_t)B * (id + 1) / nt - r0, nr = m * H;
+  seq_split plan = seq_plan(threads, B, H);
+  tg_packed<T> shared;
+  if (plan.by_rows) { shared.add(0, H); shared.pack(G, w_hh, H); }
+  tg_barrier bar(plan.n);
+  auto work = [&](int id, int nt) {
+    seq_split me = plan;
+    me.at(id, nt, B, H, tg_pk<T>::L);
+    const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
+    tg_packed<T> own;
+    if (!plan.by_rows) { own.add(j0, j1 - j0); own.pack(G, w_hh, H); }
+    const tg_packed<T>& W = plan.by_rows ? shared : own;
     T* dhr = dh + r0 * H;
     T* dcr = dc == nullptr ? nullptr : dc + r0 * H;
     T* sr = scratch + r0 * H;
     for (int s = 0; s < T_; ++s) {
       TG_BACK(s);
       const T* dout_t = d_out + t * n + r0 * H;
-      for (ptrdiff_t i = 0; i < nr; ++i) dhr[i] += dout_t[i];
+      for (ptrdiff_t b = 0; b < m; ++b)
+        for (ptrdiff_t j = j0; j < j1; ++j) dhr[b * H + j] += dout_t[b * H + j];
       const ptrdiff_t tr = t * (ptrdiff_t)B + r0;  // this step's first row in (T, B, ...) buffers
       T* dg_t = dgh + tr * G;
       if (cell == 2) {
-        lstm_bwd_impl<T>(act + tr * A, cs + p * n + r0 * H, cs + q * n + r0 * H, dhr, dcr, H, dg_t, sr, nr);
+        lstm_bwd_cols<T>(act + tr * A, cs + p * n + r0 * H, cs + q * n + r0 * H, dhr, dcr, H, dg_t, sr, m, j0, j1);
         T* tmp = dcr; dcr = sr; sr = tmp;
       } else if (cell == 1) {
-        gru_bwd_impl<T>(act + tr * A, hs + p * n + r0 * H, dhr, H, dg_t, dgx + tr * G, sr, nr);
-      } else if (relu) {
-        rnn_relu_bwd_impl<T>(hs + q * n + r0 * H, dhr, dg_t, nr);
+        gru_bwd_cols<T>(act + tr * A, hs + p * n + r0 * H, dhr, H, dg_t, dgx + tr * G, sr, m, j0, j1);
       } else {
-        rnn_tanh_bwd_impl<T>(hs + q * n + r0 * H, dhr, dg_t, nr);
+        for (ptrdiff_t b = 0; b < m; ++b) {
+          const T* h = hs + q * n + (r0 + b) * H + j0;
+          if (relu) rnn_relu_bwd_impl<T>(h, dhr + b * H + j0, dg_t + b * G + j0, j1 - j0);
+          else rnn_tanh_bwd_impl<T>(h, dhr + b * H + j0, dg_t + b * G + j0, j1 - j0);
+        }
       }
       if (s == T_ - 1 && !need_dh0) break;
-      if (packed) tg_pgemm<T>(m, H, G, dg_t, wp.data(), dhr);
-      else tg_gemm<T>(m, H, G, dg_t, w_hh, dhr);
-      if (cell == 1) for (ptrdiff_t i = 0; i < nr; ++i) dhr[i] += sr[i];
+      if (!plan.by_rows && nt > 1) bar.wait();  // every unit's d gates, before the GEMM reads them
+      W.gemm(m, dg_t, dhr, H);
+      if (cell == 1)
+        for (ptrdiff_t b = 0; b < m; ++b)
+          for (ptrdiff_t j = j0; j < j1; ++j) dhr[b * H + j] += sr[b * H + j];
     }
   };
-  tg_parallel(packed ? tg_threads_for(threads, B) : 1, rows);
+  tg_parallel(plan.n, work);
   return cell == 2 ? T_ & 1 : 0;  // dc and scratch swapped at every step
 }
 """
 HOST = HostCode(HOST_LOOPS, {
-    "seq_fwd": "int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int packed_min_rows, int threads, "
+    "seq_fwd": "int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, "
                "const T* gx, const T* w_hh_t, const T* b_step, T* gh, T* hs, T* cs, T* act",
-    "seq_bwd": "int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int packed_min_rows, int threads, "
+    "seq_bwd": "int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, "
                "const T* w_hh, const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch, "
                "T* dgh, T* dgx",
 })
 
 
-# The loops' recurrent GEMM runs on W_hh packed once per call (cpu_kernels.tg_pgemm), each
-# thread on its batch rows, where the batch has at least this many rows; below, through NumPy's
-# BLAS (whose GEMV splits W_hh's columns over its threads). Measured on a 2-core Xeon, an LSTM
-# layer's C++ loops forward and backward, packed on 2 threads against BLAS: 1.5-3.3x faster from
-# 4 rows at H=256 and 512 (1.5-2x at H=1024, 1.2-1.5x at B=256), at H=128 from 8 rows; at 1-3
-# rows between 0.7x (H=128) and 1.4x.
-PACKED_GEMM_MIN_ROWS = 4
-# Threads for the loops' rows (packed GEMM only): 0 follows NumPy's BLAS (its thread count at
-# the call, as threadpoolctl or OPENBLAS_NUM_THREADS set it; at most one per 2 rows); a
-# positive number is used as given (at most one per row).
+# Threads for the loops: 0 follows NumPy's BLAS (its thread count at each call, as
+# threadpoolctl or OPENBLAS_NUM_THREADS set it), split by rows with 2 rows a thread at least,
+# else by 32 hidden units a thread at least; a positive number is used as given (by rows where
+# there are as many, else by units).
 HOST_THREADS = 0
 
 
@@ -649,8 +694,8 @@ class _Sequence(Function):
         gh = xp.empty((B, G), dtype=dt)
         loop = _host_loop(dev, "seq_fwd", dt)
         if loop is not None:  # the loop below, in C++
-            loop(cls.host_cell, T, B, H, reverse, h0 is None, nonlinearity == "relu", PACKED_GEMM_MIN_ROWS,
-                 HOST_THREADS, dev.contiguous(gx), w_hh_t, b_step if cls.host_cell == 1 else None, gh, hs, cs, act)
+            loop(cls.host_cell, T, B, H, reverse, h0 is None, nonlinearity == "relu", HOST_THREADS,
+                 dev.contiguous(gx), w_hh_t, b_step if cls.host_cell == 1 else None, gh, hs, cs, act)
         else:
             # per-timestep views, made once (the array API indexes a leading axis as a[t, ...])
             hv, cv, gxv, av = _views(hs), _views(cs), _views(gx), _views(act)
@@ -684,7 +729,7 @@ class _Sequence(Function):
         loop = _host_loop(dev, "seq_bwd", dt)
         if loop is not None:  # the loop below, in C++
             swapped = loop(cls.host_cell, T, B, H, reverse, need[5], ctx.nonlinearity == "relu",
-                           PACKED_GEMM_MIN_ROWS, HOST_THREADS, dev.contiguous(w_hh), act, hs, cs, dev.contiguous(d_out),
+                           HOST_THREADS, dev.contiguous(w_hh), act, hs, cs, dev.contiguous(d_out),
                            dh, dc, scratch, dgh, None if dgx is dgh else dgx)
             if swapped:
                 dc, scratch = scratch, dc
