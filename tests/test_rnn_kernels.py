@@ -446,17 +446,25 @@ def test_numpys_blas_runs_its_jobs_on_the_host_loops_threads(cpu_kernels_on):
     np.testing.assert_allclose(a @ b, np.einsum("ik,kj->ij", a, b), rtol=1e-12, atol=1e-12)
     threads = ctypes.CFUNCTYPE(ctypes.c_int)(cpu_kernels.numpy_blas().get_num_threads)()
     assert (lib.tg_blas_pool_calls() > before) == (threads > 1)  # one thread: BLAS calls no jobs
+    # LAPACK's blocked routines call the threaded GEMM many times over (none nests in a job)
+    spd = a[:, :300] @ a[:, :300].T + 300 * np.eye(300)
+    x = np.linalg.solve(spd, b[:300])
+    np.testing.assert_allclose(spd @ x, b[:300], atol=1e-9)
+    lo = np.linalg.cholesky(spd)
+    np.testing.assert_allclose(lo @ lo.T, spd, atol=1e-9)
+    u, s, vt = np.linalg.svd(a)
+    np.testing.assert_allclose((u[:, :300] * s) @ vt[:300], a, atol=1e-9)
 
 
 def _lstm_loops(T=5, B=9, H=40, seed=0):
     """An LSTM layer's C++ loops forward and backward on fixed inputs: (hs, dh0)."""
     ks = rnnops.device_kernels(CPU)
     rng = np.random.default_rng(seed)
-    gx, w = rng.standard_normal((T, B, 4 * H)), rng.standard_normal((H, 4 * H)) * 0.2
+    gx, w = rng.standard_normal((T, B, 4 * H)), rng.standard_normal((4 * H, H)) * 0.2  # W_hh
     hs, cs, act = np.zeros((T + 1, B, H)), np.zeros((T + 1, B, H)), np.empty((T, B, 4 * H))
     ks["seq_fwd"](2, T, B, H, 0, 1, 0, 0, gx, w, None, np.empty((B, 4 * H)), hs, cs, act)
     dh, dc, dgh = np.zeros((B, H)), np.zeros((B, H)), np.empty((T, B, 4 * H))
-    ks["seq_bwd"](2, T, B, H, 0, 1, 0, 0, np.ascontiguousarray(w.T), act, hs, cs, rng.standard_normal((T, B, H)),
+    ks["seq_bwd"](2, T, B, H, 0, 1, 0, 0, w, act, hs, cs, rng.standard_normal((T, B, H)),
                   dh, dc, np.empty((B, H)), dgh, None)
     return hs, dh
 
@@ -526,7 +534,7 @@ def test_host_function_argument_errors(cpu_kernels_on):
     with pytest.raises(TypeError, match=r"host function rnn\.seq_fwd: takes 15 arguments, got 2"):
         loop(0, a)
     args = [0, 1, 2, 3, 0, 1, 0, 0, a, a, None, a, a, None, None]
-    with pytest.raises(DTypeError, match=r"argument w_hh_t must be a row-major float64 NumPy array, got float32"):
+    with pytest.raises(DTypeError, match=r"argument w_hh must be a row-major float64 NumPy array, got float32"):
         loop(*args[:9], a.astype(np.float32), *args[10:])
     with pytest.raises(DTypeError, match=r"argument gh must be a row-major float64"):
         loop(*args[:11], np.zeros((3, 2)).T, *args[12:])

@@ -350,20 +350,24 @@ template <typename T> struct tg_pk {
   static constexpr int L = TG_VB / sizeof(T), NR = 2 * L, MR = TG_MR;
   static ptrdiff_t size(ptrdiff_t K, ptrdiff_t N) { return (N + NR - 1) / NR * K * NR; }
 };
-// Wp <- W (K, N), rows ldw apart, packed (tg_pk::size(K, N) elements)
+// Wp <- W (K, N), rows ldw apart, packed (tg_pk::size(K, N) elements); trans: W is stored
+// as its transpose (N, K), rows ldw apart (the recurrent weight (G, H) for h W^T)
 template <typename T>
-static void tg_pack(ptrdiff_t K, ptrdiff_t N, const T* W, ptrdiff_t ldw, T* Wp) {
+static void tg_pack(ptrdiff_t K, ptrdiff_t N, const T* W, ptrdiff_t ldw, T* Wp, bool trans = false) {
   const int NR = tg_pk<T>::NR;
   for (ptrdiff_t p = 0; p * NR < N; ++p)
     for (ptrdiff_t k = 0; k < K; ++k)
-      for (int j = 0; j < NR; ++j)
-        Wp[(p * K + k) * NR + j] = p * NR + j < N ? W[k * ldw + p * NR + j] : T(0);
+      for (int j = 0; j < NR; ++j) {
+        const ptrdiff_t c = p * NR + j;
+        Wp[(p * K + k) * NR + j] = c < N ? (trans ? W[c * ldw + k] : W[k * ldw + c]) : T(0);
+      }
 }
 template <typename T, int R>
-static inline void tg_pblock(int rows, ptrdiff_t K, const T* a, const T* wp, T* out, ptrdiff_t ldo, int cols) {
+static inline void tg_pblock(ptrdiff_t K, const T* a, const T* wp, T* out, ptrdiff_t ldo, int cols) {
   typedef typename tg_pk<T>::vec vec;
   const int L = tg_pk<T>::L;
-  vec c0[R], c1[R];
+  vec c0[R], c1[R];  // indexed by constants only (loops unrolled), so they stay in registers
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) c0[r] = c1[r] = vec{};
   for (ptrdiff_t k = 0; k < K; ++k) {
     vec w0, w1;
@@ -376,11 +380,18 @@ static inline void tg_pblock(int rows, ptrdiff_t K, const T* a, const T* wp, T* 
       c1[r] += w1 * av;
     }
   }
-  for (int r = 0; r < rows; ++r) {
-    T row[2 * L];
-    std::memcpy(row, &c0[r], sizeof c0[r]);
-    std::memcpy(row + L, &c1[r], sizeof c1[r]);
-    std::memcpy(out + r * ldo, row, sizeof(T) * cols);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    T* o = out + r * ldo;
+    if (cols == 2 * L) {
+      std::memcpy(o, &c0[r], sizeof(vec));
+      std::memcpy(o + L, &c1[r], sizeof(vec));
+    } else {  // a cut panel
+      T row[2 * L];
+      std::memcpy(row, &c0[r], sizeof(vec));
+      std::memcpy(row + L, &c1[r], sizeof(vec));
+      for (int j = 0; j < cols; ++j) o[j] = row[j];
+    }
   }
 }
 // C (M, N), rows ldc apart, <- A (M, K) W, with W packed by tg_pack(K, N, ...). Rows go in
@@ -397,11 +408,11 @@ static void tg_pgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A, const T*
       const T* wp = Wp + p * K * NR;
       T* c = C + p * NR;
       ptrdiff_t r = m0;
-      for (; r + MR <= m1; r += MR) tg_pblock<T, MR>(MR, K, A + r * K, wp, c + r * ldc, ldc, cols);
+      for (; r + MR <= m1; r += MR) tg_pblock<T, MR>(K, A + r * K, wp, c + r * ldc, ldc, cols);
       // the last rows in blocks of 4, 2 and 1
-      for (; r + 4 <= m1; r += 4) tg_pblock<T, 4>(4, K, A + r * K, wp, c + r * ldc, ldc, cols);
-      for (; r + 2 <= m1; r += 2) tg_pblock<T, 2>(2, K, A + r * K, wp, c + r * ldc, ldc, cols);
-      for (; r < m1; ++r) tg_pblock<T, 1>(1, K, A + r * K, wp, c + r * ldc, ldc, cols);
+      for (; r + 4 <= m1; r += 4) tg_pblock<T, 4>(K, A + r * K, wp, c + r * ldc, ldc, cols);
+      for (; r + 2 <= m1; r += 2) tg_pblock<T, 2>(K, A + r * K, wp, c + r * ldc, ldc, cols);
+      for (; r < m1; ++r) tg_pblock<T, 1>(K, A + r * K, wp, c + r * ldc, ldc, cols);
     }
   }
 }
@@ -411,20 +422,23 @@ static void tg_pgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A, const T*
 template <typename T> struct tg_packed {
   ptrdiff_t K = 0;
   std::vector<ptrdiff_t> off, width, at;
-  std::vector<T> wp;
+  std::vector<T> buf;
+  T* wp = nullptr;  // in buf, on a 64-byte boundary: a vector load across two cache lines costs two
   void add(ptrdiff_t o, ptrdiff_t w) {
     if (w > 0) { off.push_back(o); width.push_back(w); }
   }
-  void pack(ptrdiff_t K_, const T* W, ptrdiff_t ldw) {  // W (K_, ...), rows ldw apart
+  void pack(ptrdiff_t K_, const T* W, ptrdiff_t ldw, bool trans = false) {  // W as tg_pack's
     K = K_;
     ptrdiff_t n = 0;
     at.clear();
     for (ptrdiff_t w : width) { at.push_back(n); n += tg_pk<T>::size(K, w); }
-    wp.resize(n);
-    for (size_t s = 0; s < off.size(); ++s) tg_pack<T>(K, width[s], W + off[s], ldw, wp.data() + at[s]);
+    buf.resize(n + 64 / sizeof(T));
+    wp = buf.data() + ((64 - (uintptr_t)buf.data() % 64) % 64) / sizeof(T);
+    for (size_t s = 0; s < off.size(); ++s)
+      tg_pack<T>(K, width[s], W + off[s] * (trans ? ldw : 1), ldw, wp + at[s], trans);
   }
   void gemm(ptrdiff_t M, const T* A, T* C, ptrdiff_t ldc) const {
-    for (size_t s = 0; s < off.size(); ++s) tg_pgemm<T>(M, width[s], K, A, wp.data() + at[s], C + off[s], ldc);
+    for (size_t s = 0; s < off.size(); ++s) tg_pgemm<T>(M, width[s], K, A, wp + at[s], C + off[s], ldc);
   }
 };
 """

@@ -172,12 +172,12 @@ static seq_split seq_plan(int threads, int B, int H) {
 // forward: gh <- h_p W_hh^T (zeros at the first step without h0), then the cell
 template <typename T>
 static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, const T* gx,
-                   const T* w_hh_t, const T* b_step, T* gh, T* hs, T* cs, T* act) {
+                   const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act) {
   const int gates = cell == 2 ? 4 : cell == 1 ? 3 : 1;
   const ptrdiff_t n = (ptrdiff_t)B * H, G = (ptrdiff_t)gates * H, A = cell == 0 ? 0 : 4 * (ptrdiff_t)H;
   seq_split plan = seq_plan(threads, B, H);
   tg_packed<T> shared;
-  if (plan.by_rows) { shared.add(0, G); shared.pack(H, w_hh_t, G); }
+  if (plan.by_rows) { shared.add(0, G); shared.pack(H, w_hh, H, true); }  // W_hh^T, (H, G)
   tg_barrier bar(plan.n);
   auto work = [&](int id, int nt) {
     seq_split me = plan;
@@ -186,7 +186,7 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
     tg_packed<T> own;
     if (!plan.by_rows) {
       for (int g = 0; g < gates; ++g) own.add(g * H + j0, j1 - j0);
-      own.pack(H, w_hh_t, G);
+      own.pack(H, w_hh, H, true);
     }
     const tg_packed<T>& W = plan.by_rows ? shared : own;
     T* ghr = gh + r0 * G;
@@ -271,7 +271,7 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
 """
 HOST = HostCode(HOST_LOOPS, {
     "seq_fwd": "int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, "
-               "const T* gx, const T* w_hh_t, const T* b_step, T* gh, T* hs, T* cs, T* act",
+               "const T* gx, const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act",
     "seq_bwd": "int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, "
                "const T* w_hh, const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch, "
                "T* dgh, T* dgx",
@@ -688,15 +688,15 @@ class _Sequence(Function):
             else:
                 cs[first, ...] = c0
         act = cls._act_buffer(xp, gx, owned, T, B, H)
-        w_hh_t = dev.contiguous(xp.permute_dims(w_hh, (1, 0)))  # once per call, for every step's GEMM
         b_step = cls._step_bias(dev, b_hh, G, dt)
         ctx.nonlinearity = nonlinearity
         gh = xp.empty((B, G), dtype=dt)
         loop = _host_loop(dev, "seq_fwd", dt)
         if loop is not None:  # the loop below, in C++
             loop(cls.host_cell, T, B, H, reverse, h0 is None, nonlinearity == "relu", HOST_THREADS,
-                 dev.contiguous(gx), w_hh_t, b_step if cls.host_cell == 1 else None, gh, hs, cs, act)
+                 dev.contiguous(gx), dev.contiguous(w_hh), b_step if cls.host_cell == 1 else None, gh, hs, cs, act)
         else:
+            w_hh_t = dev.contiguous(xp.permute_dims(w_hh, (1, 0)))  # once per call, for every step's GEMM
             # per-timestep views, made once (the array API indexes a leading axis as a[t, ...])
             hv, cv, gxv, av = _views(hs), _views(cs), _views(gx), _views(act)
             for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
