@@ -229,16 +229,21 @@ static void tg_worker(tg_pool* P, int id, long seen) {
 
 template <typename F> static void tg_call(void* f, int id, int n) { (*(F*)f)(id, n); }
 
+static bool tg_grow(tg_pool* P, int n) {  // at least n - 1 workers? (P->m held)
+  try {
+    for (; P->workers < n - 1; ++P->workers) std::thread(tg_worker, P, P->workers + 1, P->gen.load()).detach();
+  } catch (...) {
+    return false;
+  }
+  return true;
+}
+
 // Runs f(id, n) for id = 0..n-1 at once on n threads (this one runs id 0) of a pool with no
 // other job; false, with nothing run, where the threads cannot be had.
 template <typename F> static bool tg_run(tg_pool* P, int n, F& f) {
   {
     std::lock_guard<std::mutex> g(P->m);
-    try {
-      for (; P->workers < n - 1; ++P->workers) std::thread(tg_worker, P, P->workers + 1, P->gen.load()).detach();
-    } catch (...) {
-      return false;
-    }
+    if (!tg_grow(P, n)) return false;
   }
   P->left.store(n - 1, std::memory_order_relaxed);
   P->gen.fetch_add(1, std::memory_order_relaxed);  // odd: being written
@@ -291,12 +296,7 @@ extern "C" void tg_blas_jobs(int sync, tg_dojob_t dojob, int numjobs, size_t els
 extern "C" int tg_start_workers(int n) {
   tg_pool* P = tg_get_pool();
   std::lock_guard<std::mutex> g(P->m);
-  try {
-    for (; P->workers < n - 1; ++P->workers) std::thread(tg_worker, P, P->workers + 1, P->gen.load()).detach();
-  } catch (...) {
-    return 0;
-  }
-  return 1;
+  return tg_grow(P, n) ? 1 : 0;
 }
 
 // How many threads a host loop may use: `threads` if positive, else as many as NumPy's BLAS

@@ -161,6 +161,14 @@ struct seq_split {
     }
   }
 };
+// a call's sizes: the states (B, H), the gates (B, G), the saved activations A a row
+struct seq_dims {
+  int gates;
+  ptrdiff_t n, G, A;
+  seq_dims(int cell, int B, int H)
+      : gates(cell == 2 ? 4 : cell == 1 ? 3 : 1), n((ptrdiff_t)B * H), G((ptrdiff_t)gates * H),
+        A(cell == 0 ? 0 : 4 * (ptrdiff_t)H) {}
+};
 static seq_split seq_plan(int threads, int B, int H) {
   const int n = tg_threads(threads);
   if (threads > 0) return B >= n ? seq_split{true, n} : seq_split{false, n < H ? n : H};
@@ -173,9 +181,10 @@ static seq_split seq_plan(int threads, int B, int H) {
 template <typename T>
 static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, const T* gx,
                    const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act) {
-  const int gates = cell == 2 ? 4 : cell == 1 ? 3 : 1;
-  const ptrdiff_t n = (ptrdiff_t)B * H, G = (ptrdiff_t)gates * H, A = cell == 0 ? 0 : 4 * (ptrdiff_t)H;
-  seq_split plan = seq_plan(threads, B, H);
+  const seq_dims d(cell, B, H);
+  const int gates = d.gates;
+  const ptrdiff_t n = d.n, G = d.G, A = d.A;
+  const seq_split plan = seq_plan(threads, B, H);
   tg_packed<T> shared;
   if (plan.by_rows) { shared.add(0, G); shared.pack(H, w_hh, H, true); }  // W_hh^T, (H, G)
   tg_barrier bar(plan.n);
@@ -183,7 +192,7 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
     seq_split me = plan;
     me.at(id, nt, B, H, tg_pk<T>::L);
     const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
-    tg_packed<T> own;
+    tg_packed<T> own;  // by units: this thread's columns of W_hh^T
     if (!plan.by_rows) {
       for (int g = 0; g < gates; ++g) own.add(g * H + j0, j1 - j0);
       own.pack(H, w_hh, H, true);
@@ -222,17 +231,17 @@ template <typename T>
 static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, const T* w_hh,
                    const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch,
                    T* dgh, T* dgx) {
-  const int gates = cell == 2 ? 4 : cell == 1 ? 3 : 1;
-  const ptrdiff_t n = (ptrdiff_t)B * H, G = (ptrdiff_t)gates * H, A = cell == 0 ? 0 : 4 * (ptrdiff_t)H;
-  seq_split plan = seq_plan(threads, B, H);
+  const seq_dims d(cell, B, H);
+  const ptrdiff_t n = d.n, G = d.G, A = d.A;
+  const seq_split plan = seq_plan(threads, B, H);
   tg_packed<T> shared;
-  if (plan.by_rows) { shared.add(0, H); shared.pack(G, w_hh, H); }
+  if (plan.by_rows) { shared.add(0, H); shared.pack(G, w_hh, H); }  // W_hh, (G, H)
   tg_barrier bar(plan.n);
   auto work = [&](int id, int nt) {
     seq_split me = plan;
     me.at(id, nt, B, H, tg_pk<T>::L);
     const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
-    tg_packed<T> own;
+    tg_packed<T> own;  // by units: this thread's columns of W_hh
     if (!plan.by_rows) { own.add(j0, j1 - j0); own.pack(G, w_hh, H); }
     const tg_packed<T>& W = plan.by_rows ? shared : own;
     T* dhr = dh + r0 * H;
