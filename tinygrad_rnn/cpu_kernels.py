@@ -353,9 +353,10 @@ template <typename T> struct tg_pk {
 // Wp <- W (K, N), rows ldw apart, packed (tg_pk::size(K, N) elements); trans: W is stored
 // as its transpose (N, K), rows ldw apart (the recurrent weight (G, H) for h W^T)
 template <typename T>
-static void tg_pack(ptrdiff_t K, ptrdiff_t N, const T* W, ptrdiff_t ldw, T* Wp, bool trans = false) {
+static void tg_pack(ptrdiff_t K, ptrdiff_t N, const T* W, ptrdiff_t ldw, T* Wp, bool trans = false,
+                    ptrdiff_t p0 = 0, ptrdiff_t p1 = -1) {  // panels p0 .. p1 - 1 only (-1: to the last)
   const int NR = tg_pk<T>::NR;
-  for (ptrdiff_t p = 0; p * NR < N; ++p)
+  for (ptrdiff_t p = p0; p * NR < N && (p1 < 0 || p < p1); ++p)
     for (ptrdiff_t k = 0; k < K; ++k)
       for (int j = 0; j < NR; ++j) {
         const ptrdiff_t c = p * NR + j;
@@ -428,14 +429,30 @@ template <typename T> struct tg_packed {
     if (w > 0) { off.push_back(o); width.push_back(w); }
   }
   void pack(ptrdiff_t K_, const T* W, ptrdiff_t ldw, bool trans = false) {  // W as tg_pack's
+    layout(K_);
+    pack_part(W, ldw, trans, 0, 1);
+  }
+  // pack() in two halves, for threads that share one packed W: layout() on one thread, then
+  // pack_part(..., id, nt) on each of nt (its share of the panels), then a barrier
+  void layout(ptrdiff_t K_) {
     K = K_;
     ptrdiff_t n = 0;
     at.clear();
     for (ptrdiff_t w : width) { at.push_back(n); n += tg_pk<T>::size(K, w); }
     buf.resize(n + 64 / sizeof(T));
     wp = buf.data() + ((64 - (uintptr_t)buf.data() % 64) % 64) / sizeof(T);
-    for (size_t s = 0; s < off.size(); ++s)
-      tg_pack<T>(K, width[s], W + off[s] * (trans ? ldw : 1), ldw, wp + at[s], trans);
+  }
+  void pack_part(const T* W, ptrdiff_t ldw, bool trans, int id, int nt) {
+    const int NR = tg_pk<T>::NR;
+    ptrdiff_t panels = 0;
+    for (ptrdiff_t w : width) panels += (w + NR - 1) / NR;
+    const ptrdiff_t q0 = panels * id / nt, q1 = panels * (id + 1) / nt;
+    ptrdiff_t first = 0;  // the segment's first panel in the count over all segments
+    for (size_t s = 0; s < off.size(); first += (width[s] + NR - 1) / NR, ++s) {
+      const ptrdiff_t lo = q0 > first ? q0 - first : 0, hi = q1 - first;
+      if (hi > lo)
+        tg_pack<T>(K, width[s], W + off[s] * (trans ? ldw : 1), ldw, wp + at[s], trans, lo, hi);
+    }
   }
   void gemm(ptrdiff_t M, const T* A, T* C, ptrdiff_t ldc) const {
     for (size_t s = 0; s < off.size(); ++s) tg_pgemm<T>(M, width[s], K, A, wp + at[s], C + off[s], ldc);

@@ -186,9 +186,13 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
   const ptrdiff_t n = d.n, G = d.G, A = d.A;
   const seq_split plan = seq_plan(threads, B, H);
   tg_packed<T> shared;
-  if (plan.by_rows) { shared.add(0, G); shared.pack(H, w_hh, H, true); }  // W_hh^T, (H, G)
+  if (plan.by_rows) { shared.add(0, G); shared.layout(H); }  // W_hh^T, (H, G), packed by all threads
   tg_barrier bar(plan.n);
   auto work = [&](int id, int nt) {
+    if (plan.by_rows) {
+      shared.pack_part(w_hh, H, true, id, nt);
+      if (nt > 1) bar.wait();
+    }
     seq_split me = plan;
     me.at(id, nt, B, H, tg_pk<T>::L);
     const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
@@ -235,9 +239,13 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
   const ptrdiff_t n = d.n, G = d.G, A = d.A;
   const seq_split plan = seq_plan(threads, B, H);
   tg_packed<T> shared;
-  if (plan.by_rows) { shared.add(0, H); shared.pack(G, w_hh, H); }  // W_hh, (G, H)
+  if (plan.by_rows) { shared.add(0, H); shared.layout(G); }  // W_hh, (G, H), packed by all threads
   tg_barrier bar(plan.n);
   auto work = [&](int id, int nt) {
+    if (plan.by_rows) {
+      shared.pack_part(w_hh, H, false, id, nt);
+      if (nt > 1) bar.wait();
+    }
     seq_split me = plan;
     me.at(id, nt, B, H, tg_pk<T>::L);
     const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
