@@ -567,6 +567,28 @@ def test_matmul(device, shapes, data):
     check(device, lambda x, y: x.matmul(y), np.matmul, a, b)
 
 
+@given(shapes=st.tuples(*(st.integers(1, 4) for _ in range(3))), ta=st.booleans(), tb=st.booleans(),
+       data=st.data())
+def test_matmul_of_transposed_views(device, shapes, ta, tb, data):
+    # x @ W.T and its kin: a transposed operand gets its gradient as a transposed view too,
+    # so that the leaf behind it receives a row-major gradient (numbers checked here, the
+    # layout where the device's arrays have one)
+    n, k, m = shapes
+    a, b = data.draw(tgst.arrays((n, k))), data.draw(tgst.arrays((k, m)))
+    ab, bb = T(np.ascontiguousarray(a.T), device), T(np.ascontiguousarray(b.T), device)
+    x = ab.T if ta else T(a, device)
+    y = bb.T if tb else T(b, device)
+    g = data.draw(tgst.arrays((n, m)))
+    (x @ y).backward(T(g, device))
+    leaf_a, leaf_b = ab if ta else x, bb if tb else y
+    want_a, want_b = g @ b.T, a.T @ g
+    np.testing.assert_allclose(leaf_a.grad.numpy(), want_a.T if ta else want_a, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(leaf_b.grad.numpy(), want_b.T if tb else want_b, rtol=1e-12, atol=1e-12)
+    for leaf in (leaf_a, leaf_b):
+        flags = getattr(leaf.grad.data, "flags", None)
+        assert flags is None or flags.c_contiguous
+
+
 def test_matmul_with_array_operand(device):
     a = np.arange(6.0).reshape(2, 3)
     b = np.arange(3.0)
