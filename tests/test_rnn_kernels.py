@@ -456,6 +456,48 @@ def test_numpys_blas_runs_its_jobs_on_the_host_loops_threads(cpu_kernels_on):
     np.testing.assert_allclose((u[:, :300] * s) @ vt[:300], a, atol=1e-9)
 
 
+@needs_blas_callback
+def test_large_kernel_calls_split_over_the_one_pool(cpu_kernels_on):
+    # every kernel library runs its threads' work on the pool that runs NumPy's BLAS jobs;
+    # elementwise, the split changes no result
+    from threadpoolctl import threadpool_limits
+    owner = rnnops.device_kernels(CPU) and cpu_kernels._shared_pool
+    opt_ks, nn_ks = CPU.elementwise_kernels("optim", optim._KERNELS), CPU.elementwise_kernels("nn", nnops.KERNELS)
+    r = np.random.default_rng(3)
+    n, N, C, V, D = 100_003, 3001, 65, 50, 70  # not multiples of the split's grain
+    p0, g, m0, v0 = r.standard_normal(n), r.standard_normal(n), r.standard_normal(n), r.random(n)
+    logits, target = r.standard_normal((N, C)).astype(np.float32), r.integers(0, C, N)
+    table, ids = r.standard_normal((V, D)).astype(np.float32), r.integers(0, V, 2000)
+
+    def run():
+        p, m, v = p0.copy(), m0.copy(), v0.copy()
+        opt_ks["adam"](g, 0.9, 0.999, 0.01, 0.5, 1e-8, 0.1, 1.0, p, m, v)
+        nll, logp = np.empty(N, np.float32), np.empty((N, C), np.float32)
+        nn_ks["xent_fwd"](logits, target, C, nll, logp)
+        out = np.empty((2000, D), np.float32)
+        nn_ks["embed_fwd"](table, ids, D, out)
+        return p, m, v, nll, logp, out
+    with threadpool_limits(1, user_api="blas"):
+        before = owner.tg_pool_jobs()
+        one = run()
+        assert owner.tg_pool_jobs() == before  # one thread: no jobs
+    before = owner.tg_pool_jobs()
+    split = run()
+    threads = ctypes.CFUNCTYPE(ctypes.c_int)(cpu_kernels.numpy_blas().get_num_threads)()
+    assert owner.tg_pool_jobs() - before == (3 if threads > 1 else 0)
+    for k, (a, b) in enumerate(zip(one, split)):
+        assert np.array_equal(a, b), f"array {k}"
+    gg = g + 0.1 * p0
+    m_ref = m0 * 0.9 + gg * 0.1
+    v_ref = v0 * 0.999 + gg * gg * 0.001
+    np.testing.assert_allclose(split[0], p0 - m_ref / (np.sqrt(v_ref) / 0.5 + 1e-8) * 0.01, rtol=1e-12)
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    ref_logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(split[4], ref_logp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(split[3], -ref_logp[np.arange(N), target], rtol=1e-5, atol=1e-5)
+    assert np.array_equal(split[5], table[ids])
+
+
 def _lstm_loops(T=5, B=9, H=40, seed=0):
     """An LSTM layer's C++ loops forward and backward on fixed inputs: (hs, dh0)."""
     ks = rnnops.device_kernels(CPU)
@@ -666,6 +708,14 @@ def test_cuda_form_cross_entropy(cuda_form):
     g = E(np.float64, N, C)
     cuda_form("xent_bwd", N * C, logp, target, np.array([2.0]), 0.25, C, g)
     close(g, (np.exp(ref_logp) - np.eye(C)[target]) * 0.5)
+
+
+def test_cuda_form_embedding_forward(cuda_form):
+    V, D, N = 4, 6, 9
+    ids, table = rng.integers(0, V, N).astype(np.int64), R(np.float64, V, D)
+    out = E(np.float64, N, D)
+    cuda_form("embed_fwd", N * D, table, ids, D, out)
+    close(out, table[ids])
 
 
 def test_cuda_form_embedding_backward(cuda_form):

@@ -93,12 +93,15 @@ class Kernel(NamedTuple):
     add into the same places of a raw output (atomic on CUDA; on the CPU rows run in order
     and one row's elements together, so one row must not add twice into one place). With
     `row` naming an int32 parameter, the elements form rows of that length and the body
-    also gets the row `b` and column `j` of element i.
+    also gets the row `b` and column `j` of element i. `work` may name an int32 parameter
+    that the body loops over for each element (a row of that length): the CPU splits a call
+    over its threads by elements times that, not elements alone.
     """
     in_params: str
     out_params: str
     body: str
     row: str | None = None
+    work: str | None = None
 
 
 class HostCode(NamedTuple):

@@ -240,7 +240,10 @@ static bool tg_grow(tg_pool* P, int n) {  // at least n - 1 workers? (P->m held)
 
 // Runs f(id, n) for id = 0..n-1 at once on n threads (this one runs id 0) of a pool with no
 // other job; false, with nothing run, where the threads cannot be had.
+static std::atomic<long> tg_jobs{0};
+extern "C" long tg_pool_jobs() { return tg_jobs.load(); }  // jobs run on this library's pool
 template <typename F> static bool tg_run(tg_pool* P, int n, F& f) {
+  tg_jobs.fetch_add(1, std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> g(P->m);
     if (!tg_grow(P, n)) return false;
@@ -264,14 +267,30 @@ template <typename F> static bool tg_run(tg_pool* P, int n, F& f) {
   return true;
 }
 
-// f(id, n) for id = 0..n-1 on n threads, returning when all are done; f(0, 1) alone where
-// the pool is busy (a BLAS call from another thread) or workers cannot be started.
-template <typename F> static void tg_parallel(int n, F& f) {
+// f(id, n) for id = 0..n-1 on n threads of this library's pool, returning when all are done;
+// f(0, 1) alone where the pool is busy (a BLAS call from another thread) or workers cannot be
+// started.
+template <typename F> static void tg_parallel_here(int n, F& f) {
   tg_pool* P = n > 1 ? tg_get_pool() : nullptr;
   if (P == nullptr || !P->busy.try_lock()) { f(0, 1); return; }
   const bool ran = tg_run(P, n, f);
   P->busy.unlock();
   if (!ran) f(0, 1);
+}
+// Every kernel library has the code of a pool, but a process runs one: the first library
+// loaded owns it (and runs NumPy's BLAS jobs), and Python hands every later one the owner's
+// tg_pool_run (tg_set_pool).
+typedef void (*tg_job_t)(void*, int, int);
+static void (*tg_owner_run)(int, tg_job_t, void*) = nullptr;
+extern "C" void tg_set_pool(void* run) { tg_owner_run = (void (*)(int, tg_job_t, void*))run; }
+extern "C" void tg_pool_run(int n, tg_job_t fn, void* arg) {
+  auto f = [&](int id, int k) { fn(arg, id, k); };
+  tg_parallel_here(n, f);
+}
+// f(id, n) for id = 0..n-1 at once on the process's pool (see tg_parallel_here)
+template <typename F> static void tg_parallel(int n, F& f) {
+  if (n > 1 && tg_owner_run != nullptr) tg_owner_run(n, tg_call<F>, (void*)&f);
+  else tg_parallel_here(n, f);
 }
 
 // OpenBLAS's threading callback: its jobs of one call must all run at once (its level-3
@@ -307,6 +326,20 @@ static int tg_threads(int threads) {
   const int cores = (int)std::thread::hardware_concurrency();
   if (cores > 0 && n > cores) n = cores;
   return n < 1 ? 1 : n;
+}
+
+// A kernel call runs on the pool's threads from this much work (elements, times the row loop
+// its body runs for each where the kernel says so): about 10 us of simple arithmetic, against
+// a few us to hand the halves out. Where n is below, one thread runs it, as before.
+#ifndef TG_SPLIT_WORK
+#define TG_SPLIT_WORK 32768
+#endif
+// thread id's first element of n split over nt, on a multiple of `grain` (whole cache lines
+// of output per thread)
+static inline ptrdiff_t tg_cut(ptrdiff_t n, int id, int nt, ptrdiff_t grain) {
+  if (id >= nt) return n;
+  const ptrdiff_t c = n * id / nt / grain * grain;
+  return c < n ? c : n;
 }
 
 // A barrier for the n threads of one tg_parallel job (all running at once): spins, yielding the
@@ -532,22 +565,44 @@ def host_source(family, kernels, preamble="", host=None):
                     loads.append(f"const T {p} = {p}_p[i];" if role == "in" else f"T& {p} = {p}_p[i];")
         loads = " ".join(loads)
         names = [p + "_p" if kind == "elem" else p for kind, p in ins + outs]
-        if k.row is None:
-            parts.append(f"template <typename T>\nstatic void {name}_impl({', '.join(sig)}, ptrdiff_t n) {{\n"
-                         f"#pragma omp simd\n  for (ptrdiff_t i = 0; i < n; ++i) {{\n    {loads}\n{k.body}\n  }}\n}}\n")
-        else:  # and NAME_cols: columns j0 .. j1 - 1 of each row only (host loops split them over threads)
-            parts.append(f"template <typename T>\nstatic void {name}_cols({', '.join(sig)}, ptrdiff_t rows, "
-                         f"ptrdiff_t j0, ptrdiff_t j1) {{\n"
-                         f"  for (ptrdiff_t b = 0; b < rows; ++b) {{\n"
+        args = ", ".join(names)
+        if k.row is None:  # NAME_part: elements i0 .. i1 - 1
+            parts.append(f"template <typename T>\nstatic void {name}_part({', '.join(sig)}, ptrdiff_t i0, "
+                         f"ptrdiff_t i1) {{\n#pragma omp simd\n  for (ptrdiff_t i = i0; i < i1; ++i) {{\n"
+                         f"    {loads}\n{k.body}\n  }}\n}}\n"
+                         f"template <typename T>\nstatic void {name}_impl({', '.join(sig)}, ptrdiff_t n) {{\n"
+                         f"  {name}_part<T>({args}, 0, n);\n}}\n")
+            split = f"const ptrdiff_t lo = tg_cut(n, id, nt, 64), hi = tg_cut(n, id + 1, nt, 64); " \
+                    f"{name}_part<T>({args}, lo, hi);"
+        else:  # NAME_part: rows b0 .. b1 - 1, columns j0 .. j1 - 1 (host loops split them over threads)
+            parts.append(f"template <typename T>\nstatic void {name}_part({', '.join(sig)}, ptrdiff_t b0, "
+                         f"ptrdiff_t b1, ptrdiff_t j0, ptrdiff_t j1) {{\n"
+                         f"  for (ptrdiff_t b = b0; b < b1; ++b) {{\n"
                          f"#pragma omp simd\n"
                          f"    for (ptrdiff_t j = j0; j < j1; ++j) {{\n"
                          f"      const ptrdiff_t i = b * {k.row} + j;\n      {loads}\n{k.body}\n    }}\n  }}\n}}\n"
+                         f"template <typename T>\nstatic void {name}_cols({', '.join(sig)}, ptrdiff_t rows, "
+                         f"ptrdiff_t j0, ptrdiff_t j1) {{\n  {name}_part<T>({args}, 0, rows, j0, j1);\n}}\n"
                          f"template <typename T>\nstatic void {name}_impl({', '.join(sig)}, ptrdiff_t n) {{\n"
-                         f"  {name}_cols<T>({', '.join(names)}, n / {k.row}, 0, {k.row});\n}}\n")
+                         f"  {name}_cols<T>({args}, n / {k.row}, 0, {k.row});\n}}\n")
+            split = f"const ptrdiff_t rows = n / {k.row}; " \
+                    f"{name}_part<T>({args}, tg_cut(rows, id, nt, 1), tg_cut(rows, id + 1, nt, 1), 0, {k.row});"
+        # the exported entry: a call with enough work runs on the pool's threads, each its share
+        # of the elements (rows); not a kernel whose rows add into shared places (tg_atomic_add)
+        if "tg_atomic_add" in k.body:
+            entry = f"{name}_impl<T>({args}, n);"
+        else:
+            work = "n" if k.work is None else f"n * (ptrdiff_t)({k.work} > 1 ? {k.work} : 1)"
+            entry = (f"const int threads = {work} >= TG_SPLIT_WORK ? tg_threads(0) : 1;\n"
+                     f"  if (threads < 2) {{ {name}_impl<T>({args}, n); return; }}\n"
+                     f"  auto part = [&](int id, int nt) {{ {split} }};\n"
+                     f"  tg_parallel(threads, part);")
+        parts.append(f"template <typename T>\nstatic void {name}_entry({', '.join(sig)}, ptrdiff_t n) {{\n"
+                     f"  {entry}\n}}\n")
         for sfx, ctype in _C_TYPE.items():
             csig = ", ".join(s.replace("T*", f"{ctype}*") for s in sig)
             parts.append(f'extern "C" void {name}{sfx}({csig}, ptrdiff_t n) '
-                         f'{{ {name}_impl<{ctype}>({", ".join(names)}, n); }}\n')
+                         f'{{ {name}_entry<{ctype}>({args}, n); }}\n')
     if host is not None:
         parts.append(host.source)
         for name, signature in host.functions.items():
@@ -763,9 +818,9 @@ _shared_pool = None  # the library whose pool runs NumPy's BLAS jobs, once hande
 
 
 def _share_blas_threads(blas, lib):
-    """Hands NumPy's BLAS jobs to lib's thread pool (tg_blas_jobs), so that BLAS calls and host
-    loops share one set of threads: True where lib's pool is the one (the first library built
-    with host functions; loops of any later one run on one thread)."""
+    """Hands NumPy's BLAS jobs to lib's thread pool (tg_blas_jobs), so that BLAS calls, host
+    loops and kernels share one set of threads: True where lib's pool is the one (the first
+    kernel library loaded; every later one runs its threads' work on that pool, _join_pool)."""
     global _shared_pool
     if _shared_pool is not None:
         return _shared_pool is lib
@@ -781,12 +836,20 @@ def _share_blas_threads(blas, lib):
     return True
 
 
-def _host_functions(family, host, lib):
-    """{name: HostFunction}; where lib's pool runs NumPy's BLAS jobs, it learns BLAS's thread
-    count for its host loops (else they run on one thread, beside BLAS's own)."""
+def _join_pool(lib):
+    """Where the process's pool runs NumPy's BLAS jobs (lib's own, if lib is the first library
+    loaded, else the owner's, handed to lib), lib learns BLAS's thread count for its host loops
+    and kernels; else they run on one thread, beside BLAS's own."""
     blas = numpy_blas()
     shared = blas is not None and _share_blas_threads(blas, lib)
+    if blas is not None and not shared and _shared_pool is not None:
+        lib.tg_set_pool(ctypes.cast(_shared_pool.tg_pool_run, ctypes.c_void_p))
+        shared = True
     lib.tg_set_blas_threads(ctypes.c_void_p(blas.get_num_threads if shared else None))
+
+
+def _host_functions(family, host, lib):
+    """{name: HostFunction}"""
     return {name: HostFunction(family, name, sig, lib) for name, sig in host.functions.items()}
 
 
@@ -868,6 +931,7 @@ def build(family, kernels, preamble="", host=None):
             try:
                 lib = ctypes.CDLL(path)
                 built = {name: HostKernel(family, name, k, lib) for name, k in kernels.items()}
+                _join_pool(lib)
                 if host is not None:
                     built.update(_host_functions(family, host, lib))
                 return built
