@@ -10,10 +10,12 @@ per machine and source and kept in a cache directory, and calls go through ctype
 
 An op family may also bring host functions (backend.HostCode): C++ loops over its kernels
 and GEMMs on a weight packed once for many calls (tg_pgemm), which the recurrent layers use
-for their loop over time, split over a pool of threads (tg_parallel). The first library
-built with host functions hands its pool to NumPy's BLAS too, where that is OpenBLAS with a
-threading callback (found in the process by `numpy_blas`), so that one thread per core is
-ever busy; a loop then runs on as many threads as BLAS is set to, else on one.
+for their loop over time, split over a pool of threads (tg_parallel). The process has one
+such pool: the first kernel library loaded hands it to NumPy's BLAS too, where that is
+OpenBLAS with a threading callback (found in the process by `numpy_blas`), and every later
+library runs its threads' work on it, so that one thread per core is ever busy. A loop then
+runs on as many threads as BLAS is set to, and so does a kernel call with enough elements
+(32K: TG_SPLIT_WORK); without that callback, on one.
 
 Why: one fused loop per step instead of twenty NumPy passes, and a tanh that runs eight
 lanes at a time (NumPy's float32 tanh runs one element at a time on CPUs without AVX-512:
