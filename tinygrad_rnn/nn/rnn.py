@@ -417,7 +417,9 @@ class _RNNBase(Module):
                 # sums d gates into V rows instead of two GEMMs over T * B rows. The same
                 # numbers to rounding; used where the table has fewer rows than the sequence.
                 ids, emb_w = lookup
-                table = emb_w @ w_ih.T
+                # as (W_ih E^T)^T: W_ih, the large one, then gets a row-major gradient (E W_ih^T
+                # hands it a transposed one, which .grad copies: 0.1 ms a step at (768, 256))
+                table = (w_ih @ emb_w.T).T
                 bias = kind.sequence._input_bias(b_ih, b_hh)
                 if bias is not None:
                     table = table + bias

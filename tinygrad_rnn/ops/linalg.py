@@ -7,12 +7,6 @@ def _mT(xp, a):
     return a.T if a.ndim == 2 else xp.permute_dims(a, tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2))
 
 
-def _transposed(m):
-    """Whether the matrix m is a transposed view of a row-major one (where the array says)."""
-    flags = getattr(m, "flags", None)
-    return flags is not None and not flags.c_contiguous and flags.f_contiguous
-
-
 class MatMul(Function):
     @staticmethod
     def forward(ctx, a, b):
@@ -34,16 +28,8 @@ class MatMul(Function):
         na, nb = ctx.needs_input_grad
         if a.ndim == 2 and b.ndim == 2:
             # the common case (x @ W.T at every RNN step) needs no reshape or unbroadcast,
-            # which would cost more than the two tiny matmuls themselves. An operand that is a
-            # transposed view (W.T) gets its gradient as one too, (g^T a)^T: the transpose's
-            # backward then hands W a row-major gradient, which .grad would otherwise copy
-            # (0.1 ms for a GRU's (768, 256) weight in a char-LM step)
-            ga = gb = None
-            if na:
-                ga = (b @ grad.T).T if _transposed(a) else grad @ b.T
-            if nb:
-                gb = (grad.T @ a).T if _transposed(b) else a.T @ grad
-            return ga, gb
+            # which would cost more than the two tiny matmuls themselves
+            return (grad @ b.T if na else None), (a.T @ grad if nb else None)
         xp = ctx.xp
         # treat 1-D operands as a row (a) or a column (b) matrix, as matmul itself does
         a2 = a[None, :] if a.ndim == 1 else a
