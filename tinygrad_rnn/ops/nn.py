@@ -164,7 +164,7 @@ class Embedding(Function):
         _check_int("embedding", indices, "indices")
         if weight.ndim != 2:
             raise ShapeError(f"embedding: weight must be 2-D (num_embeddings, dim), got {fmt_shape(weight.shape)}")
-        flat = xp.reshape(indices, (-1,))
+        flat = xp.astype(xp.reshape(indices, (-1,)), xp.int64)  # as the kernels take them, once for both ways
         if flat.shape[0]:
             lo, hi = int(xp.min(flat)), int(xp.max(flat))
             if lo < 0 or hi >= weight.shape[0]:
@@ -174,7 +174,7 @@ class Embedding(Function):
         ks = ctx.device.elementwise_kernels("nn", KERNELS) if flat.shape[0] and weight.shape[1] else None
         if ks is not None:
             out = xp.empty((flat.shape[0], weight.shape[1]), dtype=weight.dtype)
-            ks["embed_fwd"](ctx.device.contiguous(weight), xp.astype(flat, xp.int64), weight.shape[1], out)
+            ks["embed_fwd"](ctx.device.contiguous(weight), flat, weight.shape[1], out)
         else:
             out = xp.take(weight, flat, axis=0)
         return xp.reshape(out, tuple(indices.shape) + (weight.shape[1],))
@@ -186,7 +186,7 @@ class Embedding(Function):
         rows = xp.reshape(grad, (-1, ctx.w_shape[1]))
         ks = ctx.device.elementwise_kernels("nn", KERNELS) if rows.shape[0] and rows.shape[1] else None
         if ks is not None:
-            ks["embed_bwd"](rows, xp.astype(ctx.flat, xp.int64), ctx.w_shape[1], gw)
+            ks["embed_bwd"](rows, ctx.flat, ctx.w_shape[1], gw)
         else:
             ctx.device.scatter_add(gw, ctx.flat, rows)
         if ctx.padding_idx is not None:
