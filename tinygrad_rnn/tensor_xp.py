@@ -15,7 +15,7 @@ the op saved becomes the Tensor it came from:
   an error naming it, rather than return a silently wrong second derivative.
 
 Ops whose backward is fused raw-array code (the recurrent cells and sequences) provide
-`composed(ctx, *inputs)`: the same outputs from primitive ops, whose graph is then
+`composed(ctx, *inputs)` (ctx.xp the tensor namespace): the same outputs from primitive ops, whose graph is then
 differentiated (with create_graph) in place of the fused rule. The numbers are the same
 to rounding.
 """
@@ -270,7 +270,7 @@ def backward_with_graph(node, grads, outputs):
             args = [Alias.apply(t) if isinstance(t, Tensor) and node.needs_input_grad[k] else t
                     for k, t in enumerate(node.inputs)]
             tensors = [(k, a) for k, a in enumerate(args) if isinstance(a, Tensor) and node.needs_input_grad[k]]
-            outs = composed(node, *args)
+            outs = composed(_GraphCtx(node, ()), *args)
         outs = outs if isinstance(outs, tuple) else (outs,)
         pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
         res = [None] * len(node.inputs)

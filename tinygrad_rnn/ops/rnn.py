@@ -790,15 +790,14 @@ class _Sequence(Function):
     @classmethod
     def composed(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None):
         """The same sequence from the composed steps (what create_graph differentiates)."""
-        from ..tensor import Tensor, stack
         T, B = x.shape[0], x.shape[1]
         G, H = w_hh.shape
         gx = x if w_ih is None else x @ w_ih.T
         if b_ih is not None:
             gx = gx + b_ih
-        zeros = lambda: Tensor._make(ctx.xp.zeros((B, H), dtype=x.data.dtype), x.device, None, 0)  # noqa: E731
-        h = h0 if h0 is not None else zeros()
-        c = (c0 if c0 is not None else zeros()) if cls.has_cell else None
+        xp = ctx.xp  # the tensor namespace: this runs on Tensors, recording a graph
+        h = h0 if h0 is not None else xp.zeros((B, H), dtype=x.dtype)
+        c = (c0 if c0 is not None else xp.zeros((B, H), dtype=x.dtype)) if cls.has_cell else None
         outs = [None] * T
         w_t = w_hh.T
         for t in (range(T - 1, -1, -1) if ctx.reverse else range(T)):
@@ -812,7 +811,7 @@ class _Sequence(Function):
             else:
                 h = rnn_step(gx[t], gh, ctx.nonlinearity)
             outs[t] = h
-        return (stack(outs, axis=0), h) + ((c,) if cls.has_cell else ())
+        return (xp.stack(outs, axis=0), h) + ((c,) if cls.has_cell else ())
 
     # per-kind parts
     @staticmethod
