@@ -7,6 +7,7 @@ from .backend import (DType, bool_, cuda_available, float32, float64, get_defaul
 from .errors import AxisError, DTypeError, IndexOutOfRange, ShapeError, TinygradError
 from .tensor import (Tensor, arange, cat, concat, eye, full, maximum, minimum, ones, ones_like, rand,
                      randint, randn, stack, tensor, where, zeros, zeros_like)
+from . import tensor_xp  # noqa: F401  (registers create_graph's rules with the engine)
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck
 from . import func, nn, viz  # noqa: E402
 from . import optim  # noqa: E402

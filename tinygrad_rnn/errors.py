@@ -35,6 +35,28 @@ class StateDictError(TinygradError, KeyError):
         return str(self.args[0])
 
 
+class CreateGraphError(TinygradError, RuntimeError):
+    """create_graph=True reached an op whose backward cannot be differentiated again."""
+
+
+class AnomalyError(TinygradError, RuntimeError):
+    """A backward rule produced NaN or infinity under detect_anomaly()."""
+
+
+def annotate(err, op, args, device):
+    """A backend's error inside op's forward, restated with the op's name and what it was given."""
+    parts = []
+    for a in args:
+        if isinstance(a, (int, float)):
+            parts.append(repr(a))
+        elif hasattr(a, "requires_grad"):  # a Tensor: its dtype is the package's DType
+            parts.append(f"tensor {fmt_shape(a.shape)} {a.dtype.name}")
+        elif hasattr(a, "shape") and hasattr(a, "dtype"):
+            parts.append(f"array {fmt_shape(a.shape)} {a.dtype}")
+    kind = next(k for k in (ValueError, TypeError, IndexError) if isinstance(err, k))
+    return kind(f"{op.lower()}: {err} (inputs: {', '.join(parts)}; device {device.name})")
+
+
 def fmt_shape(shape) -> str:
     return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from . import autograd
 from . import backend as B
-from .autograd.engine import TensorBase, _set_tensor_factory
+from .autograd import engine
+from .autograd.engine import TensorBase
 from .errors import AxisError, DTypeError, ShapeError, TinygradError, fmt_shape, normalize_axes
 from .ops import elementwise as ew
 from .ops import linalg, nn as nnops, reduce as red, scan as scan_ops, shape as shape_ops
@@ -687,4 +688,4 @@ __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "zeros_like", "ones_like
            "rand", "randint", "eye", "concat", "cat", "stack", "where", "maximum", "minimum", "TinygradError"]
 
 # the engine makes each op's outputs with this class
-_set_tensor_factory(Tensor._make)
+engine.register(tensor_factory=Tensor._make)

@@ -22,7 +22,10 @@ to rounding.
 from __future__ import annotations
 
 from . import backend as B
-from .autograd import CreateGraphError
+from .autograd import engine, enable_grad, grad, unbroadcast
+from .errors import CreateGraphError
+from .ops.nn import Embedding
+from .ops.shape import Alias, IndexAdd
 from .tensor import Tensor, concat, full, stack, where
 
 
@@ -135,7 +138,6 @@ class TensorNamespace:
 
     @staticmethod
     def take(x, index, axis=0):
-        from .ops.nn import Embedding  # a row gather, and differentiable twice itself
         if axis != 0 or x.ndim == 0:
             raise CreateGraphError("take under create_graph: only along axis 0")
         rest = x.shape[1:]
@@ -179,7 +181,6 @@ class _Scratch(Tensor):
         self.data, self._ctx, self._index, self.requires_grad = new.data, new._ctx, new._index, new.requires_grad
 
     def add_at(self, key, values, accumulate):
-        from .ops.shape import IndexAdd
         old = self._current()
         if not isinstance(values, Tensor):  # a number: setting a region to it, as `gw[pad] = 0.0`
             keep = self.device.xp.ones(self.shape, dtype=self.data.dtype)
@@ -262,8 +263,6 @@ def backward_with_graph(node, grads, outputs):
         raise CreateGraphError(f"{node.fn.__name__}: create_graph=True: {refusal}")
     composed = getattr(node.fn, "composed", None)
     if composed is not None:
-        from .autograd import enable_grad, grad
-        from .ops.shape import Alias
         with enable_grad():
             # each input through an alias node of its own: the gradient is then the partial
             # derivative for that input alone (the GRU's h and gh = h W^T are both inputs)
@@ -282,3 +281,37 @@ def backward_with_graph(node, grads, outputs):
         return tuple(res)
     view = _GraphCtx(node, _saved_as_tensors(node, outputs))
     return node.fn.backward(view, *grads)
+
+
+class GraphRules:
+    """How the engine's walk runs under create_graph=True: every gradient is a Tensor, and
+    each node's rule runs on Tensors (backward_with_graph), recording a graph of its own."""
+
+    def __init__(self, roots):
+        # (node, output index) -> that output Tensor, as its consumers show it: a rule's
+        # saved outputs map back to these (_saved_as_tensors)
+        self.produced = {(r._ctx, r._index): r for r in roots if r._ctx is not None}
+
+    @staticmethod
+    def seed(grad, owner):  # owner: the root or node the gradient belongs to
+        return grad if isinstance(grad, Tensor) else Tensor._make(grad, owner.device, None, 0)
+
+    def call(self, node, grads_in):
+        gs = [grads_in] if node.out_meta is None else grads_in
+        gs = [g if isinstance(g, Tensor) else Tensor._make(g, node.device, None, 0) for g in gs]
+        outs = [self.produced.get((node, i)) for i in range(len(gs))]
+        out = backward_with_graph(node, gs, outs)
+        return out if type(out) is tuple else (out,)
+
+    def fit(self, g, inp):
+        """The gradient in its input's shape and dtype, differentiably."""
+        if tuple(g.shape) != tuple(inp.data.shape):
+            g = unbroadcast(TensorNamespace(inp.device), g, tuple(inp.data.shape))
+        if g.dtype is not inp.dtype:
+            g = g.to(inp.dtype)
+        if inp._ctx is not None:
+            self.produced[(inp._ctx, inp._index)] = inp
+        return g
+
+
+engine.register(graph_rules=GraphRules)

@@ -1,9 +1,10 @@
 """Reverse-mode autodiff.
 
-engine.py is the heart, in one file that imports no op: `Function` (an op: forward and
-backward on raw arrays), `Context` (a graph node), grad mode, and `run_backward`, the
-iterative walk. tools.py: `grad`, tensor hooks, `detect_anomaly`.
+engine.py is the heart, in one file that imports nothing above it: `Function` (an op:
+forward and backward on raw arrays), `Context` (a graph node), and `run_backward`, the
+iterative walk. tools.py: grad mode, `grad`, tensor hooks, retain_grad, `detect_anomaly`.
 """
-from .engine import (AnomalyError, Context, CreateGraphError, Function, TensorBase, _topological_order,  # noqa: F401
-                     enable_grad, is_grad_enabled, no_grad, retain, run_backward, unbroadcast)
-from .tools import RemovableHandle, detect_anomaly, grad, is_anomaly_enabled, register_hook  # noqa: F401
+from ..errors import AnomalyError, CreateGraphError  # noqa: F401
+from .engine import Context, Function, TensorBase, _topological_order, run_backward, unbroadcast  # noqa: F401
+from .tools import (RemovableHandle, detect_anomaly, enable_grad, grad, is_anomaly_enabled,  # noqa: F401
+                    is_grad_enabled, no_grad, register_hook, retain)
