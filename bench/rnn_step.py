@@ -159,7 +159,7 @@ def ours(args, cell, hidden, batch, layers, impl, portable=False):
 
 def pytorch(args, torch, cell, hidden, batch, layers):
     torch.manual_seed(0)
-    dev = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
+    dev = torch.device(args.device if args.device.startswith("cuda") else "cpu")  # cuDNN's nn.LSTM on a GPU
     dt = getattr(torch, args.dtype)
     E = args.embed or hidden
     layer_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
@@ -178,7 +178,7 @@ def pytorch(args, torch, cell, hidden, batch, layers):
         loss.backward()
         opt.step()
 
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     return step, sync
 
 
@@ -264,6 +264,10 @@ def main(argv=None):
             import torch  # noqa: F811  (optional: a benchmark-only comparison)
         except ImportError:
             torch = None
+    if torch is not None and args.device.startswith("cuda") and not torch.cuda.is_available():
+        # a CPU-only PyTorch beside our GPU would compare two different machines
+        print(f"rnn_step: PyTorch {torch.__version__} has no CUDA here; no PyTorch comparison", file=sys.stderr)
+        torch = None
     limiter = None
     if args.threads:
         try:
@@ -287,6 +291,8 @@ def main(argv=None):
     if torch is not None:
         env["torch"] = torch.__version__
         env["torch_threads"] = torch.get_num_threads()
+        if args.device.startswith("cuda"):
+            env["torch_cuda"], env["torch_cudnn"] = torch.version.cuda, torch.backends.cudnn.version()
     print(json.dumps(env), flush=True)
     configs = PRESETS[args.preset] if args.preset else list(
         itertools.product(args.cell, args.hidden, args.batch, args.layers))
