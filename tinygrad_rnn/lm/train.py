@@ -34,7 +34,7 @@ from .. import nn
 from ..nn.utils import NonFiniteNormError, clip_grad_norm_
 from .. import optim as optim_mod
 from ..autograd import no_grad
-from ..data import BPTTStream, CharVocab, DataError, load_corpus
+from ..text import BPTTStream, CharVocab, DataError, load_corpus
 from ..nn import functional as F
 from . import checkpoint as ckpt
 from .model import CharLM, detach_state, state_from_host, state_to_host
