@@ -5,7 +5,7 @@ what PyTorch reaches in the same 10 minutes on the same machine. This runs PyTor
 a plain `nn.LSTM` char-LM (by default LSTM 2x256 on one-hot input, dropout 0.25 between
 the layers and before the head, Adam 2e-3, batch 32, windows of 64 with the state carried,
 gradient norm clipped at 5) on exactly the split, the batches and the evaluation our
-`train` uses (tinygrad_rnn.data's 90/10 split and BPTT windows; the whole validation tenth
+`train` uses (tinygrad_rnn.text's 90/10 split and BPTT windows; the whole validation tenth
 read as `tinygrad_rnn.lm.train.evaluate` reads it: 32 rows, windows of 128, the state
 carried, in eval mode). PyTorch is a benchmark-only extra (`pip install torch==2.13.0`).
 
@@ -54,7 +54,7 @@ def main(argv=None):
     except ImportError:
         print("charlm_minutes: PyTorch is not importable (pip install torch==2.13.0); nothing to run")
         return 0
-    from tinygrad_rnn.data import BPTTStream, load_corpus
+    from tinygrad_rnn.text import BPTTStream, load_corpus
 
     data = args.data or (SHARED if os.path.exists(SHARED) else None)
     if data is None:

@@ -20,7 +20,8 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tinygrad_rnn as tg
-from tinygrad_rnn import data, nn, optim
+from tinygrad_rnn import nn, optim
+from tinygrad_rnn.text import CharVocab, stdlib_text
 from tinygrad_rnn import distributed as dist
 from tinygrad_rnn.nn import functional as F
 
@@ -36,8 +37,8 @@ def main(argv=None):
     n, r = dist.world_size(), dist.rank()
     if args.batch % n:
         raise SystemExit(f"--batch {args.batch} does not divide among {n} processes")
-    text = data.stdlib_text(max_chars=50_000)
-    vocab = data.CharVocab.from_text(text)
+    text = stdlib_text(max_chars=50_000)
+    vocab = CharVocab.from_text(text)
     ids = vocab.encode(text)
     tg.manual_seed(r)  # different on each rank on purpose: the broadcast below makes them equal
     emb, lstm, head = nn.Embedding(len(vocab), 32), nn.LSTM(32, 64), nn.Linear(64, len(vocab))

@@ -22,7 +22,8 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tinygrad_rnn as tg
-from tinygrad_rnn import data, nn, optim
+from tinygrad_rnn import nn, optim
+from tinygrad_rnn.text import CharVocab, stdlib_text
 from tinygrad_rnn.nn import functional as F
 
 
@@ -88,12 +89,12 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=30, help="power iterations")
     args = ap.parse_args(argv)
     embed = 8
-    text = data.stdlib_text(max_chars=20_000)
+    text = stdlib_text(max_chars=20_000)
     if args.quick:  # lower-case letters only: a small vocabulary, so the full Hessian is cheap to check
         args.hidden, args.steps, args.iters, embed = 6, 60, 20, 4
         text = "".join(c for c in text.lower() if c in "abcdefghijklmnopqrstuvwxyz _.\n")
     tg.manual_seed(0)
-    vocab = data.CharVocab.from_text(text)
+    vocab = CharVocab.from_text(text)
     ids = np.asarray(vocab.encode(text), dtype=np.int64)
     T, B = 32, 8
     model = TinyLM(len(vocab), args.hidden, embed)

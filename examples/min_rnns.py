@@ -34,7 +34,8 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tinygrad_rnn as tg
-from tinygrad_rnn import data, nn, optim
+from tinygrad_rnn import nn, optim
+from tinygrad_rnn.text import load_corpus
 from tinygrad_rnn.lm import CharLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,7 +151,7 @@ def main(argv=None):
           " here (batch 1, 16 units:\n    ~5x at T = 4096, bench/minrnn_scan.py). A GPU is in that regime at far"
           " larger sizes; not measured here.)")
 
-    corpus = data.load_corpus(max_chars=300_000)
+    corpus = load_corpus(max_chars=300_000)
     print(f"3. character LMs on {len(corpus.text):,} characters of Python source (2 layers of {args.hidden}, "
           f"{args.steps} Adam steps of {args.batch} x {args.seq_len}); validation bits/char "
           f"(a unigram model: {unigram_bits(corpus):.2f}):")

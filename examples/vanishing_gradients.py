@@ -30,7 +30,8 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tinygrad_rnn as tg
-from tinygrad_rnn import data, nn, optim
+from tinygrad_rnn import nn, optim
+from tinygrad_rnn.text import CharVocab, stdlib_text
 from tinygrad_rnn.nn import functional as F
 
 
@@ -186,8 +187,8 @@ def main(argv=None):
     print(f"2. linear h_t = w h_(t-1), T = 50: d h_50 / d h_0 = {g11:.2f} for w = 1.1 and {g09:.5f} for w = 0.9")
     res.update(linear_1_1=g11, linear_0_9=g09)
 
-    text = data.stdlib_text(max_chars=100_000)  # always there: the standard library's sources
-    vocab = data.CharVocab.from_text(text)
+    text = stdlib_text(max_chars=100_000)  # always there: the standard library's sources
+    vocab = CharVocab.from_text(text)
     ids = vocab.encode(text)
     print(f"3. character LMs on {len(text):,} characters of Python source ({args.steps} Adam steps of "
           f"{args.batch} x {args.seq_len} characters each), then the gradient of the loss of the last "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tinygrad_rnn as tg
-from tinygrad_rnn.data import CharVocab, UnknownCharError
+from tinygrad_rnn.text import CharVocab, UnknownCharError
 from tinygrad_rnn.lm import checkpoint as C
 from tinygrad_rnn.lm import CharLM, NGramModel, TrainConfig, available_cells, evaluate, load_model, train
 from tinygrad_rnn.lm.model import detach_state

@@ -181,7 +181,7 @@ def _add_sample(sub):
 
 
 def cmd_sample(args):
-    from .data import UnknownCharError, read_text_file
+    from .text import UnknownCharError, read_text_file
     from .lm.train import load_model
     model, vocab, _ = load_model(args.checkpoint, device=args.device)
     prompt, what = args.prompt, "--prompt"
@@ -222,7 +222,7 @@ def _add_eval(sub):
 
 
 def cmd_eval(args):
-    from .data import UnknownCharError, corpus_text, validation_text
+    from .text import UnknownCharError, corpus_text, validation_text
     from .lm.train import TrainConfig, evaluate, load_model
     model, vocab, c = load_model(args.checkpoint, device=args.device)
     cfg = TrainConfig.from_dict(c.meta["config"])
@@ -345,7 +345,7 @@ def _add_ngram(sub):
 
 
 def cmd_ngram(args):
-    from .data import load_corpus
+    from .text import load_corpus
     from .lm.ngram import evaluate
     corpus = load_corpus(args.data, args.max_chars, args.val_fraction)
     try:
@@ -394,7 +394,7 @@ def _abort_other_ranks(message):
 
 
 def main(argv=None) -> int:
-    from .data import DataError
+    from .text import DataError
     from .lm.checkpoint import CheckpointError
     from .lm.train import TrainError
     parser = build_parser()

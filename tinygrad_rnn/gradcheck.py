@@ -45,6 +45,24 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,
     raise_exception=False).
     """
     inputs = _as_tuple(inputs)
+    checked = _checked_inputs(inputs)
+    rng = np.random.default_rng(seed)
+    vs, analytic = _analytic_vjp(fn, inputs, checked, rng)
+    f = _projected(fn, inputs, vs)
+    if fast_mode:
+        failures = _fast_mode_failures(f, inputs, checked, analytic, rng, eps, atol, rtol)
+    else:
+        failures = _full_mode_failures(f, inputs, checked, analytic, eps, atol, rtol)
+    if failures:
+        if raise_exception:
+            raise GradcheckError("gradcheck failed: " + " | ".join(failures) +
+                                 f" (eps={eps}, atol={atol}, rtol={rtol})")
+        return False
+    return True
+
+
+def _checked_inputs(inputs):
+    """The indices of the inputs that require grad, each a float64 leaf (or an error saying why not)."""
     checked = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.requires_grad]
     if not checked:
         raise ValueError("gradcheck: no input requires grad; nothing to check")
@@ -55,9 +73,12 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,
                             f"(make it with dtype=tg.float64)")
         if not x.is_leaf:
             raise ValueError(f"gradcheck: input {i} is not a leaf tensor; pass leaves (e.g. x.detach().requires_grad_())")
-    rng = np.random.default_rng(seed)
+    return checked
 
-    # analytic: backward of <v, fn(x)>
+
+def _analytic_vjp(fn, inputs, checked, rng):
+    """(vs, {i: the gradient of <v, fn(x)> w.r.t. input i, by backward}) for random vs, one per
+    output; the inputs' own .grad are put back as they were."""
     outs = _outputs(fn, inputs)
     vs = [rng.standard_normal(o.shape) for o in outs]
     saved = {i: inputs[i].grad for i in checked}
@@ -72,60 +93,70 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,
     finally:
         for i in checked:
             inputs[i].grad = saved[i]
+    return vs, analytic
 
+
+def _projected(fn, inputs, vs):
+    """f() = <v, fn(inputs)> at the inputs' current values, as a float, without a graph."""
     def f():
         with no_grad():
             return sum(float(np.sum(o.numpy().astype(np.float64) * v)) for o, v in zip(_outputs(fn, inputs), vs))
+    return f
 
-    def perturbed(i, delta):
-        x = inputs[i]
-        orig = x.data
-        x.data = x.device.from_host(x.numpy() + delta, x.dtype)
-        return orig
 
+def _shifted(x, delta):
+    """Move x's values by delta in place; returns the original data, to put back."""
+    orig = x.data
+    x.data = x.device.from_host(x.numpy() + delta, x.dtype)
+    return orig
+
+
+def _difference(f, inputs, plus, minus):
+    """f(x + plus) - f(x + minus): every inputs[i] named in plus (then in minus) moved by its
+    delta at once, and put back after each evaluation."""
+    origs = {i: _shifted(inputs[i], d) for i, d in plus.items()}
+    fp = f()
+    for i in plus:
+        inputs[i].data = origs[i]
+    origs = {i: _shifted(inputs[i], d) for i, d in minus.items()}
+    fm = f()
+    for i in minus:
+        inputs[i].data = origs[i]
+    return fp - fm
+
+
+def _fast_mode_failures(f, inputs, checked, analytic, rng, eps, atol, rtol):
+    """The derivative along one random direction u of all inputs together: <analytic, u> against
+    central differences of f along u."""
+    us = {i: rng.standard_normal(inputs[i].shape) for i in checked}
+    numeric = _difference(f, inputs, {i: eps * us[i] for i in checked},
+                                  {i: -eps * us[i] for i in checked}) / (2 * eps)
+    a = float(sum(np.sum(analytic[i] * us[i]) for i in checked))
+    if not abs(a - numeric) <= atol + rtol * abs(numeric):
+        return [f"directional derivative along a random direction: analytic {a:.10g}, "
+                f"numeric {numeric:.10g}, |diff| {abs(a - numeric):.3g}"]
+    return []
+
+
+def _full_mode_failures(f, inputs, checked, analytic, eps, atol, rtol):
+    """Every element of every checked input's gradient against its own central difference;
+    one message per input with mismatches, naming the five worst elements."""
     failures = []
-    if fast_mode:
-        us = {i: rng.standard_normal(inputs[i].shape) for i in checked}
-        origs = {i: perturbed(i, eps * us[i]) for i in checked}
-        fp = f()
-        for i in checked:
-            inputs[i].data = origs[i]
-        origs = {i: perturbed(i, -eps * us[i]) for i in checked}
-        fm = f()
-        for i in checked:
-            inputs[i].data = origs[i]
-        numeric = (fp - fm) / (2 * eps)
-        a = float(sum(np.sum(analytic[i] * us[i]) for i in checked))
-        if not abs(a - numeric) <= atol + rtol * abs(numeric):
-            failures.append(f"directional derivative along a random direction: analytic {a:.10g}, "
-                            f"numeric {numeric:.10g}, |diff| {abs(a - numeric):.3g}")
-    else:
-        for i in checked:
-            x = inputs[i]
-            num = np.zeros(x.shape)
-            for j in np.ndindex(*x.shape):
-                e = np.zeros(x.shape)
-                e[j] = eps
-                orig = perturbed(i, e)
-                fp = f()
-                x.data = orig
-                orig = perturbed(i, -e)
-                fm = f()
-                x.data = orig
-                num[j] = (fp - fm) / (2 * eps)
-            a = analytic[i]
-            bad = ~(np.abs(a - num) <= atol + rtol * np.abs(num))
-            if bad.any():
-                idx = [tuple(int(k) for k in t) for t in np.argwhere(bad)]
-                worst = sorted(idx, key=lambda t: -abs(a[t] - num[t]))[:5]
-                rows = "; ".join(f"element {t}: analytic {a[t]:.10g}, numeric {num[t]:.10g}" for t in worst)
-                failures.append(f"input {i} (shape {x.shape}): {len(idx)} of {num.size} elements differ; {rows}")
-    if failures:
-        if raise_exception:
-            raise GradcheckError("gradcheck failed: " + " | ".join(failures) +
-                                 f" (eps={eps}, atol={atol}, rtol={rtol})")
-        return False
-    return True
+    for i in checked:
+        x = inputs[i]
+        num = np.zeros(x.shape)
+        for j in np.ndindex(*x.shape):
+            e = np.zeros(x.shape)
+            e[j] = eps
+            num[j] = _difference(f, inputs, {i: e}, {i: -e}) / (2 * eps)
+        a = analytic[i]
+        bad = ~(np.abs(a - num) <= atol + rtol * np.abs(num))
+        if bad.any():
+            idx = [tuple(int(k) for k in t) for t in np.argwhere(bad)]
+            worst = sorted(idx, key=lambda t: -abs(a[t] - num[t]))[:5]
+            rows = "; ".join(f"element {t}: analytic {a[t]:.10g}, numeric {num[t]:.10g}" for t in worst)
+            failures.append(f"input {i} (shape {x.shape}): {len(idx)} of {num.size} elements differ; {rows}")
+    return failures
 
 
 def gradgradcheck(fn, inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,

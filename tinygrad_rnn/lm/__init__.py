@@ -1,5 +1,7 @@
 """Character-level language models: the model, its training loop, sampling, checkpoints,
-and a count-based n-gram baseline. This is the layer that knows about text."""
+and a count-based n-gram baseline. The text they learn from (vocabularies, corpora,
+truncated-BPTT batches) comes from `tinygrad_rnn.text`, the package beside this one:
+lm imports text, never the other way round."""
 from .checkpoint import CheckpointError  # noqa: F401
 from .model import CELLS, CharLM, available_cells  # noqa: F401
 from .ngram import NGramModel  # noqa: F401

@@ -34,7 +34,7 @@ from .. import nn
 from ..nn.utils import NonFiniteNormError, clip_grad_norm_
 from .. import optim as optim_mod
 from ..autograd import no_grad
-from ..data import BPTTStream, CharVocab, DataError, load_corpus
+from ..text import BPTTStream, CharVocab, DataError, load_corpus
 from ..nn import functional as F
 from . import checkpoint as ckpt
 from .model import CharLM, detach_state, state_from_host, state_to_host
@@ -632,46 +632,12 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
     run.describe(resumed=resume)
     result = TrainResult("done", run.step_count, out_dir, run.ckpt_path)
     prog = _Progress(cfg.steps, run.step_count, progress, echo)
-    sample_every = cfg.sample_every or cfg.eval_every
-    save_every = cfg.save_every or cfg.eval_every
-    window_tokens, window_time = 0, 0.0
-    run_tokens, run_train_time = 0, 0.0  # this invocation's, for the average speed
-    main = dist.is_main()
     with _StopFlag(prog.write) as local_stop:
         def stop():  # Ctrl-C in any rank stops them all, after the same step
             s = local_stop()
             return bool(dist.all_reduce_scalar(int(s), op="max")) if run.world.size > 1 else s
         try:
-            while not run.out_of_budget() and not stop():
-                t0 = time.perf_counter()
-                lv, tokens = run.step()
-                dt = time.perf_counter() - t0
-                step = run.step_count
-                window_tokens += tokens
-                window_time += dt
-                run_tokens += tokens
-                run_train_time += dt
-                result.losses.append(lv)
-                tok_s = window_tokens / window_time if window_time > 0 else 0.0
-                prog.update(step, lv, tok_s, run.elapsed())
-                is_eval = step % cfg.eval_every == 0
-                if step % cfg.log_every == 0 or is_eval:
-                    rec = {"step": step, "train_loss": run.window.take(), "val_loss": None, "val_bpc": None,
-                           "tok_s": tok_s, "elapsed": round(run.elapsed(), 3), "tokens": run.tokens_seen}
-                    window_tokens, window_time = 0, 0.0
-                    if is_eval and not run.out_of_budget():
-                        val_ids = run.corpus.val if cfg.eval_chars is None else run.corpus.val[:cfg.eval_chars]
-                        vl, _ = run.evaluate(val_ids, should_stop=stop)
-                        if vl is not None:
-                            rec["val_loss"], rec["val_bpc"] = vl, vl / LN2
-                            prog.write(f"step {step}: train loss {rec['train_loss']:.4f} | val loss {vl:.4f} nats"
-                                       f" = {vl / LN2:.4f} bits/char | {tok_s:,.0f} tok/s")
-                    if main:
-                        _write_metrics(run.metrics_path, rec)
-                if main and step % sample_every == 0 and not run.out_of_budget() and not local_stop():
-                    prog.write("--- sample ---\n" + run.sample(cfg.sample_length, [cfg.seed, step]) + "\n---")
-                if step % save_every == 0 and not run.out_of_budget():
-                    run.save()
+            speed = _run_steps(run, prog, result, stop, local_stop)
         finally:
             prog.close()
         interrupted = stop()
@@ -683,23 +649,80 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
                  f"continue with: --resume --out {out_dir}")
             result.elapsed = run.elapsed()
             return result
-        # the budget is spent: score all of validation and show what the model writes
-        vl, n = run.evaluate(should_stop=stop)
-        result.elapsed = run.elapsed()
-        result.tok_s = run_tokens / run_train_time if run_train_time else None
-        result.train_loss = run.window.take()
-        if vl is not None:
-            result.val_loss, result.val_bpc = vl, vl / LN2
-            if main:
-                _write_metrics(run.metrics_path, {"step": step, "train_loss": result.train_loss, "val_loss": vl,
-                                                  "val_bpc": vl / LN2, "tok_s": result.tok_s,
-                                                  "elapsed": round(result.elapsed, 3), "tokens": run.tokens_seen,
-                                                  "final": True})
-            echo(f"final (step {step}, {_fmt_time(result.elapsed)}): validation loss {vl:.4f} nats/char = "
-                 f"{vl / LN2:.4f} bits/char over {n:,} chars"
-                 + (f"; {result.tok_s:,.0f} tok/s on average" if result.tok_s else ""))
-        if main and final_sample_length and not local_stop():
+        _final_evaluation(run, result, speed, stop, echo)
+        if dist.is_main() and final_sample_length and not local_stop():
             result.sample = run.sample(final_sample_length, [cfg.seed, step, 1])
             echo("--- sample ---\n" + result.sample + "\n---")
         echo(f"checkpoint: {run.ckpt_path}")
     return result
+
+
+def _run_steps(run, prog, result, stop, local_stop):
+    """Step until the budget is spent or a stop is asked for, with the progress display, the
+    metrics lines (and evaluations), samples and checkpoints along the way. Returns the
+    tokens and seconds of this invocation's steps, for the average speed."""
+    cfg = run.cfg
+    sample_every = cfg.sample_every or cfg.eval_every
+    save_every = cfg.save_every or cfg.eval_every
+    window_tokens, window_time = 0, 0.0  # since the last metrics line
+    run_tokens, run_train_time = 0, 0.0
+    main = dist.is_main()
+    while not run.out_of_budget() and not stop():
+        t0 = time.perf_counter()
+        lv, tokens = run.step()
+        dt = time.perf_counter() - t0
+        step = run.step_count
+        window_tokens += tokens
+        window_time += dt
+        run_tokens += tokens
+        run_train_time += dt
+        result.losses.append(lv)
+        tok_s = window_tokens / window_time if window_time > 0 else 0.0
+        prog.update(step, lv, tok_s, run.elapsed())
+        is_eval = step % cfg.eval_every == 0
+        if step % cfg.log_every == 0 or is_eval:
+            _log_metrics(run, prog, step, tok_s, is_eval, stop)
+            window_tokens, window_time = 0, 0.0
+        if main and step % sample_every == 0 and not run.out_of_budget() and not local_stop():
+            prog.write("--- sample ---\n" + run.sample(cfg.sample_length, [cfg.seed, step]) + "\n---")
+        if step % save_every == 0 and not run.out_of_budget():
+            run.save()
+    return run_tokens, run_train_time
+
+
+def _log_metrics(run, prog, step, tok_s, is_eval, stop):
+    """A metrics line: the mean training loss since the previous one and, at an evaluation
+    step, the validation loss (skipped once the budget is spent: the final evaluation follows)."""
+    cfg = run.cfg
+    rec = {"step": step, "train_loss": run.window.take(), "val_loss": None, "val_bpc": None,
+           "tok_s": tok_s, "elapsed": round(run.elapsed(), 3), "tokens": run.tokens_seen}
+    if is_eval and not run.out_of_budget():
+        val_ids = run.corpus.val if cfg.eval_chars is None else run.corpus.val[:cfg.eval_chars]
+        vl, _ = run.evaluate(val_ids, should_stop=stop)
+        if vl is not None:
+            rec["val_loss"], rec["val_bpc"] = vl, vl / LN2
+            prog.write(f"step {step}: train loss {rec['train_loss']:.4f} | val loss {vl:.4f} nats"
+                       f" = {vl / LN2:.4f} bits/char | {tok_s:,.0f} tok/s")
+    if dist.is_main():
+        _write_metrics(run.metrics_path, rec)
+
+
+def _final_evaluation(run, result, speed, stop, echo):
+    """The budget is spent: score all of validation into result, the metrics and the output."""
+    step = run.step_count
+    run_tokens, run_train_time = speed
+    vl, n = run.evaluate(should_stop=stop)
+    result.elapsed = run.elapsed()
+    result.tok_s = run_tokens / run_train_time if run_train_time else None
+    result.train_loss = run.window.take()
+    if vl is None:
+        return
+    result.val_loss, result.val_bpc = vl, vl / LN2
+    if dist.is_main():
+        _write_metrics(run.metrics_path, {"step": step, "train_loss": result.train_loss, "val_loss": vl,
+                                          "val_bpc": vl / LN2, "tok_s": result.tok_s,
+                                          "elapsed": round(result.elapsed, 3), "tokens": run.tokens_seen,
+                                          "final": True})
+    echo(f"final (step {step}, {_fmt_time(result.elapsed)}): validation loss {vl:.4f} nats/char = "
+         f"{vl / LN2:.4f} bits/char over {n:,} chars"
+         + (f"; {result.tok_s:,.0f} tok/s on average" if result.tok_s else ""))

@@ -191,6 +191,17 @@ class Optimizer:
         if len(saved_groups) != len(self.param_groups):
             raise StateDictError(f"load_state_dict for {name}: the state dict has {len(saved_groups)} param "
                                  f"group(s) but this optimizer has {len(self.param_groups)}")
+        id_map, new_hyper = self._load_groups(saved_groups, problems)
+        new_state = self._load_state(sd["state"], id_map, new_hyper, problems)
+        if problems:
+            raise StateDictError(f"load_state_dict for {name}: " + "; ".join(problems))
+        for own, hyper in zip(self.param_groups, new_hyper):
+            own.update(hyper)
+        self.state = new_state
+
+    def _load_groups(self, saved_groups, problems):
+        """For load_state_dict: ({saved parameter id: own parameter}, each group's restored
+        hyperparameters), with what does not fit appended to problems."""
         id_map, new_hyper = {}, []
         for gi, (saved, own) in enumerate(zip(saved_groups, self.param_groups)):
             saved_params = [int(k) for k in _py_list(saved.get("params", []))]
@@ -214,8 +225,14 @@ class Optimizer:
                 self._validate(dict(own, **hyper))
             except ValueError as e:
                 problems.append(f"param group {gi}: {e}")
+        return id_map, new_hyper
+
+    def _load_state(self, saved_state, id_map, new_hyper, problems):
+        """For load_state_dict: {own parameter: its state, on its device and in its dtype}, with
+        what does not fit appended to problems."""
+        name = type(self).__name__
         new_state = {}
-        for key, st in sd["state"].items():
+        for key, st in saved_state.items():
             try:
                 p = id_map[int(key)]
             except (KeyError, ValueError):
@@ -238,11 +255,7 @@ class Optimizer:
                     continue
                 restored[k] = p.device.from_host(arr, p.dtype)
             new_state[p] = restored
-        if problems:
-            raise StateDictError(f"load_state_dict for {name}: " + "; ".join(problems))
-        for own, hyper in zip(self.param_groups, new_hyper):
-            own.update(hyper)
-        self.state = new_state
+        return new_state
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]

@@ -1,8 +1,7 @@
-"""Text for character-level language models: vocabularies, corpora, and BPTT batches.
+"""Characters for character-level language models: vocabularies, corpora, and BPTT batches.
 
 Everything here lives on the host as NumPy integer arrays; a batch moves to the
-model's device only when the training loop hands it to the model. This is the
-text layer: nothing below it knows about characters.
+model's device only when the training loop hands it to the model.
 
 The default corpus needs no download: the source of the running interpreter's
 standard library, read in a fixed sorted order and capped at `max_chars`, so the
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["DataError", "UnknownCharError", "CharVocab", "Corpus", "read_text_file", "read_text_dir",
-           "stdlib_text", "corpus_text", "load_corpus", "validation_text", "split_train_val", "batchify", "BPTTStream", "DEFAULT_MAX_CHARS"]
+           "stdlib_dir", "stdlib_text", "corpus_text", "load_corpus", "validation_text", "split_train_val", "batchify", "BPTTStream", "DEFAULT_MAX_CHARS"]
 
 DEFAULT_MAX_CHARS = 1_000_000
 

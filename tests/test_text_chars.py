@@ -1,9 +1,9 @@
-"""Text data: vocabulary, corpora and their errors, the train/validation split, BPTT batching."""
+"""tinygrad_rnn.text.chars: vocabulary, corpora and their errors, the train/validation split, BPTT batching."""
 import numpy as np
 import pytest
 
-from tinygrad_rnn import data as D
-from tinygrad_rnn.data import BPTTStream, CharVocab, DataError, UnknownCharError
+from tinygrad_rnn.text import chars as D
+from tinygrad_rnn.text import BPTTStream, CharVocab, DataError, UnknownCharError
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -186,3 +186,32 @@ def test_position_restores_the_stream():
 def test_batches_are_host_arrays():
     x, y, _ = BPTTStream(np.arange(100), 2, 5).next()
     assert type(x) is np.ndarray and x.dtype == np.int64 and x.flags.c_contiguous
+
+
+# ----------------------------------------------------------------------------- layering
+def test_the_text_package_imports_nothing_else_of_the_package():
+    # lm builds on text; an import from text upward (function-level ones included) would
+    # make the two layers one again
+    import ast
+    import os
+
+    import tinygrad_rnn.text as T
+    root = os.path.dirname(T.__file__)
+    for name in sorted(os.listdir(root)):
+        if not name.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse(open(os.path.join(root, name), encoding="utf-8").read())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1 and not (node.module or "").startswith("tinygrad_rnn"), \
+                    f"text/{name}:{node.lineno} imports from {'.' * node.level}{node.module or ''}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("tinygrad_rnn") for a in node.names), \
+                    f"text/{name}:{node.lineno} imports {[a.name for a in node.names]}"
+
+
+def test_the_package_re_exports_both_halves():
+    import tinygrad_rnn.text as T
+    from tinygrad_rnn.text import chars, words
+    for mod in (chars, words):
+        for name in mod.__all__:
+            assert getattr(T, name) is getattr(mod, name) and name in T.__all__

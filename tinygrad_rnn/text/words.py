@@ -7,7 +7,7 @@ word language model, and nearest neighbours in an embedding space.
     loss = F.cross_entropy(logits, y, ignore_index=vocab.pad_id)   # padding counts for nothing
     nearest_words(vocab, model.embed.weight, "cat", k=3)   # [("dog", 0.93), ...]
 
-(`data.py` holds the character-level counterparts used by the char-LM.)
+(`chars.py` beside it holds the character-level counterparts used by the char-LM.)
 """
 from __future__ import annotations
 

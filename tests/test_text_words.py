@@ -1,4 +1,4 @@
-"""tinygrad_rnn.text: tokenizer, WordVocab, padded sliding windows (with the loss ignoring
+"""tinygrad_rnn.text.words: tokenizer, WordVocab, padded sliding windows (with the loss ignoring
 the padding), nearest neighbours."""
 import numpy as np
 import pytest
