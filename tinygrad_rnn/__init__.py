@@ -1,5 +1,6 @@
 """tinygrad_rnn: a small autograd engine for recurrent networks, on NumPy or CuPy."""
 from . import autograd
+from ._version import __version__
 from .autograd import Function, enable_grad, is_grad_enabled, no_grad
 from .backend import (DType, bool_, cuda_available, float32, float64, get_default_device,
                       get_default_dtype, get_device, int32, int64, manual_seed, set_default_device,
@@ -13,5 +14,3 @@ from . import func, nn, viz  # noqa: E402
 from . import optim  # noqa: E402
 
 device = get_device
-
-__version__ = "0.1.0"

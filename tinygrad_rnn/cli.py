@@ -371,7 +371,7 @@ def build_parser():
                                 else "python -m tinygrad_rnn",
                                 description="Character-level language models on tinygrad_rnn: train, sample, "
                                             "evaluate, plot, and compare with an n-gram baseline.")
-    from . import __version__
+    from ._version import __version__
     p.add_argument("--version", action="version", version=f"tinygrad_rnn {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from .. import backend as B
 from .. import distributed as dist
 from .. import nn
