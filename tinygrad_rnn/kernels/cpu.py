@@ -3,7 +3,7 @@
 An op writes each elementwise kernel once, in CuPy's ElementwiseKernel form (typed
 parameter lists and a C body run for every element `i`, see `kernels.Kernel`), and the
 device builds it: CuPy on CUDA (kernels/cuda.py), this module on the CPU. Here every body is
-wrapped in a loop that the compiler vectorises (cpu_glue.cpp.in's `#pragma omp simd`; a
+wrapped in a loop that the compiler vectorises (cpu_glue.cpp.in's OpenMP simd loops; a
 kernel with a row length runs a (rows, row length) grid and its body gets `b` and `j` as well
 as `i`), both float32 and float64 forms of all the kernels of an op family go into one shared
 library, built once per machine and source and kept in a cache directory, and calls go

@@ -33,10 +33,11 @@ class HostCode(NamedTuple):
     would pay Python's per-call overhead at every step (the recurrent layers' loop over
     time). `source` is the C++ file (a path, or an importlib.resources file of the op's
     package: ops/rnn.cpp beside ops/rnn.py), compiled after runtime.h and the family's
-    kernels. It defines each function as `template <typename T> static int NAME(...)`, and
-    may call the family's kernels (`KERNEL_impl<T>(inputs, outputs, n)`, parameters in
-    declared order; a kernel with a row length also as `KERNEL_cols<T>(..., rows, j0, j1)`,
-    columns j0 .. j1 - 1 of each row) and runtime.h's packed GEMM and thread pool.
+    kernels. It defines each function NAME as a static function template over the element
+    type T returning int (the exports are generated), which may call the family's kernels
+    (`KERNEL_impl<T>(inputs, outputs, n)`, parameters in declared order; a kernel with a row
+    length also as `KERNEL_cols<T>(..., rows, j0, j1)`, columns j0 .. j1 - 1 of each row) and
+    runtime.h's packed GEMM and thread pool.
     `functions` maps each NAME to its C parameter list ("int n, const T* x, T* y"); it is
     exported for float32 and float64 and appears in the family's kernel dict under NAME,
     called with arrays (one float dtype, row-major), None for a null pointer, and ints. Other
