@@ -71,6 +71,33 @@ def test_the_kernels_package_imports_only_the_layers_below():
             assert "tinygrad_rnn.kernels" not in ours, path.name
 
 
+def test_a_cuda_device_gets_cupys_kernels_with_the_prelude_file(monkeypatch):
+    # no GPU needed: CuPy stood in for by a recorder of what each ElementwiseKernel is made from
+    made = []
+
+    class FakeCupy:
+        @staticmethod
+        def ElementwiseKernel(in_params, out_params, body, name, preamble=""):
+            made.append((in_params, out_params, body, name, preamble))
+            return name
+
+    class FakeCuda:
+        kind, use_kernels = "cuda", True
+    monkeypatch.setitem(sys.modules, "cupy", FakeCupy)
+    dev = FakeCuda()
+    try:
+        ks = kernels.for_device(dev, "rnn", rnnops.KERNELS, preamble="// extra\n", host=rnnops.HOST)
+        assert kernels.for_device(dev, "rnn", rnnops.KERNELS, host=rnnops.HOST) is ks  # built once
+    finally:
+        kernels._built.pop(dev, None)
+    assert ks == {name: f"tinygrad_rnn_rnn_{name}" for name in rnnops.KERNELS}  # no host loops on CUDA
+    prelude = (PACKAGE / "kernels" / "cuda_prelude.cuh").read_text()
+    for (ins, outs, body, name, pre), (key, k) in zip(made, rnnops.KERNELS.items()):
+        assert (ins, outs, name, pre) == (k.in_params, k.out_params, f"tinygrad_rnn_rnn_{key}", prelude + "// extra\n")
+        assert body == kernels.cuda_body(k) and body.endswith(k.body)
+        assert body.startswith("const ptrdiff_t b = i / H, j = i % H;") == (k.row == "H")
+
+
 # ----------------------------------------------------------------------------- building from the files
 def _sos(d):
     return sorted(p.name for p in d.iterdir() if p.suffix == ".so")
