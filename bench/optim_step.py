@@ -3,7 +3,7 @@
 The parameters of an embedding -> LSTM (one layer) -> linear model with vocabulary 65 and
 embedding = hidden size H (weights 2 x (4H, H), 2 x (65, H), biases), float32, gradients
 set once. Each optimizer runs its update with the device's elementwise kernel (the default
-where one is built, see cpu_kernels.py) and with the portable array-API form, in
+where one is built, see tinygrad_rnn/kernels) and with the portable array-API form, in
 alternating blocks; the figure is the median block's time per step. Prints one JSON object
 per measurement, then a table. Run it as
 
@@ -30,11 +30,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import tinygrad_rnn as tg
-    from tinygrad_rnn import nn, optim
+    from tinygrad_rnn import kernels, nn, optim
 
     dev = tg.get_device("cpu")
     default = dev.use_kernels
-    built = dev.elementwise_kernels("optim", optim._KERNELS) is not None
+    built = kernels.for_device(dev, "optim", optim._KERNELS) is not None
     rows = []
     for H in args.hidden:
         for name in args.optimizer:

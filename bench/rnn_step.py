@@ -89,8 +89,8 @@ def cpu_model():
 def blas_pool():
     """Whose threads run NumPy's BLAS jobs: tinygrad_rnn's pool takes them over (OpenBLAS's
     threading callback) once the CPU kernels of the recurrent ops are built."""
-    from tinygrad_rnn import cpu_kernels
-    return "tinygrad_rnn's" if cpu_kernels._shared_pool is not None else "its own"
+    from tinygrad_rnn.kernels import cpu
+    return "tinygrad_rnn's" if cpu._shared_pool is not None else "its own"
 
 
 def blas_info():
@@ -110,7 +110,7 @@ KERNELS_DEFAULT = {}  # device name -> use_kernels as the process started (TINYG
 
 
 def cpu_kernels_info(device):
-    """Whether the recurrent cells run compiled CPU kernels (cpu_kernels.py) or the portable form."""
+    """Whether the recurrent cells run compiled CPU kernels (tinygrad_rnn.kernels) or the portable form."""
     import tinygrad_rnn as tg
     from tinygrad_rnn.ops import rnn as rnnops
     dev = tg.get_device(device)
@@ -210,13 +210,13 @@ def paired_ratio(times, a, b):
 def phases(step, steps):
     """Where our CPU step's time goes: inside numpy.matmul (BLAS, with the GFLOP/s it ran at),
     inside the compiled kernels, inside the layers' C++ loops over time (the recurrent GEMMs
-    and the cell kernels of every step, ops/rnn.py's HOST_LOOPS), and the rest (NumPy's other
+    and the cell kernels of every step, ops/rnn.cpp), and the rest (NumPy's other
     calls, Python, the engine). All are wrapped for the measurement only (a microsecond a
     call), then restored."""
     import numpy as np
-    from tinygrad_rnn import cpu_kernels
+    from tinygrad_rnn.kernels import cpu
     spent = {"gemm": 0.0, "kernels": 0.0, "loops": 0.0, "flop": 0}
-    matmul, call, loop = np.matmul, cpu_kernels.HostKernel.__call__, cpu_kernels.HostFunction.__call__
+    matmul, call, loop = np.matmul, cpu.HostKernel.__call__, cpu.HostFunction.__call__
 
     def timed_matmul(a, b, *rest, **kw):
         t0 = time.perf_counter()
@@ -238,7 +238,7 @@ def phases(step, steps):
         return r
 
     step()
-    np.matmul, cpu_kernels.HostKernel.__call__, cpu_kernels.HostFunction.__call__ = timed_matmul, timed_call, timed_loop
+    np.matmul, cpu.HostKernel.__call__, cpu.HostFunction.__call__ = timed_matmul, timed_call, timed_loop
     try:
         step()
         spent.update(gemm=0.0, kernels=0.0, loops=0.0, flop=0)
@@ -247,7 +247,7 @@ def phases(step, steps):
             step()
         total = (time.perf_counter() - t0) / steps
     finally:
-        np.matmul, cpu_kernels.HostKernel.__call__, cpu_kernels.HostFunction.__call__ = matmul, call, loop
+        np.matmul, cpu.HostKernel.__call__, cpu.HostFunction.__call__ = matmul, call, loop
     gemm, kernels, loops = spent["gemm"] / steps, spent["kernels"] / steps, spent["loops"] / steps
     return {"step_ms": round(total * 1e3, 2), "gemm_ms": round(gemm * 1e3, 2),
             "gemm_gflop": round(spent["flop"] / steps / 1e9, 6),

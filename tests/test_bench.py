@@ -20,14 +20,14 @@ def _load(name):
 
 
 def test_rnn_step_phases_split_a_step_and_restore_what_they_wrap():
-    from tinygrad_rnn import cpu_kernels
+    from tinygrad_rnn.kernels import cpu
     rs = _load("rnn_step")
     args = rs.parse_args(["--no-torch", "--seq", "8"])
     step, _ = rs.ours(args, "gru", 16, 4, 2, "sequence")
-    matmul, call, loop = np.matmul, cpu_kernels.HostKernel.__call__, cpu_kernels.HostFunction.__call__
+    matmul, call, loop = np.matmul, cpu.HostKernel.__call__, cpu.HostFunction.__call__
     ph = rs.phases(step, 2)
-    assert np.matmul is matmul and cpu_kernels.HostKernel.__call__ is call
-    assert cpu_kernels.HostFunction.__call__ is loop
+    assert np.matmul is matmul and cpu.HostKernel.__call__ is call
+    assert cpu.HostFunction.__call__ is loop
     # per step: the head (32 x 16 x 65) and layer 2's input projection (32 x 16 x 48) forward,
     # at least; every figure a share of the step
     assert ph["gemm_gflop"] * 1e9 >= 0.99 * 2 * 32 * 16 * (65 + 48)

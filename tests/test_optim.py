@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tinygrad_rnn as tg
-from tinygrad_rnn import optim
+from tinygrad_rnn import kernels, optim
 from tinygrad_rnn.nn import StateDictError
 
 F64 = tg.float64
@@ -134,7 +134,7 @@ ADAM_CASES = [(c, kw) for c, _, kw in CASES if c in (optim.Adam, optim.AdamW)]
 @pytest.mark.parametrize("cls,kw", ADAM_CASES, ids=[f"{c.__name__}-{kw}" for c, kw in ADAM_CASES])
 def test_adam_kernel_equals_the_portable_update(dtype, cls, kw):
     # the CPU builds Adam as one elementwise kernel (where a compiler is); the portable form beside it
-    if tg.get_device("cpu").elementwise_kernels("optim", optim._KERNELS) is None:
+    if kernels.for_device(tg.get_device("cpu"), "optim", optim._KERNELS) is None:
         pytest.skip("no CPU kernels here (no C++ compiler)")
     rng = np.random.default_rng(1)
     p0 = rng.standard_normal((7, 33))

@@ -1,10 +1,10 @@
 """The elementwise kernels of the recurrent cells (ops/rnn.py's KERNELS) and of the fused
 softmax cross-entropy (ops/nn.py's), checked without a GPU.
 
-- The CPU build (cpu_kernels.py: the kernel bodies in vectorised loops, built by the host
+- The CPU build (kernels/cpu.py: the kernel bodies in vectorised loops, built by the host
   C++ compiler) against the portable array-API forms: float64 to 1e-13, float32 to a few
   ulp, at sizes that leave vector remainders; and its math (tanh, sigmoid) against float64.
-- The CUDA form of the same bodies (backend.cuda_body, with CUDA's own math prelude),
+- The CUDA form of the same bodies (kernels.cuda_body, with CUDA's own math prelude, cuda_prelude.cuh),
   wrapped in a flat loop over the element index `i` as a CuPy ElementwiseKernel runs it and
   compiled as host C++: that checks the index arithmetic the GPU compiles; the GPU test in
   test_rnn.py (skipped where no GPU is) checks the rest.
@@ -24,13 +24,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinygrad_rnn as tg
-from tinygrad_rnn import backend, cpu_kernels, optim
-from tinygrad_rnn.backend import Kernel
+from tinygrad_rnn import backend, kernels, optim
 from tinygrad_rnn.errors import DTypeError, ShapeError
+from tinygrad_rnn.kernels import Kernel
 from tinygrad_rnn.ops import nn as nnops
 from tinygrad_rnn.ops import rnn as rnnops
 
-CXX = cpu_kernels.find_compiler()
+CXX = kernels.cpu.find_compiler()
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no host C++ compiler to build the kernels with")
 
 CPU = tg.get_device("cpu")
@@ -183,7 +183,7 @@ def test_float32_layers_with_and_without_cpu_kernels(cpu_kernels_on, layer):
 
 # ----------------------------------------------------------------------------- the math
 def _math_kernels():
-    return CPU.elementwise_kernels("test_math", {f: Kernel("T x", "T y", f"y = tg_{f}(x);")
+    return kernels.for_device(CPU, "test_math", {f: Kernel("T x", "T y", f"y = tg_{f}(x);")
                                                  for f in ("tanh", "sigmoid", "exp", "log")})
 
 
@@ -268,14 +268,14 @@ def test_kernel_argument_errors(cpu_kernels_on):
 @needs_cxx
 def test_the_build_is_cached_per_source(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYGRAD_RNN_CACHE", str(tmp_path))
-    ks = cpu_kernels.build("rnn", rnnops.KERNELS)
+    ks = kernels.cpu.build("rnn", rnnops.KERNELS)
     assert ks is not None
     (so,) = [p for p in tmp_path.iterdir() if p.suffix == ".so"]
     stamp = so.stat().st_mtime_ns
-    assert cpu_kernels.build("rnn", rnnops.KERNELS) is not None
+    assert kernels.cpu.build("rnn", rnnops.KERNELS) is not None
     assert [p for p in tmp_path.iterdir() if p.suffix == ".so"] == [so] and so.stat().st_mtime_ns == stamp
     other = dict(rnnops.KERNELS, extra=Kernel("T x", "T y", "y = x + 1;"))
-    assert cpu_kernels.build("rnn", other) is not None  # another source: another file
+    assert kernels.cpu.build("rnn", other) is not None  # another source: another file
     assert len([p for p in tmp_path.iterdir() if p.suffix == ".so"]) == 2
 
 
@@ -283,18 +283,18 @@ def test_the_build_is_cached_per_source(tmp_path, monkeypatch):
 def test_a_failing_compiler_warns_and_the_portable_form_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYGRAD_RNN_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", shutil.which("false"))
-    with pytest.warns(cpu_kernels.KernelBuildWarning, match=r"could not build the CPU kernels of 'rnn', so the "
+    with pytest.warns(kernels.cpu.KernelBuildWarning, match=r"could not build the CPU kernels of 'rnn', so the "
                                                              r"portable NumPy form runs"):
-        assert cpu_kernels.build("rnn", rnnops.KERNELS) is None
+        assert kernels.cpu.build("rnn", rnnops.KERNELS) is None
     # remembered: the next process does not try those flags again, and says why once more
-    with pytest.warns(cpu_kernels.KernelBuildWarning, match="exit status 1"):
-        assert cpu_kernels.build("rnn", rnnops.KERNELS) is None
+    with pytest.warns(kernels.cpu.KernelBuildWarning, match="exit status 1"):
+        assert kernels.cpu.build("rnn", rnnops.KERNELS) is None
 
 
 def test_a_missing_named_compiler_warns(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
-    with pytest.warns(cpu_kernels.KernelBuildWarning, match=r"CXX='no-such-compiler-here' is not a program"):
-        assert cpu_kernels.build("rnn", rnnops.KERNELS) is None
+    with pytest.warns(kernels.cpu.KernelBuildWarning, match=r"CXX='no-such-compiler-here' is not a program"):
+        assert kernels.cpu.build("rnn", rnnops.KERNELS) is None
 
 
 def test_no_compiler_at_all_is_silent(monkeypatch):
@@ -302,7 +302,7 @@ def test_no_compiler_at_all_is_silent(monkeypatch):
     monkeypatch.setenv("PATH", "")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert cpu_kernels.build("rnn", rnnops.KERNELS) is None
+        assert kernels.cpu.build("rnn", rnnops.KERNELS) is None
 
 
 @needs_cxx
@@ -342,7 +342,7 @@ def test_the_switch_turns_the_kernels_off(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- host loops
-# ops/rnn.py's HOST_LOOPS: the sequence ops' loops over time in C++ on the CPU, on a pool of
+# ops/rnn.cpp: the sequence ops' loops over time in C++ on the CPU, on a pool of
 # threads that NumPy's OpenBLAS shares; the Python loop beside them stays the form every other
 # device runs.
 needs_host_loops = needs_cxx
@@ -350,7 +350,7 @@ needs_host_loops = needs_cxx
 
 @needs_host_loops
 def test_numpys_blas_is_found_and_the_host_loops_are_built(cpu_kernels_on):
-    blas = cpu_kernels.numpy_blas()
+    blas = kernels.cpu.numpy_blas()
     if blas is not None:  # Linux with NumPy's own OpenBLAS, as CI has
         assert os.path.exists(blas.path) and blas.get_num_threads and blas.set_threads_callback
     ks = rnnops.device_kernels(CPU)
@@ -432,19 +432,19 @@ def test_the_host_loops_results_do_not_depend_on_the_thread_count(cpu_kernels_on
 
 
 needs_blas_callback = pytest.mark.skipif(
-    CXX is None or cpu_kernels.numpy_blas() is None or cpu_kernels.numpy_blas().set_threads_callback is None,
+    CXX is None or kernels.cpu.numpy_blas() is None or kernels.cpu.numpy_blas().set_threads_callback is None,
     reason="NumPy's BLAS takes no threading callback (not OpenBLAS >= 0.3.27)")
 
 
 @needs_blas_callback
 def test_numpys_blas_runs_its_jobs_on_the_host_loops_threads(cpu_kernels_on):
-    lib = rnnops.device_kernels(CPU) and cpu_kernels._shared_pool
+    lib = rnnops.device_kernels(CPU) and kernels.cpu._shared_pool
     assert lib is not None
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((300, 400)), rng.standard_normal((400, 500))
     before = lib.tg_blas_pool_calls()
     np.testing.assert_allclose(a @ b, np.einsum("ik,kj->ij", a, b), rtol=1e-12, atol=1e-12)
-    threads = ctypes.CFUNCTYPE(ctypes.c_int)(cpu_kernels.numpy_blas().get_num_threads)()
+    threads = ctypes.CFUNCTYPE(ctypes.c_int)(kernels.cpu.numpy_blas().get_num_threads)()
     assert (lib.tg_blas_pool_calls() > before) == (threads > 1)  # one thread: BLAS calls no jobs
     # LAPACK's blocked routines call the threaded GEMM many times over (none nests in a job)
     spd = a[:, :300] @ a[:, :300].T + 300 * np.eye(300)
@@ -461,8 +461,8 @@ def test_large_kernel_calls_split_over_the_one_pool(cpu_kernels_on):
     # every kernel library runs its threads' work on the pool that runs NumPy's BLAS jobs;
     # elementwise, the split changes no result
     from threadpoolctl import threadpool_limits
-    owner = rnnops.device_kernels(CPU) and cpu_kernels._shared_pool
-    opt_ks, nn_ks = CPU.elementwise_kernels("optim", optim._KERNELS), CPU.elementwise_kernels("nn", nnops.KERNELS)
+    owner = rnnops.device_kernels(CPU) and kernels.cpu._shared_pool
+    opt_ks, nn_ks = kernels.for_device(CPU, "optim", optim._KERNELS), kernels.for_device(CPU, "nn", nnops.KERNELS)
     r = np.random.default_rng(3)
     n, N, C, V, D = 100_003, 3001, 65, 50, 70  # not multiples of the split's grain
     p0, g, m0, v0 = r.standard_normal(n), r.standard_normal(n), r.standard_normal(n), r.random(n)
@@ -483,7 +483,7 @@ def test_large_kernel_calls_split_over_the_one_pool(cpu_kernels_on):
         assert owner.tg_pool_jobs() == before  # one thread: no jobs
     before = owner.tg_pool_jobs()
     split = run()
-    threads = ctypes.CFUNCTYPE(ctypes.c_int)(cpu_kernels.numpy_blas().get_num_threads)()
+    threads = ctypes.CFUNCTYPE(ctypes.c_int)(kernels.cpu.numpy_blas().get_num_threads)()
     assert owner.tg_pool_jobs() - before == (3 if threads > 1 else 0)
     for k, (a, b) in enumerate(zip(one, split)):
         assert np.array_equal(a, b), f"array {k}"
@@ -559,10 +559,10 @@ def test_host_loops_and_blas_in_a_forked_child(cpu_kernels_on):
 @needs_blas_callback
 def test_blas_keeps_its_own_threads_when_told(tmp_path):
     code = ("import numpy as np, tinygrad_rnn as tg\n"
-            "from tinygrad_rnn import cpu_kernels\n"
+            "from tinygrad_rnn.kernels import cpu\n"
             "from tinygrad_rnn.ops import rnn\n"
             "assert rnn.device_kernels(tg.get_device('cpu')) is not None\n"
-            "print(cpu_kernels._shared_pool is None)\n")
+            "print(cpu._shared_pool is None)\n")
     env = dict(os.environ, TINYGRAD_RNN_SHARE_BLAS_THREADS="0", TINYGRAD_RNN_CPU_KERNELS="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -585,11 +585,11 @@ def test_host_function_argument_errors(cpu_kernels_on):
 @needs_cxx
 def test_without_numpys_blas_the_host_loops_run_on_one_thread(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYGRAD_RNN_CACHE", str(tmp_path))
-    monkeypatch.setattr(cpu_kernels, "numpy_blas", lambda: None)
-    ks = cpu_kernels.build("rnn", rnnops.KERNELS, host=rnnops.HOST)
+    monkeypatch.setattr(kernels.cpu, "numpy_blas", lambda: None)
+    ks = kernels.cpu.build("rnn", rnnops.KERNELS, host=rnnops.HOST)
     assert ks is not None and {"lstm_fwd", "seq_fwd", "seq_bwd"} <= set(ks)
     dev = backend.CPUDevice()
-    monkeypatch.setattr(dev, "_kernel_families", {"rnn": ks})
+    monkeypatch.setitem(kernels._built, dev, {"rnn": ks})
     assert rnnops._host_loop(dev, "seq_fwd", np.dtype(np.float64)) is not None
     assert rnnops._host_loop(CPU, "seq_fwd", np.dtype(np.float16)) is None  # float32 and float64 builds only
     want = _lstm_loops()  # the same numbers as the build that shares NumPy's BLAS threads
@@ -615,7 +615,7 @@ template <typename U> struct Raw { U* p; U& operator[](ptrdiff_t k) const { retu
 def _wrap_flat(name, k):
     sig, outer, inner = [], [], []
     for role, spec in (("in", k.in_params), ("out", k.out_params)):
-        for kind, p in cpu_kernels.parse_params(spec):
+        for kind, p in kernels.parse_params(spec):
             if kind in ("raw", "index"):
                 ty = "T" if kind == "raw" else "long long"
                 sig.append(f"{ty}* {p}_p")
@@ -628,7 +628,7 @@ def _wrap_flat(name, k):
                 sig.append(f"T* {p}_p")
                 inner.append(f"const T {p} = {p}_p[i];" if role == "in" else f"T& {p} = {p}_p[i];")
     return (f'extern "C" void {name}({", ".join(sig)}, long n) {{\n  {" ".join(outer)}\n'
-            f'  for (ptrdiff_t i = 0; i < n; ++i) {{\n    {" ".join(inner)}\n{backend.cuda_body(k)}\n  }}\n}}\n')
+            f'  for (ptrdiff_t i = 0; i < n; ++i) {{\n    {" ".join(inner)}\n{kernels.cuda_body(k)}\n  }}\n}}\n')
 
 
 @pytest.fixture(scope="module")
@@ -636,8 +636,8 @@ def cuda_form(tmp_path_factory):
     if CXX is None:
         pytest.skip("no host C++ compiler to build the kernel sources with")
     d = tmp_path_factory.mktemp("kernels")
-    kernels = {**rnnops.KERNELS, **nnops.KERNELS, **optim._KERNELS}
-    src = _HEADER + backend.CUDA_PRELUDE + "".join(_wrap_flat(name, k) for name, k in kernels.items())
+    every = {**rnnops.KERNELS, **nnops.KERNELS, **optim._KERNELS}
+    src = _HEADER + kernels.cuda_prelude() + "".join(_wrap_flat(name, k) for name, k in every.items())
     (d / "k.cpp").write_text(src)
     r = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-o", str(d / "k.so"), str(d / "k.cpp")],
                        capture_output=True, text=True)

@@ -1,9 +1,10 @@
-"""The only module that names NumPy or CuPy (with cpu_kernels.py, the CPU device's
-kernel builder, which it imports).
+"""The only module that names NumPy or CuPy, besides the kernels package above it, which
+builds the ops' compiled kernels for these devices.
 
 A `Device` owns an array namespace (`device.xp`), moves data to and from the host,
 draws random numbers, and provides the few primitives that the Python Array API
-standard does not have (scatter-add, building an op's elementwise kernels, `out=`).
+standard does not have (scatter-add, `out=`), and says whether ops may use compiled
+kernels on it (`use_kernels`; the kernels package builds them).
 Everything above this module does array math through `device.xp` with names from the
 standard, so the same op code runs on NumPy, CuPy and `array_api_strict` (a test-only
 device that refuses anything outside the standard, as CuPy would refuse a stray NumPy
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import NamedTuple
+import os
 
 import numpy as np
+
+CPU_KERNELS_ENV = "TINYGRAD_RNN_CPU_KERNELS"  # "0": the CPU device's use_kernels starts off
 
 
 # ----------------------------------------------------------------------------- dtypes
@@ -80,65 +83,6 @@ def to_dtype(d) -> DType:
         raise TypeError(f"unsupported dtype {d!r}; use one of {sorted(DTYPES)}") from None
 
 
-# ----------------------------------------------------------------------------- kernels
-class Kernel(NamedTuple):
-    """An elementwise kernel in CuPy's ElementwiseKernel form, which every device builds.
-
-    in_params/out_params: "T x, raw T y, raw int64 k, int32 n, float64 s": a `T x` is the
-    current element of x (an output: a reference to it, which may be read too), a `raw T y`
-    the whole array indexed by hand, `raw int64` an index array likewise, an `int32` or
-    `float64` a number. The body runs for each element index `i` of the non-raw arrays, and
-    may call tg_tanh, tg_sigmoid, tg_exp and tg_log (the device's own: CUDA's; on the CPU
-    vectorised float32 ones, see cpu_kernels.py), and tg_atomic_add(&y[k], v) where rows
-    add into the same places of a raw output (atomic on CUDA; on the CPU rows run in order
-    and one row's elements together, so one row must not add twice into one place). With
-    `row` naming an int32 parameter, the elements form rows of that length and the body
-    also gets the row `b` and column `j` of element i. `work` may name an int32 parameter
-    that the body loops over for each element (a row of that length): the CPU splits a call
-    over its threads by elements times that, not elements alone.
-    """
-    in_params: str
-    out_params: str
-    body: str
-    row: str | None = None
-    work: str | None = None
-
-
-class HostCode(NamedTuple):
-    """C++ that the CPU device compiles into a family's kernel library, for loops that
-    would pay Python's per-call overhead at every step (the recurrent layers' loop over
-    time). `source` defines each function as `template <typename T> static int NAME(...)`,
-    and may call the family's kernels (`KERNEL_impl<T>(inputs, outputs, n)`, parameters
-    in declared order; a kernel with a row length also as `KERNEL_cols<T>(..., rows, j0,
-    j1)`, columns j0 .. j1 - 1 of each row) and the prelude's packed GEMM and thread pool
-    (cpu_kernels.HOST_PRELUDE). `functions` maps each NAME to its C parameter list ("int n,
-    const T* x, T* y"); it is exported for float32 and float64 and appears in the family's
-    kernel dict under NAME, called with arrays (one float dtype, row-major), None for a null
-    pointer, and ints. Other devices ignore it: an op looks the name up and runs its
-    portable loop where it is missing."""
-    source: str
-    functions: dict
-
-
-CUDA_PRELUDE = r"""
-template <typename T> __device__ __forceinline__ T tg_tanh(T x) { return tanh(x); }
-template <typename T> __device__ __forceinline__ T tg_exp(T x) { return exp(x); }
-template <typename T> __device__ __forceinline__ T tg_log(T x) { return log(x); }
-template <typename T> __device__ __forceinline__ T tg_sigmoid(T x) {
-  const T half = 0.5;
-  return tg_tanh(x * half) * half + half;  // as the portable form: no overflow for large |x|
-}
-template <typename T> __device__ __forceinline__ void tg_atomic_add(T* p, T v) { atomicAdd(p, v); }
-"""
-
-
-def cuda_body(kernel: Kernel) -> str:
-    """The body CuPy compiles: the row and column of element i first, where the kernel has rows."""
-    if kernel.row is None:
-        return kernel.body
-    return f"const ptrdiff_t b = i / {kernel.row}, j = i % {kernel.row};\n{kernel.body}"
-
-
 # ----------------------------------------------------------------------------- devices
 _seed = 0  # the last tg.manual_seed; devices created later start from it too
 
@@ -160,7 +104,6 @@ class Device:
         self._native = {d: self._native_dtype(getattr(xp, "bool" if d is bool_ else d.name))
                         for d in DTYPES.values()}
         self._from_native = {v: k for k, v in self._native.items()}
-        self._kernel_families = {}
         self.manual_seed(_seed)
 
     def __repr__(self):
@@ -235,24 +178,10 @@ class Device:
     def synchronize(self) -> None:
         pass
 
-    # elementwise kernels an op writes for itself (ops/rnn.py), built by the device: CuPy
-    # on CUDA, the host C++ compiler on the CPU (cpu_kernels.py). Where the device gives
-    # None, the op runs its portable array-API form.
-    use_kernels = True  # False: ops run their portable array-API form even where kernels exist
-
-    def elementwise_kernels(self, family, kernels, preamble="", host=None):
-        """{name: callable} for a family of `Kernel`s (and, on the CPU, the `HostCode`
-        functions), built once per device, or None (no kernels here, or `use_kernels` is
-        off: see `kernels_off`)."""
-        if not self.use_kernels:
-            return None
-        built = self._kernel_families.get(family, False)
-        if built is False:
-            built = self._kernel_families[family] = self._build_kernels(family, kernels, preamble, host)
-        return built
-
-    def _build_kernels(self, family, kernels, preamble, host):
-        return None
+    # Whether ops may run the compiled kernels that the kernels package builds for this device
+    # (CuPy's on CUDA, the host C++ compiler's on the CPU); False: their portable array-API
+    # form, even where kernels exist (see kernels_off).
+    use_kernels = True
 
 
 class _OutShim:
@@ -302,8 +231,7 @@ class CPUDevice(Device):
     def use_kernels(self):
         """As for every device, plus the default from TINYGRAD_RNN_CPU_KERNELS (on unless 0)."""
         if self._use_kernels is None:
-            from . import cpu_kernels
-            self._use_kernels = cpu_kernels.enabled_by_env()
+            self._use_kernels = os.environ.get(CPU_KERNELS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
         return self._use_kernels
 
     @use_kernels.setter
@@ -311,10 +239,6 @@ class CPUDevice(Device):
         self._use_kernels = bool(on)
 
     _use_kernels = None
-
-    def _build_kernels(self, family, kernels, preamble, host):
-        from . import cpu_kernels
-        return cpu_kernels.build(family, kernels, preamble, host)
 
     def dropout_mask(self, shape, p, dtype):
         # 32 random bits an element against round(p * 2^32) (a drop probability within 2^-33 of
@@ -453,12 +377,6 @@ class CUDADevice(Device):
     def scatter_add(self, target, index, values):
         self._cupyx.scatter_add(target, index, values)
 
-    def _build_kernels(self, family, kernels, preamble, host):
-        # CuPy compiles each kernel for a dtype at its first call, and caches it on disk
-        return {name: self._cupy.ElementwiseKernel(k.in_params, k.out_params, cuda_body(k),
-                                                   f"tinygrad_rnn_{family}_{name}", preamble=CUDA_PRELUDE + preamble)
-                for name, k in kernels.items()}
-
     def synchronize(self):
         self._cupy.cuda.Device(self.index).synchronize()
 
@@ -486,7 +404,7 @@ def hold_freed_memory() -> bool:
 @contextlib.contextmanager
 def kernels_off(device):
     """Within the block, ops on `device` run their portable array-API form instead of its
-    compiled elementwise kernels: to compare the two, or to time what the kernels save."""
+    compiled kernels (use_kernels off): to compare the two, or to time what the kernels save."""
     dev = get_device(device)
     was = dev.use_kernels
     dev.use_kernels = False

@@ -198,6 +198,8 @@ class _Scratch(Tensor):
 class _GraphDevice:
     """ctx.device for a rule running on Tensors: the device, with scatter-add made differentiable."""
 
+    use_kernels = False  # kernels compute on arrays, not on a graph: the rule takes its portable form
+
     def __init__(self, device):
         self._device = device
 
@@ -205,9 +207,6 @@ class _GraphDevice:
         if not isinstance(target, _Scratch):
             raise CreateGraphError("scatter_add under create_graph: the target must come from xp.zeros in the rule")
         target.add_at(index, values, accumulate=True)
-
-    def elementwise_kernels(self, family, kernels, preamble="", host=None):
-        return None  # kernels compute on arrays, not on a graph: the rule takes its portable form
 
     def __getattr__(self, name):
         return getattr(self._device, name)

@@ -1,7 +1,7 @@
 """Neural-network ops fused for speed and stability: softmax, log-softmax,
 cross-entropy, embedding lookup, dropout."""
 from ..autograd import Function
-from ..backend import Kernel
+from ..kernels import Kernel, for_device
 from ..errors import AxisError, DTypeError, IndexOutOfRange, ShapeError, fmt_shape
 
 
@@ -83,7 +83,7 @@ class CrossEntropy(Function):
             if lo < 0 or hi >= c:
                 raise IndexOutOfRange(f"cross_entropy: target {hi if hi >= c else lo} is out of range for "
                                       f"{c} classes (logits of shape {fmt_shape(logits.shape)})")
-        ks = ctx.device.elementwise_kernels("nn", KERNELS) if valid is None and n else None
+        ks = for_device(ctx.device, "nn", KERNELS) if valid is None and n else None
         if ks is not None:  # one pass per row: max, log-sum-exp, log-probabilities, the target's
             logp, nll = xp.empty((n, c), dtype=logits.dtype), xp.empty((n,), dtype=logits.dtype)
             ks["xent_fwd"](logits, xp.astype(safe, xp.int64), c, nll, logp)
@@ -107,7 +107,7 @@ class CrossEntropy(Function):
     def backward(ctx, grad):
         xp = ctx.xp
         logp, safe, weight = ctx.saved_tensors
-        ks = ctx.device.elementwise_kernels("nn", KERNELS) if weight is None and ctx.reduction != "none" else None
+        ks = for_device(ctx.device, "nn", KERNELS) if weight is None and ctx.reduction != "none" else None
         if ks is not None:  # softmax minus the target's indicator, times the incoming gradient, in one pass
             g = xp.empty(logp.shape, dtype=logp.dtype)
             inv = 1.0 if ctx.reduction == "sum" else 1.0 / ctx.count
@@ -124,7 +124,7 @@ class CrossEntropy(Function):
         return g * scale, None
 
 
-# The fused loss as elementwise kernels (backend.Kernel), where the device builds them:
+# The fused loss as elementwise kernels (kernels.Kernel), where the device builds them:
 # forward one row per element (its max, log-sum-exp, log-probabilities and the target's
 # negative log-likelihood), backward one element per (row, class). The portable form above
 # is the reference; ignore_index and reduction="none" run it.
@@ -171,7 +171,7 @@ class Embedding(Function):
                 raise IndexOutOfRange(f"embedding: index {hi if hi >= weight.shape[0] else lo} is out of "
                                       f"range for {weight.shape[0]} embeddings")
         ctx.flat, ctx.w_shape, ctx.padding_idx = flat, weight.shape, padding_idx
-        ks = ctx.device.elementwise_kernels("nn", KERNELS) if flat.shape[0] and weight.shape[1] else None
+        ks = for_device(ctx.device, "nn", KERNELS) if flat.shape[0] and weight.shape[1] else None
         if ks is not None:
             out = xp.empty((flat.shape[0], weight.shape[1]), dtype=weight.dtype)
             ks["embed_fwd"](ctx.device.contiguous(weight), flat, weight.shape[1], out)
@@ -184,7 +184,7 @@ class Embedding(Function):
         xp = ctx.xp
         gw = xp.zeros(ctx.w_shape, dtype=grad.dtype)
         rows = xp.reshape(grad, (-1, ctx.w_shape[1]))
-        ks = ctx.device.elementwise_kernels("nn", KERNELS) if rows.shape[0] and rows.shape[1] else None
+        ks = for_device(ctx.device, "nn", KERNELS) if rows.shape[0] and rows.shape[1] else None
         if ks is not None:
             ks["embed_bwd"](rows, ctx.flat, ctx.w_shape[1], gw)
         else:

@@ -10,15 +10,15 @@ both, and the two fused ops built on that math:
   cell math, written into buffers allocated once. Backward through time by hand: per step
   only what the recurrence needs (d gates_t, then dh_{t-1} = d gates_t @ W_hh); after the
   loop dW_hh, dW_ih, dx and the biases as one GEMM (or sum) each over all timesteps.
-  On the CPU with its kernels built, that loop over time runs in C++ (HOST_LOOPS: the
+  On the CPU with its kernels built, that loop over time runs in C++ (rnn.cpp: the
   same steps and kernels, the recurrent GEMM on W_hh packed once per call, the batch rows
   or the hidden units split over the threads NumPy's BLAS runs on), as a step of Python
   costs ~15 us.
 
 The cell math writes into the arrays it is given (`out=` on NumPy and CuPy; the strict
 device assigns instead, `Device.xp_out`). Where the device builds kernels (CUDA through
-CuPy; the CPU through the host C++ compiler, cpu_kernels.py) each cell function is one
-elementwise kernel each way (`Device.elementwise_kernels`), one thread or SIMD lane per
+CuPy; the CPU through the host C++ compiler, see the kernels package) each cell function is
+one elementwise kernel each way (`kernels.for_device`), one thread or SIMD lane per
 (batch, unit) element of the state reading and writing that unit's gate columns
 (b * G * H + j + k * H, PyTorch's blocked gate layout), as Chainer's
 functions/activation/lstm.py does; elsewhere (the strict device, a CPU without a
@@ -59,13 +59,16 @@ dX = dG_x W_ih, and the biases are column sums of dG.
 """
 from __future__ import annotations
 
+from importlib import resources
+
+from .. import kernels
 from ..autograd import Function
-from ..backend import HostCode, Kernel
 from ..errors import DTypeError, ShapeError, fmt_shape
+from ..kernels import HostCode, Kernel
 
 # ----------------------------------------------------------------------------- kernels
-# Each cell's math as elementwise kernels (backend.Kernel), which the device builds: CuPy on
-# CUDA, the host C++ compiler on the CPU (cpu_kernels.py). One thread or SIMD lane per
+# Each cell's math as elementwise kernels (kernels.Kernel), which the device builds: CuPy on
+# CUDA, the host C++ compiler on the CPU (kernels/cpu.py). One thread or SIMD lane per
 # (batch, unit) element of the state: `b`, `j` its batch row and unit, `k` the same unit's
 # first gate column. A `T x` parameter is the element, a `raw T x` the whole array indexed
 # by hand. tests/test_rnn_kernels.py runs the CPU build, and the CUDA form of the bodies
@@ -131,162 +134,10 @@ KERNELS = {
 }
 
 
-# The sequence ops' loops over time in C++ for the CPU (backend.HostCode): the same steps
-# as _Sequence.forward and .backward below, in the same order, the recurrent GEMM on W_hh
-# packed once per call (cpu_kernels.tg_pgemm), without the ~15 us of Python a step costs
-# there (a tenth of an LSTM H=128 step). Each cell's functions share one parameter list,
-# unused pointers null. hs, cs (T + 1, B, H); gx (T, B, G); act as _act_buffer; the steps
-# run t = 0..T-1 (reverse: T-1..0) with the previous state at p and the new one at q.
-HOST_LOOPS = r"""
-#define TG_STEP(s) const int t = reverse ? T_ - 1 - (s) : (s), p = reverse ? t + 1 : t, q = reverse ? t : t + 1
-#define TG_BACK(s) const int t = reverse ? (s) : T_ - 1 - (s), p = reverse ? t + 1 : t, q = reverse ? t : t + 1
-
-// The threads (tg_parallel) split a layer's work one of two ways, each running the whole
-// sequence on its share. By batch rows, with at least 2 rows a thread: a row's states depend
-// on that row alone, at every step both ways, so the threads never wait for each other
-// (W_hh packed once, shared). Else by hidden units (its units of every gate: its columns of
-// the recurrent GEMM, W_hh's columns packed by each thread), with one barrier a step, as the
-// next step's GEMM reads every unit's state.
-struct seq_split {
-  bool by_rows;
-  int n;
-  ptrdiff_t r0, r1, j0, j1;  // thread id's rows and units, once at(id, nt) is called
-  void at(int id, int nt, ptrdiff_t B, ptrdiff_t H, int L) {
-    r0 = 0; r1 = B; j0 = 0; j1 = H;
-    if (by_rows) {
-      r0 = B * id / nt; r1 = B * (id + 1) / nt;
-    } else {  // whole vectors where the units allow
-      auto cut = [&](int k) { const ptrdiff_t j = (H * k / nt + L - 1) / L * L; return j < H ? j : H; };
-      j0 = cut(id); j1 = id == nt - 1 ? H : cut(id + 1);
-    }
-  }
-};
-// a call's sizes: the states (B, H), the gates (B, G), the saved activations A a row
-struct seq_dims {
-  int gates;
-  ptrdiff_t n, G, A;
-  seq_dims(int cell, int B, int H)
-      : gates(cell == 2 ? 4 : cell == 1 ? 3 : 1), n((ptrdiff_t)B * H), G((ptrdiff_t)gates * H),
-        A(cell == 0 ? 0 : 4 * (ptrdiff_t)H) {}
-};
-static seq_split seq_plan(int threads, int B, int H) {
-  const int n = tg_threads(threads);
-  if (threads > 0) return B >= n ? seq_split{true, n} : seq_split{false, n < H ? n : H};
-  const int rows = B / 2 < n ? B / 2 : n, cols = H / 32 < n ? H / 32 : n;  // 32 units a thread at least
-  if (rows >= cols) return {true, rows < 1 ? 1 : rows};
-  return {false, cols};
-}
-
-// forward: gh <- h_p W_hh^T (zeros at the first step without h0), then the cell
-template <typename T>
-static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, const T* gx,
-                   const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act) {
-  const seq_dims d(cell, B, H);
-  const int gates = d.gates;
-  const ptrdiff_t n = d.n, G = d.G, A = d.A;
-  const seq_split plan = seq_plan(threads, B, H);
-  tg_packed<T> shared;
-  if (plan.by_rows) { shared.add(0, G); shared.layout(H); }  // W_hh^T, (H, G), packed by all threads
-  tg_barrier bar(plan.n);
-  auto work = [&](int id, int nt) {
-    if (plan.by_rows) {
-      shared.pack_part(w_hh, H, true, id, nt);
-      if (nt > 1) bar.wait();
-    }
-    seq_split me = plan;
-    me.at(id, nt, B, H, tg_pk<T>::L);
-    const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
-    tg_packed<T> own;  // by units: this thread's columns of W_hh^T
-    if (!plan.by_rows) {
-      for (int g = 0; g < gates; ++g) own.add(g * H + j0, j1 - j0);
-      own.pack(H, w_hh, H, true);
-    }
-    const tg_packed<T>& W = plan.by_rows ? shared : own;
-    T* ghr = gh + r0 * G;
-    for (int s = 0; s < T_; ++s) {
-      TG_STEP(s);
-      const T* hp = hs + p * n + r0 * H;
-      T* hq = hs + q * n + r0 * H;
-      if (s == 0 && zero_h0) {
-        for (ptrdiff_t b = 0; b < m; ++b)
-          for (int g = 0; g < gates; ++g) std::memset(ghr + b * G + g * H + j0, 0, sizeof(T) * (j1 - j0));
-      } else {
-        W.gemm(m, hp, ghr, G);
-      }
-      const T* gx_t = gx + (t * (ptrdiff_t)B + r0) * G;
-      T* act_t = act + (t * (ptrdiff_t)B + r0) * A;
-      if (cell == 2) lstm_fwd_cols<T>(gx_t, ghr, cs + p * n + r0 * H, H, hq, cs + q * n + r0 * H, act_t, m, j0, j1);
-      else if (cell == 1) gru_fwd_cols<T>(gx_t, ghr, b_step, hp, H, hq, act_t, m, j0, j1);
-      else
-        for (ptrdiff_t b = 0; b < m; ++b) {
-          if (relu) rnn_relu_fwd_impl<T>(gx_t + b * G + j0, ghr + b * G + j0, hq + b * H + j0, j1 - j0);
-          else rnn_tanh_fwd_impl<T>(gx_t + b * G + j0, ghr + b * G + j0, hq + b * H + j0, j1 - j0);
-        }
-      if (!plan.by_rows && nt > 1) bar.wait();  // every unit's h_q, before the next GEMM reads it
-    }
-  };
-  tg_parallel(plan.n, work);
-  return 0;
-}
-
-// backward: dh += d_out[t]; the cell's d gates (and dc_{t-1} or dh z into scratch); then
-// dh <- d gates W_hh (+ dh z). Returns 1 where the LSTM's final dc is in scratch.
-template <typename T>
-static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, const T* w_hh,
-                   const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch,
-                   T* dgh, T* dgx) {
-  const seq_dims d(cell, B, H);
-  const ptrdiff_t n = d.n, G = d.G, A = d.A;
-  const seq_split plan = seq_plan(threads, B, H);
-  tg_packed<T> shared;
-  if (plan.by_rows) { shared.add(0, H); shared.layout(G); }  // W_hh, (G, H), packed by all threads
-  tg_barrier bar(plan.n);
-  auto work = [&](int id, int nt) {
-    if (plan.by_rows) {
-      shared.pack_part(w_hh, H, false, id, nt);
-      if (nt > 1) bar.wait();
-    }
-    seq_split me = plan;
-    me.at(id, nt, B, H, tg_pk<T>::L);
-    const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
-    tg_packed<T> own;  // by units: this thread's columns of W_hh
-    if (!plan.by_rows) { own.add(j0, j1 - j0); own.pack(G, w_hh, H); }
-    const tg_packed<T>& W = plan.by_rows ? shared : own;
-    T* dhr = dh + r0 * H;
-    T* dcr = dc == nullptr ? nullptr : dc + r0 * H;
-    T* sr = scratch + r0 * H;
-    for (int s = 0; s < T_; ++s) {
-      TG_BACK(s);
-      const T* dout_t = d_out + t * n + r0 * H;
-      for (ptrdiff_t b = 0; b < m; ++b)
-        for (ptrdiff_t j = j0; j < j1; ++j) dhr[b * H + j] += dout_t[b * H + j];
-      const ptrdiff_t tr = t * (ptrdiff_t)B + r0;  // this step's first row in (T, B, ...) buffers
-      T* dg_t = dgh + tr * G;
-      if (cell == 2) {
-        lstm_bwd_cols<T>(act + tr * A, cs + p * n + r0 * H, cs + q * n + r0 * H, dhr, dcr, H, dg_t, sr, m, j0, j1);
-        T* tmp = dcr; dcr = sr; sr = tmp;
-      } else if (cell == 1) {
-        gru_bwd_cols<T>(act + tr * A, hs + p * n + r0 * H, dhr, H, dg_t, dgx + tr * G, sr, m, j0, j1);
-      } else {
-        for (ptrdiff_t b = 0; b < m; ++b) {
-          const T* h = hs + q * n + (r0 + b) * H + j0;
-          if (relu) rnn_relu_bwd_impl<T>(h, dhr + b * H + j0, dg_t + b * G + j0, j1 - j0);
-          else rnn_tanh_bwd_impl<T>(h, dhr + b * H + j0, dg_t + b * G + j0, j1 - j0);
-        }
-      }
-      if (s == T_ - 1 && !need_dh0) break;
-      if (!plan.by_rows && nt > 1) bar.wait();  // every unit's d gates, before the GEMM reads them
-      W.gemm(m, dg_t, dhr, H);
-      if (cell == 1)
-        for (ptrdiff_t b = 0; b < m; ++b)
-          for (ptrdiff_t j = j0; j < j1; ++j) dhr[b * H + j] += sr[b * H + j];
-    }
-  };
-  tg_parallel(plan.n, work);
-  return cell == 2 ? T_ & 1 : 0;  // dc and scratch swapped at every step
-}
-"""
-HOST = HostCode(HOST_LOOPS, {
+# The sequence ops' loops over time in C++ for the CPU (kernels.HostCode): rnn.cpp beside this
+# file, the same steps as _Sequence.forward and .backward below, without the ~15 us of Python a
+# step costs there. Each cell's functions share one parameter list, unused pointers null.
+HOST = HostCode(resources.files(__package__) / "rnn.cpp", {
     "seq_fwd": "int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, "
                "const T* gx, const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act",
     "seq_bwd": "int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, "
@@ -305,7 +156,7 @@ HOST_THREADS = 0
 def device_kernels(dev):
     """The device's build of this module's kernels and host loops ({name: callable}), or None;
     the one way to ask for them, so that the family is built with its host loops."""
-    return dev.elementwise_kernels("rnn", KERNELS, host=HOST)
+    return kernels.for_device(dev, "rnn", KERNELS, host=HOST)
 
 
 def _kernel(dev, name):
@@ -613,7 +464,7 @@ class GRUCellFn(Function):
 
 # ----------------------------------------------------------------------------- whole sequence
 def _host_loop(dev, name, dt):
-    """The device's C++ loop over time `name` (HOST_LOOPS) for arrays of dtype dt, or None."""
+    """The device's C++ loop over time `name` (rnn.cpp) for arrays of dtype dt, or None."""
     ks = device_kernels(dev)
     if ks is None or getattr(dt, "name", None) not in ("float32", "float64"):
         return None
@@ -845,7 +696,7 @@ class RNNSequence(_Sequence):
 
     gates = 1
     name = "rnn_sequence"
-    host_cell = 0  # HOST_LOOPS' number for the kind
+    host_cell = 0  # rnn.cpp's number for the kind
 
     @classmethod
     def _check(cls, x, w_ih, w_hh, b_ih, b_hh, h0, c0, nonlinearity):

@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from ..autograd import enable_grad
-from ..backend import Kernel
+from ..kernels import Kernel, for_device
 from ..errors import DTypeError, StateDictError, fmt_shape
 from ..tensor import Tensor
 
@@ -472,7 +472,7 @@ class Adam(Optimizer):
         m, v = state["exp_avg"], state["exp_avg_sq"]
         step_size, bias2 = lr / (1.0 - beta1 ** t), math.sqrt(1.0 - beta2 ** t)
         l2, decay = (0.0, 1.0 - lr * wd) if self._decoupled else (wd, 1.0)
-        ks = p.device.elementwise_kernels("optim", _KERNELS)
+        ks = for_device(p.device, "optim", _KERNELS)
         if ks is not None:  # one pass over the five arrays instead of a dozen
             if amsgrad:
                 ks["adam_amsgrad"](g, beta1, beta2, step_size, bias2, group["eps"], l2, decay,
@@ -506,7 +506,7 @@ class Adam(Optimizer):
         p.data -= tmp
 
 
-# Adam's update as one elementwise kernel (backend.Kernel), the same arithmetic in the same
+# Adam's update as one elementwise kernel (kernels.Kernel), the same arithmetic in the same
 # order as the portable form above; l2 is Adam's weight decay into the gradient, decay
 # AdamW's (1 - lr * wd) on the weights. Scalars are cast to T first, as NumPy does.
 _ADAM_BODY = """

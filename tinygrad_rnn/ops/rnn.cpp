@@ -1,0 +1,157 @@
+// The sequence ops' loops over time in C++ for the CPU (ops/rnn.py's HOST): the same steps
+// as _Sequence.forward and .backward there, in the same order, the recurrent GEMM on W_hh
+// packed once per call (kernels/runtime.h's tg_pgemm), without the ~15 us of Python a step
+// costs there (a tenth of an LSTM H=128 step). Each cell's functions share one parameter list,
+// unused pointers null. hs, cs (T + 1, B, H); gx (T, B, G); act as _act_buffer; the steps run
+// t = 0..T-1 (reverse: T-1..0) with the previous state at p and the new one at q.
+//
+// Not a program on its own: kernels/cpu.py compiles it inside the "rnn" family's translation
+// unit, after runtime.h and the family's kernels (lstm_fwd_cols<T> & co., generated from
+// ops/rnn.py's KERNELS), and exports each function for float32 and float64.
+#define TG_STEP(s) const int t = reverse ? T_ - 1 - (s) : (s), p = reverse ? t + 1 : t, q = reverse ? t : t + 1
+#define TG_BACK(s) const int t = reverse ? (s) : T_ - 1 - (s), p = reverse ? t + 1 : t, q = reverse ? t : t + 1
+
+// The threads (tg_parallel) split a layer's work one of two ways, each running the whole
+// sequence on its share. By batch rows, with at least 2 rows a thread: a row's states depend
+// on that row alone, at every step both ways, so the threads never wait for each other
+// (W_hh packed once, shared). Else by hidden units (its units of every gate: its columns of
+// the recurrent GEMM, W_hh's columns packed by each thread), with one barrier a step, as the
+// next step's GEMM reads every unit's state.
+struct seq_split {
+  bool by_rows;
+  int n;
+  ptrdiff_t r0, r1, j0, j1;  // thread id's rows and units, once at(id, nt) is called
+  void at(int id, int nt, ptrdiff_t B, ptrdiff_t H, int L) {
+    r0 = 0; r1 = B; j0 = 0; j1 = H;
+    if (by_rows) {
+      r0 = B * id / nt; r1 = B * (id + 1) / nt;
+    } else {  // whole vectors where the units allow
+      auto cut = [&](int k) { const ptrdiff_t j = (H * k / nt + L - 1) / L * L; return j < H ? j : H; };
+      j0 = cut(id); j1 = id == nt - 1 ? H : cut(id + 1);
+    }
+  }
+};
+// a call's sizes: the states (B, H), the gates (B, G), the saved activations A a row
+struct seq_dims {
+  int gates;
+  ptrdiff_t n, G, A;
+  seq_dims(int cell, int B, int H)
+      : gates(cell == 2 ? 4 : cell == 1 ? 3 : 1), n((ptrdiff_t)B * H), G((ptrdiff_t)gates * H),
+        A(cell == 0 ? 0 : 4 * (ptrdiff_t)H) {}
+};
+static seq_split seq_plan(int threads, int B, int H) {
+  const int n = tg_threads(threads);
+  if (threads > 0) return B >= n ? seq_split{true, n} : seq_split{false, n < H ? n : H};
+  const int rows = B / 2 < n ? B / 2 : n, cols = H / 32 < n ? H / 32 : n;  // 32 units a thread at least
+  if (rows >= cols) return {true, rows < 1 ? 1 : rows};
+  return {false, cols};
+}
+
+// forward: gh <- h_p W_hh^T (zeros at the first step without h0), then the cell
+template <typename T>
+static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, const T* gx,
+                   const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act) {
+  const seq_dims d(cell, B, H);
+  const int gates = d.gates;
+  const ptrdiff_t n = d.n, G = d.G, A = d.A;
+  const seq_split plan = seq_plan(threads, B, H);
+  tg_packed<T> shared;
+  if (plan.by_rows) { shared.add(0, G); shared.layout(H); }  // W_hh^T, (H, G), packed by all threads
+  tg_barrier bar(plan.n);
+  auto work = [&](int id, int nt) {
+    if (plan.by_rows) {
+      shared.pack_part(w_hh, H, true, id, nt);
+      if (nt > 1) bar.wait();
+    }
+    seq_split me = plan;
+    me.at(id, nt, B, H, tg_pk<T>::L);
+    const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
+    tg_packed<T> own;  // by units: this thread's columns of W_hh^T
+    if (!plan.by_rows) {
+      for (int g = 0; g < gates; ++g) own.add(g * H + j0, j1 - j0);
+      own.pack(H, w_hh, H, true);
+    }
+    const tg_packed<T>& W = plan.by_rows ? shared : own;
+    T* ghr = gh + r0 * G;
+    for (int s = 0; s < T_; ++s) {
+      TG_STEP(s);
+      const T* hp = hs + p * n + r0 * H;
+      T* hq = hs + q * n + r0 * H;
+      if (s == 0 && zero_h0) {
+        for (ptrdiff_t b = 0; b < m; ++b)
+          for (int g = 0; g < gates; ++g) std::memset(ghr + b * G + g * H + j0, 0, sizeof(T) * (j1 - j0));
+      } else {
+        W.gemm(m, hp, ghr, G);
+      }
+      const T* gx_t = gx + (t * (ptrdiff_t)B + r0) * G;
+      T* act_t = act + (t * (ptrdiff_t)B + r0) * A;
+      if (cell == 2) lstm_fwd_cols<T>(gx_t, ghr, cs + p * n + r0 * H, H, hq, cs + q * n + r0 * H, act_t, m, j0, j1);
+      else if (cell == 1) gru_fwd_cols<T>(gx_t, ghr, b_step, hp, H, hq, act_t, m, j0, j1);
+      else
+        for (ptrdiff_t b = 0; b < m; ++b) {
+          if (relu) rnn_relu_fwd_impl<T>(gx_t + b * G + j0, ghr + b * G + j0, hq + b * H + j0, j1 - j0);
+          else rnn_tanh_fwd_impl<T>(gx_t + b * G + j0, ghr + b * G + j0, hq + b * H + j0, j1 - j0);
+        }
+      if (!plan.by_rows && nt > 1) bar.wait();  // every unit's h_q, before the next GEMM reads it
+    }
+  };
+  tg_parallel(plan.n, work);
+  return 0;
+}
+
+// backward: dh += d_out[t]; the cell's d gates (and dc_{t-1} or dh z into scratch); then
+// dh <- d gates W_hh (+ dh z). Returns 1 where the LSTM's final dc is in scratch.
+template <typename T>
+static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, const T* w_hh,
+                   const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch,
+                   T* dgh, T* dgx) {
+  const seq_dims d(cell, B, H);
+  const ptrdiff_t n = d.n, G = d.G, A = d.A;
+  const seq_split plan = seq_plan(threads, B, H);
+  tg_packed<T> shared;
+  if (plan.by_rows) { shared.add(0, H); shared.layout(G); }  // W_hh, (G, H), packed by all threads
+  tg_barrier bar(plan.n);
+  auto work = [&](int id, int nt) {
+    if (plan.by_rows) {
+      shared.pack_part(w_hh, H, false, id, nt);
+      if (nt > 1) bar.wait();
+    }
+    seq_split me = plan;
+    me.at(id, nt, B, H, tg_pk<T>::L);
+    const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
+    tg_packed<T> own;  // by units: this thread's columns of W_hh
+    if (!plan.by_rows) { own.add(j0, j1 - j0); own.pack(G, w_hh, H); }
+    const tg_packed<T>& W = plan.by_rows ? shared : own;
+    T* dhr = dh + r0 * H;
+    T* dcr = dc == nullptr ? nullptr : dc + r0 * H;
+    T* sr = scratch + r0 * H;
+    for (int s = 0; s < T_; ++s) {
+      TG_BACK(s);
+      const T* dout_t = d_out + t * n + r0 * H;
+      for (ptrdiff_t b = 0; b < m; ++b)
+        for (ptrdiff_t j = j0; j < j1; ++j) dhr[b * H + j] += dout_t[b * H + j];
+      const ptrdiff_t tr = t * (ptrdiff_t)B + r0;  // this step's first row in (T, B, ...) buffers
+      T* dg_t = dgh + tr * G;
+      if (cell == 2) {
+        lstm_bwd_cols<T>(act + tr * A, cs + p * n + r0 * H, cs + q * n + r0 * H, dhr, dcr, H, dg_t, sr, m, j0, j1);
+        T* tmp = dcr; dcr = sr; sr = tmp;
+      } else if (cell == 1) {
+        gru_bwd_cols<T>(act + tr * A, hs + p * n + r0 * H, dhr, H, dg_t, dgx + tr * G, sr, m, j0, j1);
+      } else {
+        for (ptrdiff_t b = 0; b < m; ++b) {
+          const T* h = hs + q * n + (r0 + b) * H + j0;
+          if (relu) rnn_relu_bwd_impl<T>(h, dhr + b * H + j0, dg_t + b * G + j0, j1 - j0);
+          else rnn_tanh_bwd_impl<T>(h, dhr + b * H + j0, dg_t + b * G + j0, j1 - j0);
+        }
+      }
+      if (s == T_ - 1 && !need_dh0) break;
+      if (!plan.by_rows && nt > 1) bar.wait();  // every unit's d gates, before the GEMM reads them
+      W.gemm(m, dg_t, dhr, H);
+      if (cell == 1)
+        for (ptrdiff_t b = 0; b < m; ++b)
+          for (ptrdiff_t j = j0; j < j1; ++j) dhr[b * H + j] += sr[b * H + j];
+    }
+  };
+  tg_parallel(plan.n, work);
+  return cell == 2 ? T_ & 1 : 0;  // dc and scratch swapped at every step
+}
