@@ -40,7 +40,6 @@ class TensorBase:
     __slots__ = ("data", "device", "requires_grad", "grad", "_ctx", "_index", "_hooks", "__weakref__")
 
 
-# ----------------------------------------------------------------------------- registered from above
 def _tensor(data, device, ctx, index):
     """A new Tensor (tensor.py registers Tensor._make here)."""
     raise RuntimeError("tinygrad_rnn.tensor was not imported")
@@ -58,7 +57,6 @@ def register(tensor_factory=None, graph_rules=None):
     _graph_rules = graph_rules or _graph_rules
 
 
-# ----------------------------------------------------------------------------- recording
 class Context:
     """One recorded op call: the node of the graph. `ctx` in forward/backward."""
 
@@ -193,9 +191,10 @@ def run_backward(roots, grads, retain_graph=False, want=None, create_graph=False
     rule runs on them (tensor_xp.GraphRules), so the result can be differentiated again.
     """
     rules = _graph_rules(roots) if create_graph else _ArrayRules
+    call, fit = rules.call, rules.fit
     pending, leaves = {}, {}  # node -> its output gradient(s) so far; leaf -> its gradient so far
     for root, g in zip(roots, grads):
-        _send(pending, leaves, want, root, rules.seed(g, root))
+        _send(pending, leaves, root, rules.seed(g, root))
     order = _topological_order([r._ctx for r in roots if r._ctx is not None])
     if want is not None:
         order = want.prune(order)
@@ -210,12 +209,12 @@ def run_backward(roots, grads, retain_graph=False, want=None, create_graph=False
             _fill_unused(node, grads_in, rules)
         if node.hooks or node.retained or want is not None:
             grads_in = _observe(node, grads_in, want)
-        in_grads = rules.call(node, grads_in)
+        in_grads = call(node, grads_in)
         if _anomaly is not None:
             _anomaly.check(node, in_grads)
         for inp, g, need in zip(node.inputs, in_grads, node.needs_input_grad):
             if need and g is not None:
-                _send(pending, leaves, want, inp, rules.fit(g, inp))
+                _send(pending, leaves, inp, fit(g, inp))
         if not retain_graph:  # free what forward saved as soon as it has served
             node.inputs = node.saved_tensors = None
             node.__dict__.clear()
@@ -245,14 +244,13 @@ class _ArrayRules:
         return g
 
 
-def _send(pending, leaves, want, t, g):
+def _send(pending, leaves, t, g):
     """Add g to the gradient tensor t has received so far: its node's slot, or its own as a
     leaf. Sums are out of place: g may be the very array another branch holds."""
     c = t._ctx
     if c is None:
-        if want is None or t in want.leaves:
-            prev = leaves.get(t)  # keyed by identity: Tensor hashes as an object
-            leaves[t] = g if prev is None else prev + g
+        prev = leaves.get(t)  # keyed by identity: Tensor hashes as an object
+        leaves[t] = g if prev is None else prev + g
     elif c.out_meta is None:  # nearly every node has one output: no slot list
         prev = pending.get(c)
         pending[c] = g if prev is None else prev + g
@@ -264,8 +262,7 @@ def _send(pending, leaves, want, t, g):
         slots[t._index] = g if prev is None else prev + g
 
 
-def _fill_unused(node, grads_in, rules):
-    """An output of a multi-output node that nobody used has gradient zero."""
+def _fill_unused(node, grads_in, rules):  # an output nobody used has gradient zero
     for i, g in enumerate(grads_in):
         if g is None:
             shape, dtype = node.out_meta[i]
@@ -273,8 +270,10 @@ def _fill_unused(node, grads_in, rules):
 
 
 def _deliver(leaves, want):
-    """The leaves' gradients, after their hooks: into .grad, or returned to autograd.grad."""
+    """The leaves' gradients, after their hooks: into .grad, or those asked for to autograd.grad."""
     for leaf, g in leaves.items():
+        if want is not None and leaf not in want.leaves:
+            continue
         if leaf._hooks:
             g = leaf._hooks.run(g, leaf.device, "a leaf")
         if want is None:
