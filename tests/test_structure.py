@@ -22,12 +22,12 @@ LAYERS = [
     ["kernels"],
     ["autograd"],
     ["ops"],
-    ["tensor", "tensor_xp"],
-    ["gradcheck", "testing", "func", "viz"],
+    ["tensor", "tensor_xp", "func"],
+    ["gradcheck", "testing"],
     ["nn", "optim"],
     ["text", "distributed"],
     ["lm"],
-    ["cli", "__main__"],
+    ["cli", "__main__", "viz"],
 ]
 LAYER_OF = {name: k for k, names in enumerate(LAYERS) for name in names}
 
