@@ -22,7 +22,7 @@ LAYERS = [
     ["kernels"],
     ["autograd"],
     ["ops"],
-    ["tensor", "tensor_xp", "func"],
+    ["tensor", "tensor_xp", "func", "serialization"],
     ["gradcheck", "testing"],
     ["nn", "optim"],
     ["text", "distributed"],

@@ -10,6 +10,7 @@ from .tensor import (Tensor, arange, cat, concat, eye, full, maximum, minimum, o
                      randint, randn, stack, tensor, where, zeros, zeros_like)
 from . import tensor_xp  # noqa: F401  (registers create_graph's rules with the engine)
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck
+from .serialization import SerializationError, load, save
 from . import func, nn, viz  # noqa: E402
 from . import optim  # noqa: E402
 
