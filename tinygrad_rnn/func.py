@@ -19,7 +19,7 @@ import numbers
 
 from . import autograd
 from .autograd import enable_grad
-from .errors import ShapeError, fmt_shape
+from .errors import ShapeError, StateDictError, fmt_shape
 from .ops.shape import Alias
 from .tensor import Tensor, stack, zeros_like
 
@@ -223,3 +223,114 @@ def hvp(f, primals, tangents):
                            allow_unused=True) if pairs else [None] * len(xs)
     hv = tuple(h if h is not None else zeros_like(x) for h, x in zip(hv, xs))
     return (out if nested else out.detach()), hv  # like the primals: a tuple
+
+
+
+# ----------------------------------------------------------------------------- functional_call
+_ABSENT = object()
+
+
+def functional_call(module, parameter_and_buffer_dicts, args=(), kwargs=None, *, tie_weights=True, strict=False):
+    """module(*args, **kwargs) with the given tensors in place of its parameters and buffers,
+    named as by named_parameters() ('lstm.weight_ih_l0'), as torch.func.functional_call does.
+    The module's own tensors are put back afterwards, even when the call raises; gradients
+    flow to the given tensors, and nothing reaches the module's own .grad.
+
+    parameter_and_buffer_dicts: a dict {name: Tensor}, or a tuple of them (no name in two).
+    args: a tuple of positional arguments, or a single one. tie_weights: a tensor that the
+    module registers under several names (a tied embedding and output weight) is replaced
+    under all of them by the one given; two different tensors for it are an error. strict:
+    every parameter and buffer must be given, and nothing else; without it a given name that
+    the module does not register is set as a plain attribute for the call.
+
+    The module is duck-typed (named_modules, named_parameters, named_buffers and each
+    module's _parameters and _buffers dicts, as both this package's nn and PyTorch have them),
+    so func needs nothing from nn."""
+    given = _given_tensors(parameter_and_buffer_dicts)
+    every = _registered(module)
+    assigned, unexpected = {}, []  # (id of store, key) -> (store, key, tensor, given name)
+    for name, t in given.items():
+        try:
+            store, key, registered = _resolve(module, name)
+        except AttributeError:
+            if not strict:
+                raise
+            unexpected.append(name)
+            continue
+        if not registered:
+            unexpected.append(name)
+        orig = store.get(key, _ABSENT)
+        targets = [(s, k) for s, k in every.values() if s[k] is orig] if registered and tie_weights else [(store, key)]
+        for s, k in targets:
+            prev = assigned.setdefault((id(s), k), (s, k, t, name))
+            if prev[2] is not t:
+                raise ValueError(f"functional_call: {prev[3]!r} and {name!r} name one tensor of the module (tied) "
+                                 f"but were given two different tensors; give one of them"
+                                 + (", or pass tie_weights=False" if tie_weights else ""))
+    if strict:
+        required = [n for n, _ in list(module.named_parameters()) + list(module.named_buffers())]
+        problems = ([f"missing {n!r}" for n in required if (id(every[n][0]), every[n][1]) not in assigned]
+                    + [f"unexpected {n!r}" for n in unexpected])
+        if problems:
+            raise StateDictError(f"functional_call for {type(module).__name__} with strict=True: " + "; ".join(problems))
+    swaps = [(s, k, s.get(k, _ABSENT), t) for s, k, t, _ in assigned.values()]
+    args = args if isinstance(args, tuple) else (args,)
+    try:
+        for s, k, _, t in swaps:
+            s[k] = t
+        return module(*args, **(kwargs or {}))
+    finally:
+        for s, k, orig, _ in reversed(swaps):
+            if orig is _ABSENT:
+                s.pop(k, None)
+            else:
+                s[k] = orig  # the key is still there: the dict keeps its order, so named_parameters() does
+
+
+def _given_tensors(dicts):
+    ds = (dicts,) if isinstance(dicts, dict) else tuple(dicts) if isinstance(dicts, (tuple, list)) else None
+    if ds is None or not all(isinstance(d, dict) for d in ds):
+        raise TypeError(f"functional_call: expected a dict of tensors by name (or a tuple of dicts), "
+                        f"got {type(dicts).__name__}")
+    out = {}
+    for d in ds:
+        for name, t in d.items():
+            if name in out:
+                raise ValueError(f"functional_call: {name!r} is given in more than one dict")
+            if not isinstance(name, str) or not isinstance(t, Tensor):
+                raise TypeError(f"functional_call: {name!r} is given a {type(t).__name__}; give Tensors by "
+                                f"their dotted names (tg.tensor(array) makes a Tensor of an array)")
+            out[name] = t
+    return out
+
+
+def _registered(module):
+    """{dotted name: (store, key)} of every parameter and buffer, under each name it is
+    reachable by (a tensor tied between two modules appears under both)."""
+    out = {}
+    for prefix, m in module.named_modules():
+        for store in (m._parameters, m._buffers):
+            for k, v in store.items():
+                if v is not None:
+                    out[f"{prefix}.{k}" if prefix else k] = (store, k)
+    return out
+
+
+def _resolve(module, name):
+    """(store, key, registered): the dict that holds `name`'s tensor (a _parameters or
+    _buffers dict, or for an unregistered name the owning module's attribute dict)."""
+    owner = module
+    *path, key = name.split(".")
+    for i, part in enumerate(path):
+        sub = owner._modules.get(part) if hasattr(owner, "_modules") else None
+        if sub is None:
+            raise AttributeError(f"functional_call: {type(module).__name__} has no submodule "
+                                 f"{'.'.join(path[:i + 1])!r} (for {name!r})")
+        owner = sub
+    for store in (owner._parameters, owner._buffers):
+        if store.get(key) is not None:
+            return store, key, True
+    return vars(owner), key, False
+
+
+__all__ += ["functional_call"]
