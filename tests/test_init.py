@@ -149,3 +149,54 @@ def test_errors():
         init.orthogonal_(_t((4,)))
     with pytest.raises(TypeError, match="expected a Tensor, got ndarray"):
         init.zeros_(np.zeros(3))
+
+
+# ----------------------------------------------------------------------------- orthogonal_ and the QR under it
+def _pytorch_orthogonal(draw, gain, xp_qr):
+    """torch.nn.init.orthogonal_'s steps on a given (rows, cols) Gaussian draw, with a given QR."""
+    rows, cols = draw.shape
+    flat = draw.T if rows < cols else draw
+    q, r = xp_qr(flat)
+    q = q * np.sign(np.diag(r))
+    return gain * (q.T if rows < cols else q)
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (3, 8), (8, 3), (4, 2, 3), (2, 3, 2, 2)])
+def test_orthogonal_is_pytorchs_algorithm_on_the_same_draw(device, shape):
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    tg.manual_seed(7)
+    draw = tg.get_device(device).to_host(tg.get_device(device).randn((rows, cols), tg.float64))
+    tg.manual_seed(7)
+    t = init.orthogonal_(_t(shape, device), gain=0.5)
+    want = _pytorch_orthogonal(draw, 0.5, np.linalg.qr).reshape(shape)
+    np.testing.assert_allclose(t.numpy(), want, rtol=0, atol=1e-14)
+
+
+def test_orthogonal_against_pytorch_qr():
+    torch = pytest.importorskip("torch")
+    draw = np.random.default_rng(0).standard_normal((4, 9))
+    want = _pytorch_orthogonal(draw, 2.0, lambda a: tuple(x.numpy() for x in torch.linalg.qr(torch.from_numpy(a))))
+    got = _pytorch_orthogonal(draw, 2.0, tg.get_device("cpu").qr)  # the QR orthogonal_ uses on the cpu
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,gain", [((6, 4, 2), 1.0), ((3, 2, 5), 2.5), ((64, 16), 5 / 3)])
+def test_orthogonal_gain_and_float32_tolerance(device, shape, gain):
+    q = init.orthogonal_(_t(shape, device, tg.float32), gain=gain).numpy().reshape(shape[0], -1)
+    assert q.dtype == np.float32
+    gram = q @ q.T if q.shape[0] <= q.shape[1] else q.T @ q
+    np.testing.assert_allclose(gram, gain ** 2 * np.eye(len(gram)), atol=gain ** 2 * 5e-6)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5), (4, 4)])
+def test_device_qr(device, shape):
+    dev = tg.get_device(device)
+    a = np.random.default_rng(1).standard_normal(shape)
+    q, r = dev.qr(dev.from_host(a))
+    assert dev.is_native(q) and dev.is_native(r)
+    q, r = dev.to_host(q), dev.to_host(r)
+    k = min(shape)
+    assert q.shape == (shape[0], k) and r.shape == (k, shape[1])
+    np.testing.assert_allclose(q @ r, a, atol=1e-13)
+    np.testing.assert_allclose(q.T @ q, np.eye(k), atol=1e-13)
+    np.testing.assert_array_equal(np.tril(r, -1), 0)

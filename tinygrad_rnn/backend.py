@@ -178,6 +178,13 @@ class Device:
     def synchronize(self) -> None:
         pass
 
+    def qr(self, a):
+        """(Q, R) of a 2-D array, reduced as numpy.linalg.qr gives them: (m, k) and (k, n) with
+        k = min(m, n). The standard's linalg extension is optional, so here it is computed on
+        the host (the cpu and strict devices); a device with a QR of its own overrides it."""
+        q, r = np.linalg.qr(self.to_host(a))
+        return self.from_host(q), self.from_host(r)
+
     # Whether ops may run the compiled kernels that the kernels package builds for this device
     # (CuPy's on CUDA, the host C++ compiler's on the CPU); False: their portable array-API
     # form, even where kernels exist (see kernels_off).
@@ -376,6 +383,10 @@ class CUDADevice(Device):
 
     def scatter_add(self, target, index, values):
         self._cupyx.scatter_add(target, index, values)
+
+    def qr(self, a):
+        with self._on():
+            return self._cupy.linalg.qr(a)
 
     def synchronize(self):
         self._cupy.cuda.Device(self.index).synchronize()

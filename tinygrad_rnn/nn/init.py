@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .. import backend as B
 from ..errors import DTypeError, ShapeError, fmt_shape
 from ..tensor import Tensor
@@ -160,9 +158,9 @@ def orthogonal_(tensor, gain=1.0):
     """A (semi-)orthogonal matrix, scaled by gain (Saxe et al. 2013; PyTorch's algorithm).
 
     The tensor is viewed as (rows, everything else). A Gaussian matrix drawn from the
-    device's generator is factored by QR on the host (initialisation is not an op, and
-    QR is outside the Array API standard); the signs of R's diagonal fix Q uniquely, so
-    Q is Haar-distributed. Rows are orthonormal when rows <= cols, columns otherwise.
+    device's generator (transposed to be tall) is factored by the device's QR; multiplying
+    Q's columns by the signs of R's diagonal makes Q unique, so it is Haar-distributed.
+    Rows are orthonormal when rows <= cols, columns otherwise.
     """
     _check("orthogonal_", tensor)
     if tensor.ndim < 2:
@@ -172,16 +170,19 @@ def orthogonal_(tensor, gain=1.0):
         return tensor
     rows = tensor.shape[0]
     cols = tensor.numel() // rows
-    dev = tensor.device
-    flat = dev.to_host(dev.randn((rows, cols), B.float64))
+    dev, xp = tensor.device, tensor.device.xp
+    flat = dev.randn((rows, cols), B.float64)
     if rows < cols:
-        flat = flat.T
-    q, r = np.linalg.qr(flat)
-    q = q * np.sign(np.diag(r))
+        flat = xp.permute_dims(flat, (1, 0))
+    q, r = dev.qr(flat)
+    k = min(rows, cols)
+    # R's diagonal without an indexing extension: the first k sums down the columns of R * I
+    diag = xp.sum(r * xp.eye(k, r.shape[1], dtype=r.dtype), axis=0)[:k]
+    q = q * xp.sign(diag)
     if rows < cols:
-        q = q.T
-    q = gain * q.reshape(tensor.shape)
-    return _write(tensor, dev.from_host(np.ascontiguousarray(q), tensor.dtype))
+        q = xp.permute_dims(q, (1, 0))
+    q = gain * xp.reshape(q, tensor.shape)
+    return _write(tensor, xp.astype(q, tensor.data.dtype))
 
 
 __all__ = ["calculate_gain", "uniform_", "normal_", "constant_", "zeros_", "ones_", "eye_",
