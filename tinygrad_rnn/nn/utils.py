@@ -133,3 +133,55 @@ def clip_grad_value_(parameters, clip_value) -> None:
 
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "NonFiniteNormError"]
+
+
+# ----------------------------------------------------------------------------- parameters as one vector
+from ..errors import ShapeError  # noqa: E402  (here, so this block merges as one piece)
+from ..tensor import concat  # noqa: E402
+
+
+def parameters_to_vector(parameters) -> Tensor:
+    """All parameters flattened and concatenated into one 1-D tensor, in order (PyTorch's
+    parameters_to_vector). Differentiable: a reshape and a concat, so a gradient with respect
+    to the vector reaches each parameter. All must be on one device."""
+    params = _vector_params("parameters_to_vector", parameters)
+    if not params:
+        raise ValueError("parameters_to_vector: no parameters given")
+    return concat([p.reshape(-1) for p in params], axis=0)
+
+
+def vector_to_parameters(vec, parameters) -> None:
+    """Copy the consecutive slices of the 1-D tensor vec into the parameters, in place, each
+    cast to its parameter's dtype (PyTorch's vector_to_parameters). No graph is recorded and
+    the parameters' arrays stay the same objects, so an optimizer or a tied weight sees the
+    new values. vec must hold exactly as many elements as the parameters together."""
+    op = "vector_to_parameters"
+    if not isinstance(vec, Tensor):
+        raise TypeError(f"{op}: expected a Tensor for vec, got {type(vec).__name__}")
+    params = _vector_params(op, parameters, vec.device)
+    total = sum(p.numel() for p in params)
+    if vec.ndim != 1 or vec.shape[0] != total:
+        raise ShapeError(f"{op}: vec must be 1-D with {total} elements (the parameters' "
+                         f"{', '.join(fmt_shape(p.shape) for p in params) or 'none'}), got shape {fmt_shape(vec.shape)}")
+    xp, start = vec.device.xp, 0
+    for p in params:
+        n = p.numel()
+        piece = xp.reshape(vec.data[start:start + n], p.shape)
+        p.data[...] = xp.astype(piece, p.data.dtype)
+        start += n
+
+
+def _vector_params(op, parameters, device=None):
+    params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{op}: parameter {i} is a {type(p).__name__}, not a Tensor")
+        device = device or p.device
+        if p.device is not device:
+            raise RuntimeError(f"{op}: parameter {i} of shape {fmt_shape(p.shape)} is on {p.device.name}, "
+                              f"but {'vec' if op == 'vector_to_parameters' else 'parameter 0'} is on "
+                              f"{device.name}; move them to one device first")
+    return params
+
+
+__all__ += ["parameters_to_vector", "vector_to_parameters"]
