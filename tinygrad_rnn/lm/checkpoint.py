@@ -16,15 +16,13 @@ back), the one serializer of optimizer state in the package.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
-import tempfile
-import zipfile
 
 import numpy as np
 
 from ..optim import flatten_state_dict, unflatten_state_dict
+from ..serialization import atomic_write, read_npz
 
 FORMAT = "tinygrad_rnn.charlm"
 FORMAT_VERSION = 2  # 2: the optimizer state in its flat form (1 held it as JSON with array references)
@@ -59,28 +57,8 @@ def save(path, *, meta: dict, model_state: dict, optim_state=None, hidden=None) 
         arrays["meta"] = np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: the checkpoint metadata is not JSON-able ({e})") from None
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: _write_npz(f, arrays))
 
 
 def _write_npz(f, arrays):
@@ -108,22 +86,8 @@ def load(path) -> Checkpoint:
         if not os.path.exists(cand):
             raise CheckpointError(f"{path}: a directory with no checkpoint.npz in it")
         path = cand
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
     what = f"{path}: not a tinygrad_rnn checkpoint"
-    if not raw.startswith(b"PK"):
-        raise CheckpointError(f"{what} (not an .npz archive{'; the file is empty' if not raw else ''})")
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}  # reads (and CRC-checks) every member now
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError,
-            NotImplementedError) as e:
-        raise CheckpointError(f"{path}: the checkpoint is truncated or corrupted ({type(e).__name__}: {e})") from None
+    arrays = read_npz(path, CheckpointError, "checkpoint file", "not a tinygrad_rnn checkpoint")
     try:
         fmt = str(arrays["format"][()])
         version = int(arrays["version"][()])
