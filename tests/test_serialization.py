@@ -95,12 +95,12 @@ def test_nested_python_values_round_trip():
 
 def test_numpy_values_stay_numpy():
     obj = {"f16": np.arange(6, dtype=np.float16).reshape(2, 3), "u8": np.array([0, 255], np.uint8),
-           "c": np.array([1 + 2j]), "empty": np.zeros((0, 4)), "scalar": np.float32(2.5), "i": np.int64(-4),
+           "c": np.array([1 + 2j]), "empty": np.zeros((0, 4)), "scalar": np.float32(2.5), "i": np.int64(-4), "f64": np.float64(0.1),
            "b": np.bool_(True), "s": np.array(["ab", "c"]), "0d": np.array(3.0)}
     back = _roundtrip(obj)
     arrays = [k for k, v in obj.items() if isinstance(v, np.ndarray)]
     assert list(back) == list(obj) and _same({k: back[k] for k in arrays}, {k: obj[k] for k in arrays})
-    for k in ("scalar", "i", "b"):
+    for k in ("scalar", "i", "b", "f64"):
         assert type(back[k]) is type(obj[k]) and back[k] == obj[k]
 
 

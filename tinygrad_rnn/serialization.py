@@ -162,6 +162,8 @@ class _Writer:
         return node
 
     def node(self, obj, where):
+        if isinstance(obj, np.generic):  # before float: np.float64 is a float, and would come back as one
+            return self.seen.get(id(obj)) or self.array(obj, np.asarray(obj), where, {"type": "numpy_scalar"})
         if obj is None or isinstance(obj, (bool, str)):
             return {"type": type(obj).__name__, "value": obj}
         if isinstance(obj, int):
@@ -176,8 +178,6 @@ class _Writer:
             return self.array(obj, obj.numpy(), where, node)
         if isinstance(obj, np.ndarray):
             return self.array(obj, obj, where, {"type": "ndarray"})
-        if isinstance(obj, np.generic):
-            return self.array(obj, np.asarray(obj), where, {"type": "numpy_scalar"})
         if isinstance(obj, (dict, list, tuple)):
             if id(obj) in self.active:
                 raise SerializationError(f"save: {_show(where)} contains itself (a reference cycle)")
