@@ -6,6 +6,7 @@ A tensor made by an op while grad mode is on, from inputs that require grad, hol
 """
 from __future__ import annotations
 
+import collections
 import numbers
 
 import numpy as np
@@ -390,10 +391,43 @@ class Tensor(TensorBase):
         return red.Mean.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
 
     def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return red.Max.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
+        """PyTorch's three forms: x.max() the largest value (ties share the gradient evenly);
+        x.max(dim) the named tuple (values, indices), the gradient going to the index returned;
+        x.max(other) the elementwise maximum."""
+        return self._extremum("max", axis, keepdims, dim, keepdim)
 
     def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return red.Min.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
+        """As max: x.min(), x.min(dim) -> (values, indices), x.min(other)."""
+        return self._extremum("min", axis, keepdims, dim, keepdim)
+
+    def amax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The largest values over dim (an int, a tuple, or None for all); ties share the gradient evenly."""
+        return red.Max.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim), op="amax")
+
+    def amin(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The smallest values over dim (an int, a tuple, or None for all); ties share the gradient evenly."""
+        return red.Min.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim), op="amin")
+
+    def _extremum(self, name, axis, keepdims, dim, keepdim):
+        if isinstance(axis, Tensor):
+            return self.maximum(axis) if name == "max" else self.minimum(axis)
+        axis, keep = _axis(axis, dim), _keep(keepdims, keepdim)
+        if axis is None:
+            return (red.Max if name == "max" else red.Min).apply(self, axis=None, keepdims=keep)
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise AxisError(f"{name}: dim must be one int when (values, indices) are returned, got {axis!r}; "
+                            f"a{name} reduces over several dims")
+        (axis,) = normalize_axes(name, axis, self.ndim, self.shape)
+        if self.ndim == 0:
+            return self.reshape(1)._extremum(name, 0, False, None, None)
+        if self.shape[axis] == 0:
+            raise ShapeError(f"{name}: cannot reduce axis {axis} of size 0 (tensor of shape {fmt_shape(self.shape)})")
+        xp = self.device.xp
+        index = getattr(xp, "arg" + name)(self.data, axis=axis, keepdims=True)
+        values = (red.MaxAt if name == "max" else red.MinAt).apply(self, axis, keepdims=keep, index=index)
+        if not keep:
+            index = xp.reshape(index, values.shape)
+        return _RETURN_TYPES[name](values, Tensor._make(index, self.device, None, 0))
 
     def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         return red.LogSumExp.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
@@ -407,11 +441,22 @@ class Tensor(TensorBase):
         return scan_ops.LogCumSumExp.apply(self, _axis(axis, dim))
 
     def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        """Indices of the maxima (int64, no gradient)."""
+        """Indices of the maxima (int64, no gradient; the first of any tie); axis=None: of the flattened tensor."""
+        return self._arg("argmax", _axis(axis, dim), _keep(keepdims, keepdim))
+
+    def argmin(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Indices of the minima (int64, no gradient; the first of any tie); axis=None: of the flattened tensor."""
+        return self._arg("argmin", _axis(axis, dim), _keep(keepdims, keepdim))
+
+    def _arg(self, name, axis, keepdims):
         xp = self.device.xp
-        axis = _axis(axis, dim)
-        data = xp.reshape(self.data, (-1,)) if axis is None else self.data
-        return Tensor._make(xp.argmax(data, axis=axis, keepdims=_keep(keepdims, keepdim) and axis is not None),
+        if axis is not None:
+            (axis,) = normalize_axes(name, axis, self.ndim, self.shape)
+        if self.numel() == 0:
+            raise ShapeError(f"{name}: cannot reduce an empty tensor of shape {fmt_shape(self.shape)}")
+        data = xp.reshape(self.data, (-1,)) if axis is None or self.ndim == 0 else self.data
+        axis = None if self.ndim == 0 else axis
+        return Tensor._make(getattr(xp, name)(data, axis=axis, keepdims=keepdims and axis is not None),
                             self.device, None, 0)
 
     def softmax(self, axis=-1, *, dim=None):
@@ -682,6 +727,11 @@ def maximum(a, b) -> Tensor:
 
 def minimum(a, b) -> Tensor:
     return a.minimum(b) if isinstance(a, Tensor) else b.minimum(a)
+
+
+# ------------------------------------------------------------------ max/min results, module-level math
+_RETURN_TYPES = {"max": collections.namedtuple("max", ["values", "indices"]),
+                 "min": collections.namedtuple("min", ["values", "indices"])}
 
 
 __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "zeros_like", "ones_like", "arange", "randn",

@@ -105,8 +105,8 @@ class TensorNamespace:
         return x.sum(axis=axis, keepdims=keepdims)
 
     @staticmethod
-    def max(x, axis=None, keepdims=False):
-        return x.max(axis=axis, keepdims=keepdims)
+    def max(x, axis=None, keepdims=False):  # the Array API's max is PyTorch's amax
+        return x.amax(axis=axis, keepdims=keepdims)
 
     @staticmethod
     def reshape(x, shape):

@@ -47,17 +47,19 @@ class Mean(Function):
 
 
 class _Extremum(Function):
-    """max/min: the gradient is shared evenly among the elements that tie for the extremum."""
+    """amax/amin (and max()/min() without a dim): the gradient is shared evenly among the
+    elements that tie for the extremum, as PyTorch's amax and full max do."""
 
     reduce = None
     saved_constants = True  # the extremum only picks the winners: piecewise constant in a
 
     @classmethod
-    def forward(cls, ctx, a, axis=None, keepdims=False):
+    def forward(cls, ctx, a, axis=None, keepdims=False, op=None):
         xp = ctx.xp
-        axes = _setup(ctx, cls.__name__.lower(), a, axis, keepdims)
+        op = op or cls.reduce
+        axes = _setup(ctx, op, a, axis, keepdims)
         if a.size == 0:
-            raise ShapeError(f"{cls.__name__.lower()}: cannot reduce an empty tensor of shape {fmt_shape(a.shape)}")
+            raise ShapeError(f"{op}: cannot reduce an empty tensor of shape {fmt_shape(a.shape)}")
         out = getattr(xp, cls.reduce)(a, axis=axes, keepdims=True)
         ctx.save_for_backward(a, out)
         return out if keepdims else xp.reshape(out, tuple(n for i, n in enumerate(a.shape) if i not in axes))
@@ -76,6 +78,34 @@ class Max(_Extremum):
 
 
 class Min(_Extremum):
+    reduce = "min"
+
+
+class _ExtremumAt(Function):
+    """max(dim)/min(dim)'s values: the whole gradient goes to the element at the index the
+    caller picked (argmax/argmin, the first of any tie), as PyTorch's max(dim) does."""
+
+    reduce = None
+
+    @classmethod
+    def forward(cls, ctx, a, axis, keepdims=False, index=None):
+        xp = ctx.xp
+        _setup(ctx, cls.reduce, a, axis, keepdims)
+        shape = tuple(n if i == axis else 1 for i, n in enumerate(a.shape))
+        ctx.save_for_backward(xp.reshape(xp.arange(a.shape[axis]), shape) == index)  # a mask: a constant
+        out = getattr(xp, cls.reduce)(a, axis=axis, keepdims=keepdims)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.xp.where(ctx.saved_tensors[0], _grad_as_kept(ctx, grad), 0.0)
+
+
+class MaxAt(_ExtremumAt):
+    reduce = "max"
+
+
+class MinAt(_ExtremumAt):
     reduce = "min"
 
 
