@@ -157,3 +157,138 @@ def test_max_matches_torch():
         getattr(x, "a" + op)(1).sum().backward()
         getattr(xt, "a" + op)(1).sum().backward()
         np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy())
+
+
+# ============================================================================ elementwise
+UNARY = {  # name: (method, NumPy, value range)
+    "sin": (lambda t: t.sin(), np.sin, (-3, 3)),
+    "cos": (lambda t: t.cos(), np.cos, (-3, 3)),
+    "log1p": (lambda t: t.log1p(), np.log1p, (-0.7, 3)),
+    "expm1": (lambda t: t.expm1(), np.expm1, (-3, 3)),
+    "square": (lambda t: t.square(), np.square, (-3, 3)),
+    "rsqrt": (lambda t: t.rsqrt(), lambda a: 1 / np.sqrt(a), (0.3, 3)),
+}
+
+
+@pytest.mark.parametrize("op", sorted(UNARY))
+@given(data=st.data())
+def test_unary(device, op, data):
+    fn, np_fn, (lo, hi) = UNARY[op]
+    check(device, fn, np_fn, data.draw(tgst.arrays(tgst.shapes(**SMALL), lo, hi)))
+
+
+def test_log1p_expm1_are_exact_for_tiny_values(device):
+    x = T([1e-20, -3e-18], device, requires_grad=False)
+    assert x.log1p().tolist() == [1e-20, -3e-18] and x.expm1().tolist() == [1e-20, -3e-18]
+
+
+# ============================================================================ var, std
+@pytest.mark.parametrize("op", ["var", "std"])
+@given(data=st.data(), keepdim=st.booleans(), how=st.sampled_from(["default", "correction", "unbiased"]))
+def test_var_std(device, op, data, keepdim, how):
+    a = data.draw(tgst.arrays(tgst.shapes(max_dims=3, max_side=4), unique=True))
+    dim = data.draw(tgst.axes(a.ndim))
+    kw, ddof = {}, 1
+    if how == "correction":
+        ddof = kw["correction"] = data.draw(st.sampled_from([0, 1, 2]))
+    elif how == "unbiased":
+        kw["unbiased"] = data.draw(st.booleans())
+        ddof = int(kw["unbiased"])
+    n = a.size // max(np.asarray(np.sum(a, axis=dim)).size, 1) if a.size else 0
+    assume(n - ddof > 0)
+    want = getattr(np, op)(a, axis=dim, ddof=ddof, keepdims=keepdim)
+    if op == "std":
+        assume(np.all(want > 1e-2))  # sqrt has no derivative at a zero variance
+    check(device, lambda t: getattr(t, op)(dim=dim, keepdim=keepdim, **kw), lambda v: want, a)
+
+
+def test_var_forms_as_pytorch(device):
+    a = np.arange(12.0).reshape(3, 4) ** 1.5
+    x = T(a, device, requires_grad=False)
+    close(x.var(), np.var(a, ddof=1))
+    close(x.var(False), np.var(a))                                 # var(unbiased)
+    close(x.var(1, True, True), np.var(a, axis=1, ddof=1, keepdims=True))  # var(dim, unbiased, keepdim)
+    close(x.std(axis=0, keepdims=True, correction=0), np.std(a, axis=0, keepdims=True))
+    with pytest.raises(ValueError, match="var: pass correction or unbiased, not both"):
+        x.var(0, True, correction=1)
+    with pytest.raises(tg.AxisError, match=r"var: axis 2 is out of range for a tensor of shape \(3, 4\)"):
+        x.std(2)
+
+
+# ============================================================================ norm
+def np_norm(a, p, axis, keepdims):
+    if p == math.inf:
+        return np.max(np.abs(a), axis=axis, keepdims=keepdims)
+    if p == -math.inf:
+        return np.min(np.abs(a), axis=axis, keepdims=keepdims)
+    p = 2 if p == "fro" else p
+    return np.sum(np.abs(a) ** p, axis=axis, keepdims=keepdims) ** (1 / p)
+
+
+@given(data=st.data(), p=tgst.norm_orders(), keepdim=st.booleans())
+def test_norm(device, data, p, keepdim):
+    a = data.draw(tgst.arrays(tgst.shapes(**SMALL)))
+    dim = data.draw(tgst.axes(a.ndim))
+    assume(tgst.far_from(a, [0.0], margin=1e-2))  # |x| has a kink at 0
+    if p in (math.inf, -math.inf):
+        assume(well_separated(np.abs(a), axis=dim))
+    check(device, lambda t: t.norm(p, dim, keepdim), lambda v: np_norm(v, p, dim, keepdim), a)
+
+
+@pytest.mark.parametrize("p", [2, "fro", 3.0, 1.5, 1])
+def test_norm_gradient_at_zero_is_zero(device, p):
+    x = T(np.zeros((2, 3)), device)
+    x.norm(p, dim=1).sum().backward()
+    assert x.grad.tolist() == [[0.0] * 3] * 2
+    y = T([[0.0, 0.0], [3.0, -4.0]], device)
+    y.norm(p, dim=1, keepdim=True).sum().backward()
+    np.testing.assert_allclose(y.grad.numpy()[0], [0, 0])
+
+
+def test_norm_errors(device):
+    x = T(np.ones((2, 3)), device)
+    for p in (0, "nuc", None, True):
+        with pytest.raises(ValueError, match=r"norm: p must be a nonzero number, inf, -inf or 'fro', got"):
+            x.norm(p)
+    with pytest.raises(tg.AxisError, match=r"norm: axis -3 is out of range"):
+        x.norm(dim=-3)
+
+
+# ============================================================================ prod
+@given(data=st.data(), keepdim=st.booleans())
+def test_prod(device, data, keepdim):
+    a = data.draw(tgst.arrays(tgst.shapes(**SMALL)))
+    dim = data.draw(tgst.axes(a.ndim))
+    check(device, lambda t: t.prod(dim=dim, keepdim=keepdim), lambda v: np.prod(v, axis=dim, keepdims=keepdim), a)
+
+
+@pytest.mark.parametrize("row, want", [
+    ([2.0, 3.0, 4.0], [12.0, 8.0, 6.0]),
+    ([2.0, 0.0, 4.0], [0.0, 8.0, 0.0]),   # one zero: it gets the product of the others
+    ([0.0, 3.0, 0.0], [0.0, 0.0, 0.0]),   # two zeros: every product of the others has a zero
+])
+def test_prod_gradient_with_zeros(device, row, want):
+    x = T([row], device)
+    x.prod(1).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [want], rtol=1e-15)
+    assert tg.gradcheck(lambda t: t.prod(1), (T([row], device),))
+    assert tg.gradgradcheck(lambda t: t.prod(), (T([row], device),))  # second derivatives through zeros
+
+
+def test_prod_errors(device):
+    with pytest.raises(tg.AxisError, match=r"prod: axis 1 is out of range for a tensor of shape \(3,\)"):
+        T([1.0, 2.0, 3.0], device).prod(1)
+
+
+# ============================================================================ the shared strategies
+@given(x=tgst.positive_tensors(shape=tgst.shapes(**SMALL), device="strict"), p=tgst.norm_orders(finite_only=True))
+def test_positive_tensors_and_norm_orders(x, p):
+    assert x.device.name == "strict" and x.dtype is tg.float64 and x.requires_grad
+    assert np.all(x.numpy() >= 0.25) and np.all(x.numpy() <= 3.0)
+    assert p == "fro" or math.isfinite(p) and p >= 1
+    assert tg.gradcheck(lambda t: t.rsqrt().norm(p), (x,))
+
+
+def test_positive_tensors_refuses_a_nonpositive_bound():
+    with pytest.raises(ValueError, match="positive_tensors: need 0 < min_value <= max_value, got 0 and 3"):
+        tgst.positive_tensors(min_value=0, max_value=3)

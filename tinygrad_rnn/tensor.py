@@ -7,6 +7,7 @@ A tensor made by an op while grad mode is on, from inputs that require grad, hol
 from __future__ import annotations
 
 import collections
+import math
 import numbers
 
 import numpy as np
@@ -383,6 +384,27 @@ class Tensor(TensorBase):
 
     clamp = clip
 
+    def sin(self):
+        return ew.Sin.apply(self)
+
+    def cos(self):
+        return ew.Cos.apply(self)
+
+    def log1p(self):
+        """log(1 + x), exact for tiny x."""
+        return ew.Log1p.apply(self)
+
+    def expm1(self):
+        """exp(x) - 1, exact for tiny x."""
+        return ew.Expm1.apply(self)
+
+    def square(self):
+        return ew.Square.apply(self)
+
+    def rsqrt(self):
+        """1 / sqrt(x)."""
+        return ew.Rsqrt.apply(self)
+
     # ------------------------------------------------------------------ reductions
     def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         return red.Sum.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
@@ -464,6 +486,46 @@ class Tensor(TensorBase):
 
     def log_softmax(self, axis=-1, *, dim=None):
         return nnops.LogSoftmax.apply(self, axis=_axis(axis, dim))
+
+    def var(self, axis=None, unbiased=None, keepdims=False, *, dim=None, correction=None, keepdim=None):
+        """The variance over dim (None: all), dividing by n - correction: correction=1 by default
+        (Bessel's, as PyTorch), unbiased=False for correction=0. x.var(1, True, True) works as in PyTorch."""
+        axis = _axis(axis, dim)
+        if isinstance(axis, bool):  # PyTorch's var(unbiased)
+            axis, unbiased = None, axis
+        if unbiased is not None and correction is not None:
+            raise ValueError("var: pass correction or unbiased, not both")
+        c = correction if correction is not None else 0 if unbiased is False else 1
+        axes = normalize_axes("var", axis, self.ndim, self.shape)
+        n = 1
+        for a in axes:
+            n *= self.shape[a]
+        d = self - self.mean(axis=axes, keepdims=True)
+        return d.square().sum(axis=axes, keepdims=_keep(keepdims, keepdim)) / max(n - c, 0)
+
+    def std(self, axis=None, unbiased=None, keepdims=False, *, dim=None, correction=None, keepdim=None):
+        """sqrt(var(...)), with var's arguments."""
+        return self.var(axis, unbiased, keepdims, dim=dim, correction=correction, keepdim=keepdim).sqrt()
+
+    def norm(self, p="fro", dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
+        """The vector p-norm over dim (None: all elements), as torch.norm/linalg.vector_norm: p any
+        finite number but 0, inf (max |x|), -inf (min |x|), or 'fro' (2). The gradient at a zero
+        norm is 0; at p=inf ties share it evenly."""
+        axes = normalize_axes("norm", _axis(axis, dim), self.ndim, self.shape)
+        keep = _keep(keepdim, keepdims)
+        if p == "fro":
+            p = 2
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or p == 0 or p != p:
+            raise ValueError(f"norm: p must be a nonzero number, inf, -inf or 'fro', got {p!r}")
+        x = self if dtype is None else self.to(dtype)
+        if math.isinf(p):
+            a = x.abs()
+            return (red.Max if p > 0 else red.Min).apply(a, axis=axes, keepdims=keep, op="norm")
+        return red.Norm.apply(x, p=float(p), axis=axes, keepdims=keep)
+
+    def prod(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The product over dim (None: all); its gradient is right where the input has zeros."""
+        return red.Prod.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
 
     # ------------------------------------------------------------------ shape
     def reshape(self, *shape):

@@ -77,6 +77,14 @@ class TensorNamespace:
         return x.abs()
 
     @staticmethod
+    def sin(x):
+        return x.sin()
+
+    @staticmethod
+    def cos(x):
+        return x.cos()
+
+    @staticmethod
     def sign(x):  # piecewise constant: no gradient
         return Tensor._make(x.device.xp.sign(x.data), x.device, None, 0)
 
