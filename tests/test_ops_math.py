@@ -4,6 +4,7 @@ functions (tg.exp, tg.einsum, ...). Forward against NumPy, gradients against cen
 differences, second derivatives with gradgradcheck, on every device; errors too.
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -292,3 +293,186 @@ def test_positive_tensors_and_norm_orders(x, p):
 def test_positive_tensors_refuses_a_nonpositive_bound():
     with pytest.raises(ValueError, match="positive_tensors: need 0 < min_value <= max_value, got 0 and 3"):
         tgst.positive_tensors(min_value=0, max_value=3)
+
+
+# ============================================================================ module-level functions
+MODULE_LEVEL = [  # (tg function, arguments after x, the method call it must equal)
+    ("exp", (), lambda t: t.exp()), ("log", (), lambda t: t.log()), ("sqrt", (), lambda t: t.sqrt()),
+    ("rsqrt", (), lambda t: t.rsqrt()), ("log1p", (), lambda t: t.log1p()), ("expm1", (), lambda t: t.expm1()),
+    ("square", (), lambda t: t.square()), ("sin", (), lambda t: t.sin()), ("cos", (), lambda t: t.cos()),
+    ("tanh", (), lambda t: t.tanh()), ("sigmoid", (), lambda t: t.sigmoid()), ("relu", (), lambda t: t.relu()),
+    ("abs", (), lambda t: t.abs()), ("neg", (), lambda t: -t), ("softplus", (), lambda t: t.softplus()),
+    ("clamp", (0.7, 1.2), lambda t: t.clip(0.7, 1.2)), ("clip", (0.7,), lambda t: t.clip(0.7)),
+    ("add", (2.0,), lambda t: t + 2.0), ("sub", (2.0,), lambda t: t - 2.0), ("mul", (2.0,), lambda t: t * 2.0),
+    ("div", (2.0,), lambda t: t / 2.0), ("pow", (3,), lambda t: t ** 3),
+    ("sum", (1,), lambda t: t.sum(1)), ("mean", (), lambda t: t.mean()), ("prod", (0,), lambda t: t.prod(0)),
+    ("var", (1,), lambda t: t.var(1)), ("std", (), lambda t: t.std()), ("norm", (), lambda t: t.norm()),
+    ("max", (), lambda t: t.max()), ("min", (), lambda t: t.min()), ("amax", ((0, 1),), lambda t: t.amax()),
+    ("amin", (1,), lambda t: t.amin(1)), ("logsumexp", (1,), lambda t: t.logsumexp(1)),
+    ("cumsum", (1,), lambda t: t.cumsum(1)), ("logcumsumexp", (0,), lambda t: t.logcumsumexp(0)),
+    ("softmax", (1,), lambda t: t.softmax(1)), ("log_softmax", (0,), lambda t: t.log_softmax(0)),
+]
+
+
+@pytest.mark.parametrize("name, args, method", MODULE_LEVEL, ids=[m[0] for m in MODULE_LEVEL])
+def test_module_level_functions_are_the_methods(device, name, args, method):
+    a = np.random.default_rng(0).uniform(0.5, 1.5, (3, 4))
+    fn = getattr(tg, name)
+    assert fn.__name__ == name and f"tg.{name}(x, ...)" in fn.__doc__
+    close(fn(T(a, device), *args), method(T(a, device)).numpy())
+    assert tg.gradcheck(lambda t: fn(t, *args), (T(a, device),))
+
+
+def test_module_level_keywords_numbers_first_and_tuples(device):
+    x = T([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0]], device)
+    values, indices = tg.max(x, dim=1)
+    assert values.tolist() == [5.0, 7.0] and indices.tolist() == [1, 0]
+    assert tg.min(x, 0, keepdim=True).indices.tolist() == [[0, 1, 0]]
+    assert tg.argmin(x, dim=1).tolist() == [0, 1] and tg.argmax(x).item() == 3
+    close(tg.pow(2.0, x), 2.0 ** x.numpy())
+    close(tg.sub(1.0, x), 1.0 - x.numpy())
+    close(tg.max(x, x * 0 + 3), np.maximum(x.numpy(), 3))  # torch.max(a, b): elementwise
+    close(tg.sum(x, dim=1, keepdim=True), x.numpy().sum(1, keepdims=True))
+    close(tg.softmax(x, dim=0), np.exp(x.numpy()) / np.exp(x.numpy()).sum(0))
+    with pytest.raises(TypeError, match="exp: expected a Tensor, got list"):
+        tg.exp([1.0, 2.0])
+
+
+@given(shapes=st.sampled_from([((3,), (3,)), ((2, 3), (3, 4)), ((3,), (3, 2)), ((2, 1, 2, 3), (4, 3, 2))]),
+       data=st.data())
+def test_matmul_function(device, shapes, data):
+    sa, sb = shapes
+    check(device, tg.matmul, np.matmul, data.draw(tgst.arrays(sa)), data.draw(tgst.arrays(sb)))
+
+
+@given(b=st.integers(1, 3), n=st.integers(1, 3), m=st.integers(1, 3), p=st.integers(1, 3), data=st.data())
+def test_bmm(device, b, n, m, p, data):
+    check(device, tg.bmm, np.matmul, data.draw(tgst.arrays((b, n, m))), data.draw(tgst.arrays((b, m, p))))
+
+
+@pytest.mark.parametrize("sa, sb", [((2, 3), (3, 4)), ((2, 3, 4), (3, 4, 5)), ((2, 3, 4), (2, 5, 4)),
+                                    ((1, 3, 4), (2, 4, 5))])
+def test_bmm_shape_errors(device, sa, sb):
+    a, b = T(np.zeros(sa), device), T(np.zeros(sb), device)
+    with pytest.raises(tg.ShapeError, match=r"bmm: expected \(B, n, m\) and \(B, m, p\), got shapes "
+                                            + re.escape(f"{tg.errors.fmt_shape(sa)} and {tg.errors.fmt_shape(sb)}")):
+        tg.bmm(a, b)
+
+
+# ============================================================================ einsum
+EINSUMS = ["ij,jk->ik", "bij,bjk->bik", "i,i->", "i,j->ij", "ii->", "ii->i", "ij->ji", "ij->", "ij,ij->ij",
+           "ij,jk,kl->il", "bhqd,bhkd->bhqk", "iij->j", "ij,jk", "ba", "i,i", "ijk,ikl->jl", "ij,kl->"]
+
+
+@pytest.mark.parametrize("equation", EINSUMS)
+@given(data=st.data())
+def test_einsum_examples(device, equation, data):
+    sizes = {c: data.draw(st.integers(1, 3), label=c) for c in "abdhijklq"}
+    arrays = [data.draw(tgst.arrays(tuple(sizes[c] for c in sub))) for sub in equation.split("->")[0].split(",")]
+    check(device, lambda *ts: tg.einsum(equation, *ts), lambda *a: np.einsum(equation, *a), *arrays)
+
+
+@st.composite
+def einsum_cases(draw):
+    """A random equation over the letters a-d (repeats inside an operand allowed), its arrays."""
+    sizes = {c: draw(st.integers(1, 3)) for c in "abcd"}
+    ins = [draw(st.text(alphabet="abcd", max_size=3)) for _ in range(draw(st.integers(1, 3)))]
+    used = sorted(set("".join(ins)))
+    out = "".join(draw(st.permutations(used))[:draw(st.integers(0, len(used)))])
+    equation = ",".join(ins) + ("->" + out if draw(st.booleans()) else "")
+    return equation, [draw(tgst.arrays(tuple(sizes[c] for c in sub))) for sub in ins]
+
+
+@given(case=einsum_cases())
+def test_einsum_random_equations(device, case):
+    equation, arrays = case
+    check(device, lambda *ts: tg.einsum(equation, *ts), lambda *a: np.einsum(equation, *a), *arrays, grad2=False)
+
+
+def test_einsum_takes_a_list_and_second_derivatives(device):
+    a, b = T(np.arange(6.0).reshape(2, 3) / 5, device), T(np.arange(12.0).reshape(3, 4) / 7, device)
+    close(tg.einsum("ij,jk->ik", [a, b]), a.numpy() @ b.numpy())
+    assert tg.gradgradcheck(lambda x, y: tg.einsum("ij,jk,ik->", x, y, x @ y), (a, b))
+
+
+@pytest.mark.parametrize("equation, shapes, error, message", [
+    ("ij,jk->ik", [(2, 3)], ValueError, r"einsum: 'ij,jk->ik' has 2 operand\(s\) but 1 tensor\(s\) were given"),
+    ("ij->i->j", [(2, 3)], ValueError, r"einsum: expected an equation like 'ij,jk->ik', got 'ij->i->j'"),
+    ("...ij->ij", [(2, 3)], ValueError, r"einsum: ellipsis \('...'\) is not supported"),
+    ("i1->i", [(2, 3)], ValueError, r"einsum: subscripts must be letters a-z, A-Z; 'i1->i' has '1'"),
+    ("ijk->i", [(2, 3)], tg.ShapeError, r"einsum: operand 0 has shape \(2, 3\) \(2 dims\) but subscripts 'ijk' \(3\)"),
+    ("ij,jk->ik", [(2, 3), (4, 5)], tg.ShapeError, r"einsum: subscript 'j' has size 3 and 4 \(operand 1, shape \(4, 5\)\)"),
+    ("ij->ii", [(2, 3)], ValueError, r"einsum: the output 'ii' of 'ij->ii' repeats a letter or has one no input has"),
+    ("ij->k", [(2, 3)], ValueError, r"einsum: the output 'k' of 'ij->k' repeats a letter"),
+])
+def test_einsum_errors(device, equation, shapes, error, message):
+    with pytest.raises(error, match=message):
+        tg.einsum(equation, *[T(np.zeros(s), device) for s in shapes])
+
+
+def test_einsum_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 4, 5))
+    x, y = T(a, "cpu"), T(b, "cpu")
+    xt, yt = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    tg.einsum("bij,bjk->ik", x, y).square().sum().backward()
+    torch.einsum("bij,bjk->ik", xt, yt).square().sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy())
+    np.testing.assert_allclose(y.grad.numpy(), yt.grad.numpy())
+
+
+# ============================================================================ creation and modes
+def test_linspace(device):
+    t = tg.linspace(-1, 2, 7, device=device)
+    assert t.dtype is tg.float32 and t.device.name == tg.device(device).name
+    np.testing.assert_allclose(t.numpy(), np.linspace(-1, 2, 7), rtol=1e-6)
+    assert tg.linspace(0, 1, 1, dtype=tg.float64).tolist() == [0.0] and tg.linspace(0, 1, 0).shape == (0,)
+    assert tg.linspace(0.0, 1.0, 3, requires_grad=True).requires_grad
+    with pytest.raises(ValueError, match="linspace: steps must be an int >= 0, got -1"):
+        tg.linspace(0, 1, -1)
+
+
+def test_from_numpy_shares_memory_and_keeps_the_dtype():
+    a = np.arange(4.0)
+    t = tg.from_numpy(a)
+    assert t.dtype is tg.float64 and t.device.name == "cpu"
+    a[0] = 9.0
+    assert t.tolist() == [9.0, 1.0, 2.0, 3.0]
+    assert tg.from_numpy(np.arange(3, dtype=np.int32)).dtype is tg.int32
+    with pytest.raises(TypeError, match="from_numpy: expected a numpy.ndarray, got list"):
+        tg.from_numpy([1.0])
+    with pytest.raises(tg.DTypeError, match="from_numpy: unsupported dtype complex128"):
+        tg.from_numpy(np.zeros(2, dtype=complex))
+
+
+def test_as_tensor(device):
+    t = T([1.0, 2.0], device)
+    assert tg.as_tensor(t) is t
+    assert tg.as_tensor(t, dtype=tg.float32).dtype is tg.float32
+    a = np.ones(3)
+    shared = tg.as_tensor(a)
+    a[1] = 5.0
+    assert shared.tolist() == [1.0, 5.0, 1.0] and shared.dtype is tg.float64
+    moved = tg.as_tensor(a, device=device)
+    assert moved.device.name == tg.device(device).name and moved.tolist() == [1.0, 5.0, 1.0]
+    assert tg.as_tensor([1, 2], dtype=tg.int64).dtype is tg.int64
+
+
+def test_inference_mode_records_no_graph():
+    x = tg.ones(2, requires_grad=True)
+    with tg.inference_mode():
+        assert not (x * 2).requires_grad and not tg.is_grad_enabled()
+    assert tg.is_grad_enabled()
+    with tg.inference_mode(False):
+        assert (x * 2).requires_grad
+
+    @tg.inference_mode()
+    def f(depth):
+        return (x * 2).requires_grad if depth == 0 else f(depth - 1)
+
+    @tg.inference_mode
+    def g():
+        return (x * 2).requires_grad
+
+    assert f(2) is False and g() is False and tg.is_grad_enabled()
