@@ -92,7 +92,8 @@ def test_backward_gradient_of_the_wrong_shape(device, x):
 @pytest.mark.parametrize("call, op, axis", [
     (lambda t: t.sum(axis=2), "sum", "2"),
     (lambda t: t.mean(dim=-3), "mean", "-3"),
-    (lambda t: t.max(axis=(0, 5)), "max", "5"),
+    (lambda t: t.amax(axis=(0, 5)), "amax", "5"),
+    (lambda t: t.max(dim=3), "max", "3"),
     (lambda t: t.min(axis=2), "min", "2"),
     (lambda t: t.logsumexp(axis=-3), "logsumexp", "-3"),
     (lambda t: t.softmax(5), "softmax", "5"),

@@ -243,15 +243,16 @@ def _reduce_call(t, name, axis, keepdims, torch_names):
     return getattr(t, name)(axis=axis, keepdims=keepdims)
 
 
-NP_REDUCE = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "logsumexp": np_logsumexp}
+NP_REDUCE = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "amax": np.max, "amin": np.min,
+             "logsumexp": np_logsumexp}
 
 
-@pytest.mark.parametrize("op", ["sum", "mean", "max", "min", "logsumexp"])
+@pytest.mark.parametrize("op", ["sum", "mean", "amax", "amin", "logsumexp"])
 @given(data=st.data(), keepdims=st.booleans(), torch_names=st.booleans())
 def test_reduction(device, op, data, keepdims, torch_names):
     x = data.draw(tgst.arrays(tgst.shapes(max_dims=3, max_side=4)))
     axis = data.draw(tgst.axes(x.ndim))
-    if op in ("max", "min"):
+    if op in ("amax", "amin"):
         assume(well_separated(x, axis=axis))  # ties are where max/min have no derivative
     check(device, lambda t: _reduce_call(t, op, axis, keepdims, torch_names),
           lambda a: NP_REDUCE[op](a, axis=axis, keepdims=keepdims), x)
@@ -260,14 +261,14 @@ def test_reduction(device, op, data, keepdims, torch_names):
 def test_reduction_default_is_everything(device):
     a = np.arange(6.0).reshape(2, 3)
     x = T(a, device)
-    for op in ["sum", "mean", "max", "min", "logsumexp"]:
+    for op in ["sum", "mean", "max", "min", "amax", "amin", "logsumexp"]:
         out = getattr(x, op)()
         assert out.shape == ()
         np.testing.assert_allclose(out.item(), NP_REDUCE[op](a))
 
 
 MAX_TIES = [
-    # (x, axis, expected gradient of x.max(axis).sum())
+    # (x, axis, expected gradient of x.amax(axis).sum())
     ([1.0, 3.0, 3.0, 2.0], None, [0, 0.5, 0.5, 0]),
     ([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]], 1, [[0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]]),
     ([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]], 0, [[0, 1, 1], [1, 0, 0]]),
@@ -278,17 +279,17 @@ MAX_TIES = [
 @pytest.mark.parametrize("x, axis, want", MAX_TIES)
 def test_max_splits_gradient_evenly_among_ties(device, x, axis, want):
     t = T(x, device)
-    t.max(axis=axis).sum().backward()
+    t.amax(axis=axis).sum().backward()
     np.testing.assert_allclose(t.grad.numpy(), want, rtol=1e-15)
     # min of -x ties in the same places
     t2 = T(-np.asarray(x), device)
-    t2.min(axis=axis).sum().backward()
+    t2.amin(axis=axis).sum().backward()
     np.testing.assert_allclose(t2.grad.numpy(), want, rtol=1e-15)
 
 
 def test_max_ties_with_keepdims_and_upstream_gradient(device):
     t = T([[2.0, 2.0, 1.0], [0.0, 4.0, 4.0]], device)
-    t.max(dim=1, keepdim=True).backward(np.array([[10.0], [6.0]]))
+    t.amax(dim=1, keepdim=True).backward(np.array([[10.0], [6.0]]))
     np.testing.assert_allclose(t.grad.numpy(), [[5, 5, 0], [0, 3, 3]])
 
 

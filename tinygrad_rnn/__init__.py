@@ -15,3 +15,14 @@ from . import func, nn, viz  # noqa: E402
 from . import optim  # noqa: E402
 
 device = get_device
+
+# PyTorch's module-level math: tg.exp(x) is x.exp(), tg.sum(x, dim=1) is x.sum(dim=1), ...
+from .tensor import (as_tensor, bmm, einsum, from_numpy, inference_mode, linspace,  # noqa: E402
+                     matmul, method_function as _method_function)
+
+for _name in ("exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "square", "sin", "cos", "tanh", "sigmoid", "relu",
+              "abs", "neg", "softplus", "clamp", "clip", "add", "sub", "mul", "div", "pow",
+              "sum", "mean", "prod", "var", "std", "norm", "max", "min", "amax", "amin", "argmax", "argmin",
+              "logsumexp", "cumsum", "logcumsumexp", "softmax", "log_softmax"):
+    globals()[_name] = _method_function(_name)
+del _name

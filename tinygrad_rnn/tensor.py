@@ -6,6 +6,9 @@ A tensor made by an op while grad mode is on, from inputs that require grad, hol
 """
 from __future__ import annotations
 
+import collections
+import contextlib
+import math
 import numbers
 
 import numpy as np
@@ -382,6 +385,27 @@ class Tensor(TensorBase):
 
     clamp = clip
 
+    def sin(self):
+        return ew.Sin.apply(self)
+
+    def cos(self):
+        return ew.Cos.apply(self)
+
+    def log1p(self):
+        """log(1 + x), exact for tiny x."""
+        return ew.Log1p.apply(self)
+
+    def expm1(self):
+        """exp(x) - 1, exact for tiny x."""
+        return ew.Expm1.apply(self)
+
+    def square(self):
+        return ew.Square.apply(self)
+
+    def rsqrt(self):
+        """1 / sqrt(x)."""
+        return ew.Rsqrt.apply(self)
+
     # ------------------------------------------------------------------ reductions
     def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         return red.Sum.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
@@ -390,10 +414,43 @@ class Tensor(TensorBase):
         return red.Mean.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
 
     def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return red.Max.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
+        """PyTorch's three forms: x.max() the largest value (ties share the gradient evenly);
+        x.max(dim) the named tuple (values, indices), the gradient going to the index returned;
+        x.max(other) the elementwise maximum."""
+        return self._extremum("max", axis, keepdims, dim, keepdim)
 
     def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return red.Min.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
+        """As max: x.min(), x.min(dim) -> (values, indices), x.min(other)."""
+        return self._extremum("min", axis, keepdims, dim, keepdim)
+
+    def amax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The largest values over dim (an int, a tuple, or None for all); ties share the gradient evenly."""
+        return red.Max.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim), op="amax")
+
+    def amin(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The smallest values over dim (an int, a tuple, or None for all); ties share the gradient evenly."""
+        return red.Min.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim), op="amin")
+
+    def _extremum(self, name, axis, keepdims, dim, keepdim):
+        if isinstance(axis, Tensor):
+            return self.maximum(axis) if name == "max" else self.minimum(axis)
+        axis, keep = _axis(axis, dim), _keep(keepdims, keepdim)
+        if axis is None:
+            return (red.Max if name == "max" else red.Min).apply(self, axis=None, keepdims=keep)
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise AxisError(f"{name}: dim must be one int when (values, indices) are returned, got {axis!r}; "
+                            f"a{name} reduces over several dims")
+        (axis,) = normalize_axes(name, axis, self.ndim, self.shape)
+        if self.ndim == 0:
+            return self.reshape(1)._extremum(name, 0, False, None, None)
+        if self.shape[axis] == 0:
+            raise ShapeError(f"{name}: cannot reduce axis {axis} of size 0 (tensor of shape {fmt_shape(self.shape)})")
+        xp = self.device.xp
+        index = getattr(xp, "arg" + name)(self.data, axis=axis, keepdims=True)
+        values = (red.MaxAt if name == "max" else red.MinAt).apply(self, axis, keepdims=keep, index=index)
+        if not keep:
+            index = xp.reshape(index, values.shape)
+        return _RETURN_TYPES[name](values, Tensor._make(index, self.device, None, 0))
 
     def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         return red.LogSumExp.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
@@ -407,11 +464,22 @@ class Tensor(TensorBase):
         return scan_ops.LogCumSumExp.apply(self, _axis(axis, dim))
 
     def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        """Indices of the maxima (int64, no gradient)."""
+        """Indices of the maxima (int64, no gradient; the first of any tie); axis=None: of the flattened tensor."""
+        return self._arg("argmax", _axis(axis, dim), _keep(keepdims, keepdim))
+
+    def argmin(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Indices of the minima (int64, no gradient; the first of any tie); axis=None: of the flattened tensor."""
+        return self._arg("argmin", _axis(axis, dim), _keep(keepdims, keepdim))
+
+    def _arg(self, name, axis, keepdims):
         xp = self.device.xp
-        axis = _axis(axis, dim)
-        data = xp.reshape(self.data, (-1,)) if axis is None else self.data
-        return Tensor._make(xp.argmax(data, axis=axis, keepdims=_keep(keepdims, keepdim) and axis is not None),
+        if axis is not None:
+            (axis,) = normalize_axes(name, axis, self.ndim, self.shape)
+        if self.numel() == 0:
+            raise ShapeError(f"{name}: cannot reduce an empty tensor of shape {fmt_shape(self.shape)}")
+        data = xp.reshape(self.data, (-1,)) if axis is None or self.ndim == 0 else self.data
+        axis = None if self.ndim == 0 else axis
+        return Tensor._make(getattr(xp, name)(data, axis=axis, keepdims=keepdims and axis is not None),
                             self.device, None, 0)
 
     def softmax(self, axis=-1, *, dim=None):
@@ -419,6 +487,46 @@ class Tensor(TensorBase):
 
     def log_softmax(self, axis=-1, *, dim=None):
         return nnops.LogSoftmax.apply(self, axis=_axis(axis, dim))
+
+    def var(self, axis=None, unbiased=None, keepdims=False, *, dim=None, correction=None, keepdim=None):
+        """The variance over dim (None: all), dividing by n - correction: correction=1 by default
+        (Bessel's, as PyTorch), unbiased=False for correction=0. x.var(1, True, True) works as in PyTorch."""
+        axis = _axis(axis, dim)
+        if isinstance(axis, bool):  # PyTorch's var(unbiased)
+            axis, unbiased = None, axis
+        if unbiased is not None and correction is not None:
+            raise ValueError("var: pass correction or unbiased, not both")
+        c = correction if correction is not None else 0 if unbiased is False else 1
+        axes = normalize_axes("var", axis, self.ndim, self.shape)
+        n = 1
+        for a in axes:
+            n *= self.shape[a]
+        d = self - self.mean(axis=axes, keepdims=True)
+        return d.square().sum(axis=axes, keepdims=_keep(keepdims, keepdim)) / max(n - c, 0)
+
+    def std(self, axis=None, unbiased=None, keepdims=False, *, dim=None, correction=None, keepdim=None):
+        """sqrt(var(...)), with var's arguments."""
+        return self.var(axis, unbiased, keepdims, dim=dim, correction=correction, keepdim=keepdim).sqrt()
+
+    def norm(self, p="fro", dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
+        """The vector p-norm over dim (None: all elements), as torch.norm/linalg.vector_norm: p any
+        finite number but 0, inf (max |x|), -inf (min |x|), or 'fro' (2). The gradient at a zero
+        norm is 0; at p=inf ties share it evenly."""
+        axes = normalize_axes("norm", _axis(axis, dim), self.ndim, self.shape)
+        keep = _keep(keepdim, keepdims)
+        if p == "fro":
+            p = 2
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or p == 0 or p != p:
+            raise ValueError(f"norm: p must be a nonzero number, inf, -inf or 'fro', got {p!r}")
+        x = self if dtype is None else self.to(dtype)
+        if math.isinf(p):
+            a = x.abs()
+            return (red.Max if p > 0 else red.Min).apply(a, axis=axes, keepdims=keep, op="norm")
+        return red.Norm.apply(x, p=float(p), axis=axes, keepdims=keep)
+
+    def prod(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The product over dim (None: all); its gradient is right where the input has zeros."""
+        return red.Prod.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
 
     # ------------------------------------------------------------------ shape
     def reshape(self, *shape):
@@ -682,6 +790,197 @@ def maximum(a, b) -> Tensor:
 
 def minimum(a, b) -> Tensor:
     return a.minimum(b) if isinstance(a, Tensor) else b.minimum(a)
+
+
+# ------------------------------------------------------------------ max/min results, module-level math
+_RETURN_TYPES = {"max": collections.namedtuple("max", ["values", "indices"]),
+                 "min": collections.namedtuple("min", ["values", "indices"])}
+
+
+def method_function(name):
+    """tg.<name>(x, ...) as PyTorch has it: x.<name>(...) (tinygrad_rnn/__init__.py makes one per
+    elementwise op and reduction). A binary op takes a number first too: tg.pow(2, x)."""
+    method = getattr(Tensor, name)
+    reflected = _REFLECTED.get(name)
+
+    def function(input, *args, **kwargs):  # noqa: A002 (PyTorch's name)
+        if isinstance(input, Tensor):
+            return method(input, *args, **kwargs)
+        if reflected and args and isinstance(args[0], Tensor) and not kwargs:
+            return getattr(args[0], reflected)(input, *args[1:])
+        raise TypeError(f"{name}: expected a Tensor, got {type(input).__name__}")
+    function.__name__ = function.__qualname__ = name
+    function.__doc__ = f"tg.{name}(x, ...) is x.{name}(...)." + (f"\n\n{method.__doc__}" if method.__doc__ else "")
+    return function
+
+
+_REFLECTED = {"add": "__radd__", "sub": "__rsub__", "mul": "__rmul__", "div": "__rtruediv__", "pow": "__rpow__",
+              "matmul": "__rmatmul__", "maximum": "maximum", "minimum": "minimum"}
+
+
+def matmul(a, b) -> Tensor:
+    """a @ b (NumPy's and PyTorch's matmul: 1-D operands, broadcast batch dims)."""
+    return a @ b if isinstance(a, Tensor) else b.__rmatmul__(a)
+
+
+def bmm(a, b) -> Tensor:
+    """Batched matrix product of two 3-D tensors: (B, n, m) @ (B, m, p) -> (B, n, p), no broadcasting."""
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+        raise TypeError(f"bmm: expected two Tensors, got {type(a).__name__} and {type(b).__name__}")
+    if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise ShapeError(f"bmm: expected (B, n, m) and (B, m, p), got shapes {fmt_shape(a.shape)} and "
+                         f"{fmt_shape(b.shape)}")
+    return a @ b
+
+
+def linspace(start, end, steps, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """`steps` evenly spaced values from start to end, both included (PyTorch's linspace)."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"linspace: steps must be an int >= 0, got {steps!r}")
+    dev = B.get_device(device)
+    dt = B.to_dtype(dtype) if dtype is not None else B.get_default_dtype()
+    t = Tensor._make(dev.xp.linspace(float(start), float(end), int(steps), dtype=dev.native(dt)), dev, None, 0)
+    return t.requires_grad_(True) if requires_grad else t
+
+
+def from_numpy(array) -> Tensor:
+    """A CPU tensor sharing memory with a NumPy array, in its dtype (as torch.from_numpy):
+    writing into one shows in the other."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
+    dev = B.get_device("cpu")
+    try:
+        dev.dtype_of(array)
+    except TypeError:
+        raise DTypeError(f"from_numpy: unsupported dtype {array.dtype} (supported: "
+                         f"{', '.join(B.DTYPES)})") from None
+    return Tensor._make(array, dev, None, 0)
+
+
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """data as a Tensor, without a copy where none is needed (as torch.as_tensor): a Tensor of
+    that dtype and device comes back itself, a NumPy array on the CPU shares its memory."""
+    dt = B.to_dtype(dtype) if dtype is not None else None
+    dev = B.get_device(device) if device is not None else None
+    if isinstance(data, Tensor):
+        out = data if dt is None else data.to(dt)
+        return out if dev is None else out.to(dev)
+    if isinstance(data, np.ndarray) and (dev is None or dev.name == "cpu") and dt is None \
+            and data.dtype.name in B.DTYPES:
+        return from_numpy(data)
+    return Tensor(data, dtype=dt, device=dev)
+
+
+class _InferenceMode(contextlib.ContextDecorator):
+    def __init__(self, mode):
+        self.mode = bool(mode)
+        self._inner = []  # one per entry: a decorated function may recurse
+
+    def __enter__(self):
+        inner = autograd.no_grad() if self.mode else contextlib.nullcontext()
+        self._inner.append(inner)
+        inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._inner.pop().__exit__(*exc)
+
+
+def inference_mode(mode=True):
+    """Context manager and decorator (with or without parentheses), as torch.inference_mode:
+    no graph is recorded inside. Here it is no_grad (the engine has no separate inference
+    tensors); inference_mode(False) changes nothing."""
+    if callable(mode):
+        return _InferenceMode(True)(mode)
+    return _InferenceMode(mode)
+
+
+def einsum(equation, *operands) -> Tensor:
+    """Einstein summation, as torch.einsum: einsum("bij,bjk->bik", a, b), einsum("ii", a)
+    (a trace), einsum("ij->j", a), implicit outputs ("ij,jk"). Operands may also come as one
+    list. Each pair is contracted by one matmul (through permute and reshape), a letter
+    repeated in one operand takes its diagonal; differentiable like the ops it uses. Ellipsis
+    ('...') is not supported."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    ins, out, sizes = _einsum_parse(equation, operands)
+    terms = [_einsum_diagonals(t, s) for t, s in zip(operands, ins)]
+    t, s = terms[0]
+    for k in range(1, len(terms)):
+        later = set(out).union(*(sub for _, sub in terms[k + 1:]))
+        t, s = _einsum_pair(t, s, *terms[k], later, sizes)
+    t, s = _einsum_sum_out(t, s, set(out))
+    return t.permute(*[s.index(c) for c in out]) if s != out else t
+
+
+def _einsum_parse(equation, operands):
+    """(input subscripts, output subscripts, {letter: size}), each subscript a string."""
+    eq = equation.replace(" ", "") if isinstance(equation, str) else None
+    if eq is None or eq.count("->") > 1:
+        raise ValueError(f"einsum: expected an equation like 'ij,jk->ik', got {equation!r}")
+    if "." in eq:
+        raise ValueError(f"einsum: ellipsis ('...') is not supported, in {equation!r}")
+    lhs, arrow, out = eq.partition("->")
+    ins = lhs.split(",")
+    if not operands or len(ins) != len(operands):
+        raise ValueError(f"einsum: {equation!r} has {len(ins)} operand(s) but {len(operands)} tensor(s) were given")
+    bad = sorted({c for c in lhs + out if c != "," and not (c.isascii() and c.isalpha())})
+    if bad:
+        raise ValueError(f"einsum: subscripts must be letters a-z, A-Z; {equation!r} has {', '.join(map(repr, bad))}")
+    sizes = {}
+    for k, (sub, t) in enumerate(zip(ins, operands)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"einsum: operand {k} is a {type(t).__name__}, not a Tensor")
+        if len(sub) != t.ndim:
+            raise ShapeError(f"einsum: operand {k} has shape {fmt_shape(t.shape)} ({t.ndim} dims) but "
+                             f"subscripts {sub!r} ({len(sub)})")
+        for c, n in zip(sub, t.shape):
+            if sizes.setdefault(c, n) != n:
+                raise ShapeError(f"einsum: subscript {c!r} has size {sizes[c]} and {n} (operand {k}, shape "
+                                 f"{fmt_shape(t.shape)}) in {equation!r}")
+    if not arrow:  # implicit output: the letters used once, in alphabetical order
+        out = "".join(sorted(c for c in sizes if lhs.count(c) == 1))
+    if len(set(out)) != len(out) or any(c not in sizes for c in out):
+        raise ValueError(f"einsum: the output {out!r} of {equation!r} repeats a letter or has one no input has")
+    return ins, out, sizes
+
+
+def _einsum_diagonals(t, sub):
+    """A letter twice in one operand ('ii'): keep the diagonal, once."""
+    while len(set(sub)) != len(sub):
+        c = next(c for c in sub if sub.count(c) > 1)
+        i, j = sub.index(c), sub.index(c, sub.index(c) + 1)
+        shape = [1] * t.ndim
+        shape[i] = shape[j] = t.shape[i]
+        mask = eye(t.shape[i], dtype=t.dtype, device=t.device).reshape(shape)
+        t, sub = (t * mask).sum(axis=j), sub[:j] + sub[j + 1:]
+    return t, sub
+
+
+def _einsum_sum_out(t, sub, keep):
+    axes = tuple(i for i, c in enumerate(sub) if c not in keep)
+    if not axes:
+        return t, sub
+    return t.sum(axis=axes), "".join(c for c in sub if c in keep)
+
+
+def _einsum_pair(a, sa, b, sb, later, sizes):
+    """a and b contracted into one term: letters of both that `later` needs are batch dims,
+    those it does not are summed by the matmul, the rest are a's rows and b's columns."""
+    a, sa = _einsum_sum_out(a, sa, later | set(sb))
+    b, sb = _einsum_sum_out(b, sb, later | set(sa))
+    batch = [c for c in sa if c in sb and c in later]
+    inner = [c for c in sa if c in sb and c not in later]
+    left = [c for c in sa if c not in sb]
+    right = [c for c in sb if c not in sa]
+
+    def n(letters):
+        return math.prod(sizes[c] for c in letters)
+
+    a = a.permute(*[sa.index(c) for c in batch + left + inner]).reshape(n(batch), n(left), n(inner))
+    b = b.permute(*[sb.index(c) for c in batch + inner + right]).reshape(n(batch), n(inner), n(right))
+    out = (a @ b).reshape(tuple(sizes[c] for c in batch + left + right))
+    return out, "".join(batch + left + right)
 
 
 __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "zeros_like", "ones_like", "arange", "randn",

@@ -77,6 +77,14 @@ class TensorNamespace:
         return x.abs()
 
     @staticmethod
+    def sin(x):
+        return x.sin()
+
+    @staticmethod
+    def cos(x):
+        return x.cos()
+
+    @staticmethod
     def sign(x):  # piecewise constant: no gradient
         return Tensor._make(x.device.xp.sign(x.data), x.device, None, 0)
 
@@ -105,8 +113,8 @@ class TensorNamespace:
         return x.sum(axis=axis, keepdims=keepdims)
 
     @staticmethod
-    def max(x, axis=None, keepdims=False):
-        return x.max(axis=axis, keepdims=keepdims)
+    def max(x, axis=None, keepdims=False):  # the Array API's max is PyTorch's amax
+        return x.amax(axis=axis, keepdims=keepdims)
 
     @staticmethod
     def reshape(x, shape):

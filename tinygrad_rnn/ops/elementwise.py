@@ -177,6 +177,81 @@ class Abs(Function):
         return grad * ctx.xp.sign(ctx.saved_tensors[0])
 
 
+class Sin(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return ctx.xp.sin(a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.xp.cos(ctx.saved_tensors[0])
+
+
+class Cos(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return ctx.xp.cos(a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad * ctx.xp.sin(ctx.saved_tensors[0])
+
+
+class Log1p(Function):
+    """log(1 + a), exact for tiny a where log(1 + a) rounds 1 + a first."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return ctx.xp.log1p(a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad / (1.0 + ctx.saved_tensors[0])
+
+
+class Expm1(Function):
+    """exp(a) - 1, exact for tiny a."""
+
+    @staticmethod
+    def forward(ctx, a):
+        out = ctx.xp.expm1(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * (ctx.saved_tensors[0] + 1.0)
+
+
+class Square(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return a * a
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2.0 * ctx.saved_tensors[0]
+
+
+class Rsqrt(Function):
+    """1 / sqrt(a)."""
+
+    @staticmethod
+    def forward(ctx, a):
+        out = 1.0 / ctx.xp.sqrt(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = ctx.saved_tensors[0]
+        return grad * -0.5 * out * out * out
+
+
 def _tie_split(xp, grad, win, tie):
     # where the inputs tie, each gets half of the gradient (as PyTorch does)
     return xp.where(win, grad, xp.where(tie, 0.5 * grad, 0.0))

@@ -536,4 +536,6 @@ class AdamW(Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
 
+from . import lr_scheduler  # noqa: E402  (PyTorch's optim.lr_scheduler, reachable as an attribute)
+
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "flatten_state_dict", "unflatten_state_dict"]

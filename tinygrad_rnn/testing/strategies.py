@@ -26,7 +26,8 @@ from .. import backend as B
 from ..tensor import Tensor
 
 __all__ = ["shapes", "mutually_broadcastable_shapes", "floats", "arrays", "tensors", "axes",
-           "index_arrays", "basic_indices", "far_from", "well_separated"]
+           "index_arrays", "basic_indices", "far_from", "well_separated",
+           "positive_tensors", "norm_orders"]
 
 MIN_VALUE = -3.0
 MAX_VALUE = 3.0
@@ -131,6 +132,34 @@ def _tensors(draw, shape, device, dtype, requires_grad, min_value, max_value, un
                                elements=st.integers(int(np.ceil(min_value)), int(np.floor(max_value))),
                                unique=unique))
     return Tensor(host, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def positive_tensors(shape=None, device="cpu", dtype=B.float64, requires_grad=True, min_value=0.25,
+                     max_value=MAX_VALUE):
+    """`tensors` with values in [min_value, max_value], kept off 0: for ops defined or
+    differentiable only for positive inputs (log, sqrt, rsqrt, pow with a real exponent).
+
+        @given(tgst.positive_tensors())
+        def test_rsqrt_backward(x):
+            assert tg.gradcheck(lambda t: t.rsqrt(), [x])
+    """
+    if not 0 < min_value <= max_value:
+        raise ValueError(f"positive_tensors: need 0 < min_value <= max_value, got {min_value} and {max_value}")
+    return tensors(shape, device, dtype, requires_grad, min_value, max_value)
+
+
+def norm_orders(finite_only=False):
+    """The p of a vector norm, as Tensor.norm takes it: 1, 2, 'fro', other real p >= 1, and
+    (unless finite_only) inf and -inf.
+
+        @given(tgst.tensors(), tgst.norm_orders())
+        def test_norm(x, p): ...
+
+    p = 1 and the infinite norms have kinks (at 0, at ties of |x|): keep values off them
+    with far_from and well_separated.
+    """
+    finite = st.sampled_from([1, 2, "fro", 3]) | floats(1.0, 4.0)
+    return finite if finite_only else finite | st.sampled_from([float("inf"), float("-inf")])
 
 
 # ----------------------------------------------------------------------------- axes and indices
