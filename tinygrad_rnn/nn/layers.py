@@ -171,3 +171,55 @@ class Identity(_Activation):
 
 
 __all__ = ["Linear", "Embedding", "Dropout", "Tanh", "ReLU", "Sigmoid", "Identity"]
+
+
+class LayerNorm(Module):
+    """Normalise over the trailing normalized_shape axes (biased variance, eps inside the square
+    root), then scale by weight and shift by bias (each of shape normalized_shape, starting at
+    ones and zeros), as PyTorch's LayerNorm."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+            raise ValueError(f"LayerNorm: normalized_shape must be a positive int or a non-empty tuple of them, "
+                             f"got {normalized_shape!r}")
+        self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
+        affine = {"weight": elementwise_affine, "bias": elementwise_affine and bias}
+        for name, on in affine.items():
+            if on:
+                setattr(self, name, _empty_param(shape, dtype, device))
+            else:
+                self.register_parameter(name, None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.weight is not None:
+            init.ones_(self.weight)
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+    def forward(self, x):
+        if self.weight is not None:
+            _check_input("LayerNorm", x, self.weight)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class Flatten(Module):
+    """x.flatten(start_dim, end_dim): by default every axis but the batch axis into one."""
+
+    def __init__(self, start_dim=1, end_dim=-1, *, dtype=None, device=None):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        return x.flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+__all__ += ["LayerNorm", "Flatten"]

@@ -336,3 +336,18 @@ class Cast(Function):
     @staticmethod
     def backward(ctx, grad):
         return ctx.xp.astype(grad, ctx.in_dtype)
+
+
+class Erf(Function):
+    """The error function; the forward comes from the device (the standard has no erf), the
+    backward 2/sqrt(pi) exp(-a^2) from the input alone, so it differentiates twice."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return ctx.device.erf(a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a = ctx.saved_tensors[0]
+        return grad * (2.0 / math.sqrt(math.pi)) * ctx.xp.exp(-(a * a))
