@@ -283,6 +283,7 @@ def test_sort_keeps_ties_in_order_and_sorts_ints_and_bools(device):
     np.testing.assert_array_equal(x.sort(descending=True).indices.numpy(), [4, 0, 2, 1, 3])
     b = tg.tensor(np.array([True, False, True]), device=device)
     np.testing.assert_array_equal(b.sort().values.numpy(), [False, True, True])
+    np.testing.assert_array_equal(x.sort(0, True, stable=True).indices.numpy(), [4, 0, 2, 1, 3])
     v, i = T(5.0, device).sort()
     assert v.shape == () and i.item() == 0
 

@@ -672,7 +672,7 @@ class Tensor(TensorBase):
         key = shape_ops.along_axis_key(xp, idx, axis)
         return self + shape_ops.IndexAdd.apply(src, self.shape, key, True)
 
-    def sort(self, dim=-1, descending=False, stable=False):
+    def sort(self, dim=-1, descending=False, *, stable=False):
         """(values, indices) along dim, ascending unless descending; equal elements keep their
         order (always: `stable` is accepted for PyTorch's signature). values carry the gradient."""
         if self.ndim == 0:
@@ -753,7 +753,9 @@ class Tensor(TensorBase):
     def __setitem__(self, key, value):
         """x[key] = value in place, outside autograd: on a tensor that does not require grad, or
         under no_grad (PyTorch refuses it on leaves that require grad; here on any tensor
-        that does, since the write would not be recorded). key: as for x[key], masks included."""
+        that does, since the write would not be recorded). key: as for x[key], masks included.
+        Nothing tracks versions as PyTorch does: a write into a tensor that a graph saved for its
+        backward (x in x * w) changes the gradients that graph computes later."""
         if self.requires_grad and autograd.is_grad_enabled():
             raise RuntimeError(f"setitem: the tensor (shape {fmt_shape(self.shape)}) requires grad, and an in-place "
                                f"write is not recorded by autograd; write under tg.no_grad(), into x.detach(), or "
