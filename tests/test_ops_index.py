@@ -75,11 +75,11 @@ def test_gather_repeated_indices_accumulate(device):
 def test_take_along_dim_broadcasts(device, data):
     x = data.draw(tgst.arrays(tgst.shapes(**SMALL)))
     dim = data.draw(st.integers(-x.ndim, x.ndim - 1))
-    # index sides: 1 (broadcast up to x's) or x's own, and any length along dim
-    ishape = tuple(data.draw(st.integers(1, 3)) if d == dim % x.ndim else data.draw(st.sampled_from([1, n]))
+    # index sides: 1 (broadcast up to x's) or x's own, any where x's is 1 (x broadcast up to
+    # the index's), and any length along dim
+    ishape = tuple(data.draw(st.integers(1, 3)) if d == dim % x.ndim or n == 1 else data.draw(st.sampled_from([1, n]))
                    for d, n in enumerate(x.shape))
     index = data.draw(tgst.index_arrays(x.shape[dim], shape=ishape))
-    # x may be the one broadcast, where the index is longer
     check(device, lambda t: t.take_along_dim(I(index, device), dim),
           lambda a: np.take_along_axis(a, index, axis=dim), x)
 
