@@ -159,8 +159,8 @@ def test_too_many_indices(device, x):
 def test_non_integer_index_arrays(device, x):
     with pytest.raises(tg.DTypeError, match=r"getitem: index arrays must be integer, got float64"):
         x[np.array([0.5])]
-    with pytest.raises(tg.DTypeError, match=r"getitem: boolean masks are not supported"):
-        x[np.array([True, False])]
+    with pytest.raises(tg.DTypeError, match=r"getitem: a boolean mask must be the only index"):
+        x[np.array([True, False]), 0]  # x[mask] alone selects (tests/test_ops_index.py)
     with pytest.raises(tg.DTypeError, match=r"getitem: index tensors must be integer, got float32"):
         x[tg.tensor([0.0], device=device)]
 

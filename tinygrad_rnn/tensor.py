@@ -588,6 +588,10 @@ class Tensor(TensorBase):
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
 
     def __getitem__(self, key):
+        mask = self._bool_key(key)
+        if mask is not None:  # x[mask]: the selected elements, in row-major order
+            shape_ops.check_mask("getitem", tuple(mask.shape), self.shape)
+            return shape_ops.Gather.apply(self, shape_ops.mask_key(self.device.xp, mask, self.shape))
         return shape_ops.GetItem.apply(self, _normalize_key(self, key))
 
     def split(self, split_size_or_sections, axis=0, *, dim=None):
@@ -616,6 +620,273 @@ class Tensor(TensorBase):
 
     def unbind(self, axis=0, *, dim=None):
         return shape_ops.Unbind.apply(self, axis=_axis(axis, dim))
+
+    # ------------------------------------------------------------------ indexing and shape vocabulary (PyTorch's)
+    def dim(self) -> int:
+        return self.ndim
+
+    @property
+    def mT(self):
+        """The last two axes swapped: each matrix of a batch transposed."""
+        if self.ndim < 2:
+            raise ShapeError(f"mT: needs a tensor of at least 2 dims (a matrix or a batch of them), "
+                             f"got shape {fmt_shape(self.shape)}")
+        return self.transpose(-2, -1)
+
+    def clone(self):
+        """A copy with its own memory; differentiable (the gradient passes through)."""
+        return shape_ops.Clone.apply(self)
+
+    def contiguous(self):
+        """This tensor if its memory is already row-major, else a row-major copy."""
+        return self if self.device.contiguous(self.data) is self.data else shape_ops.Clone.apply(self)
+
+    def type_as(self, other):
+        """This tensor in other's dtype (to an integer dtype: without a gradient)."""
+        dt = other.dtype
+        if dt is self.dtype:
+            return self
+        if not dt.is_floating:
+            return Tensor._make(self.device.xp.astype(self.data, self.device.native(dt)), self.device, None, 0)
+        return self.to(dt)
+
+    def new_zeros(self, *size, dtype=None, device=None, requires_grad=False):
+        return zeros(*size, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad)
+
+    def new_ones(self, *size, dtype=None, device=None, requires_grad=False):
+        return ones(*size, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad)
+
+    def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
+        return full(size, fill_value, dtype=dtype or self.dtype, device=device or self.device,
+                    requires_grad=requires_grad)
+
+    def flip(self, *dims):
+        """Elements in reverse order along dims (x.flip(0), x.flip(0, 1), x.flip([0, 1]))."""
+        axes = normalize_axes("flip", _shape_args(dims), self.ndim, self.shape)
+        return shape_ops.Flip.apply(self, axes)
+
+    def roll(self, shifts, dims=None):
+        """Elements shifted along dims, those pushed off one end coming back at the other;
+        without dims, over the flattened tensor (PyTorch's roll). Split and concat: one node each."""
+        if dims is None:
+            if not isinstance(shifts, int):
+                if len(shifts) != 1:
+                    raise ShapeError(f"roll: without dims, shifts must be one int, got {tuple(shifts)}")
+                (shifts,) = shifts
+            return self.reshape(-1).roll(shifts, 0).reshape(self.shape)
+        shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        if len(shifts) != len(dims):
+            raise ShapeError(f"roll: {len(shifts)} shifts for {len(dims)} dims; give one shift per dim")
+        out = self
+        for s, d in zip(shifts, dims):
+            (a,) = normalize_axes("roll", d, self.ndim, self.shape)
+            n = self.shape[a]
+            s = s % n if n else 0
+            if s:
+                head, tail = out.split([n - s, s], dim=a)
+                out = shape_ops.Concat.apply(tail, head, axis=a)
+        return self.clone() if out is self else out
+
+    def repeat(self, *sizes):
+        """This tensor repeated sizes[i] times along axis i (PyTorch's repeat: NumPy's tile,
+        with at least as many sizes as dims; extra sizes add leading axes)."""
+        sizes = _shape_args(sizes)
+        if len(sizes) < self.ndim or any(r < 0 for r in sizes):
+            raise ShapeError(f"repeat: sizes {sizes} for a tensor of shape {fmt_shape(self.shape)}: give one "
+                             f"non-negative size per dim at least ({self.ndim})")
+        shape = (1,) * (len(sizes) - self.ndim) + self.shape
+        # (1, s0, 1, s1, ...) expanded to (r0, s0, r1, s1, ...): Expand's backward sums the copies
+        paired = tuple(n for s in shape for n in (1, s))
+        spread = tuple(n for r, s in zip(sizes, shape) for n in (r, s))
+        out = self.reshape(paired).expand(spread).reshape(tuple(r * s for r, s in zip(sizes, shape)))
+        return out.clone()  # a broadcast view repeats memory: a copy of its own, as PyTorch's repeat
+
+    def tile(self, *dims):
+        """repeat, with fewer dims than the tensor's allowed (leading ones are 1): torch.tile."""
+        dims = _shape_args(dims)
+        return self.repeat((1,) * (self.ndim - len(dims)) + tuple(dims))
+
+    def masked_fill(self, mask, value):
+        """value where mask holds, this tensor elsewhere. mask: a bool tensor broadcastable to
+        this one's shape; value: a number or a 0-d tensor (which gets the filled elements'
+        gradient). No gradient reaches the filled elements of this tensor."""
+        m = self._mask_arg("masked_fill", mask)
+        try:
+            fits = np.broadcast_shapes(tuple(m.shape), self.shape) == self.shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ShapeError(f"masked_fill: a mask of shape {fmt_shape(m.shape)} does not broadcast to the "
+                             f"tensor's shape {fmt_shape(self.shape)}")
+        if isinstance(value, Tensor):
+            if value.ndim:
+                raise ShapeError(f"masked_fill: value must be a number or a 0-d tensor, got a tensor of shape "
+                                 f"{fmt_shape(value.shape)}")
+            value = value if value.dtype is self.dtype else value.type_as(self)
+        else:
+            value = Tensor._make(self.device.from_host(np.asarray(value), self.dtype), self.device, None, 0)
+        return ew.Where.apply(m, value, self)
+
+    def gather(self, dim, index):
+        """out[i][j] = self[index[i][j]][j] for dim=0, out[i][j] = self[i][index[i][j]] for dim=1
+        (PyTorch's gather): index has this tensor's number of dims, sides no larger than its
+        except along dim, entries in [0, size of dim). The gradient adds up at repeated indices."""
+        if self.ndim == 0:
+            return self.reshape(1).gather(dim, index.reshape(1)).reshape(())
+        (axis,) = normalize_axes("gather", dim, self.ndim, self.shape)
+        idx = self._index_arg("gather", index)
+        shape_ops.check_along_axis("gather", self.device.xp, self.shape, idx, axis)
+        return shape_ops.Gather.apply(self, shape_ops.along_axis_key(self.device.xp, idx, axis))
+
+    def take_along_dim(self, indices, dim=None):
+        """gather with indices and this tensor broadcast against each other except along dim;
+        without dim, over both flattened (torch.take_along_dim)."""
+        idx = self._index_arg("take_along_dim", indices)
+        xp = self.device.xp
+        if dim is None:
+            return self.reshape(-1).gather(0, xp.reshape(idx, (-1,)))
+        (axis,) = normalize_axes("take_along_dim", dim, self.ndim, self.shape)
+        if idx.ndim != self.ndim:
+            raise ShapeError(f"take_along_dim: indices of shape {fmt_shape(idx.shape)} and a tensor of shape "
+                             f"{fmt_shape(self.shape)} must have the same number of dims")
+        try:
+            common = [m if d == axis else np.broadcast_shapes((m,), (n,))[0]
+                      for d, (m, n) in enumerate(zip(self.shape, idx.shape))]
+        except ValueError:
+            raise ShapeError(f"take_along_dim: indices of shape {fmt_shape(idx.shape)} do not broadcast against "
+                             f"the tensor's shape {fmt_shape(self.shape)} (axis {axis} aside)") from None
+        x_shape = tuple(n if d != axis else self.shape[d] for d, n in enumerate(common))
+        i_shape = tuple(n if d != axis else idx.shape[d] for d, n in enumerate(common))
+        x = self if x_shape == self.shape else self.expand(x_shape)
+        return x.gather(axis, xp.broadcast_to(idx, i_shape))
+
+    def scatter_add(self, dim, index, src):
+        """A copy of this tensor with src[i][j] added at [index[i][j]][j] for dim=0 (PyTorch's
+        scatter_add, out of place); repeated indices add up. Gradients reach self and src."""
+        (axis,) = normalize_axes("scatter_add", dim, self.ndim, self.shape)
+        idx = self._index_arg("scatter_add", index)
+        if not isinstance(src, Tensor):
+            src = Tensor(src, dtype=self.dtype, device=self.device)
+        if src.device is not self.device:
+            raise RuntimeError(f"scatter_add: src is on {src.device.name} but the tensor is on {self.device.name}")
+        if src.dtype is not self.dtype:
+            raise DTypeError(f"scatter_add: src is {src.dtype.name} but the tensor is {self.dtype.name}; "
+                             f"they must match")
+        xp = self.device.xp
+        shape_ops.check_along_axis("scatter_add", xp, self.shape, idx, axis, src.shape)
+        if tuple(idx.shape) != src.shape:  # only the index-shaped corner of src is used
+            src = src[tuple(slice(0, n) for n in idx.shape)]
+        key = shape_ops.along_axis_key(xp, idx, axis)
+        return self + shape_ops.IndexAdd.apply(src, self.shape, key, True)
+
+    def sort(self, dim=-1, descending=False, *, stable=False):
+        """(values, indices) along dim, ascending unless descending; equal elements keep their
+        order (always: `stable` is accepted for PyTorch's signature). values carry the gradient."""
+        if self.ndim == 0:
+            return shape_ops.SortResult(self.clone(), zeros((), dtype=B.int64, device=self.device))
+        (axis,) = normalize_axes("sort", dim, self.ndim, self.shape)
+        order = shape_ops.stable_argsort(self.device.xp, self._sort_key(descending), axis)
+        return shape_ops.SortResult(*self._picked(order, axis))
+
+    def topk(self, k, dim=-1, largest=True, sorted=True):  # noqa: A002 (PyTorch's name)
+        """The k largest (or smallest) elements along dim as (values, indices), in order; values
+        carry the gradient. Always sorted (PyTorch leaves the order free when sorted=False)."""
+        if self.ndim == 0:  # a scalar is a one-element row
+            shape_ops.check_k(k, 1, dim, self.shape)
+            v, i = self.reshape(1).topk(k, 0, largest)
+            return shape_ops.TopKResult(v.reshape(()), i.reshape(())) if k else shape_ops.TopKResult(v, i)
+        (axis,) = normalize_axes("topk", dim, self.ndim, self.shape)
+        shape_ops.check_k(k, self.shape[axis], dim, self.shape)
+        order = shape_ops.stable_argsort(self.device.xp, self._sort_key(largest), axis)
+        return shape_ops.TopKResult(*self._picked(order[shape_ops._axis_slice(axis, slice(0, k))], axis))
+
+    def _sort_key(self, descending):
+        xp, data = self.device.xp, self.data
+        if self.dtype is B.bool_:
+            data = xp.astype(data, self.device.native(B.int64))
+        return -data if descending else data
+
+    def _picked(self, order, axis):
+        """(self's values at order along axis, order as an int64 tensor without gradient)."""
+        values = shape_ops.Gather.apply(self, shape_ops.along_axis_key(self.device.xp, order, axis))
+        return values, Tensor._make(order, self.device, None, 0)
+
+    def _index_arg(self, op, index):
+        """An integer index (a Tensor, array or list) as a native array on this tensor's device."""
+        if isinstance(index, Tensor):
+            if index.device is not self.device:
+                raise RuntimeError(f"{op}: index is on {index.device.name} but the tensor is on {self.device.name}")
+            if index.dtype.is_floating or index.dtype is B.bool_:
+                raise DTypeError(f"{op}: index must be an integer tensor, got {index.dtype.name} "
+                                 f"(shape {fmt_shape(index.shape)})")
+            return index.data
+        if self.device.is_native(index) and index.dtype in (self.device.native(B.int64), self.device.native(B.int32)):
+            return index
+        host = self.device.to_host(index) if self.device.is_native(index) else np.asarray(index)
+        if host.dtype.kind not in "iu":
+            raise DTypeError(f"{op}: index must be integer, got {host.dtype} (shape {fmt_shape(host.shape)})")
+        return self.device.from_host(host.astype(np.int64))
+
+    def _mask_arg(self, op, mask):
+        """A boolean mask (a bool Tensor or NumPy array) as a native array on this tensor's device."""
+        if isinstance(mask, Tensor):
+            if mask.device is not self.device:
+                raise RuntimeError(f"{op}: mask is on {mask.device.name} but the tensor is on {self.device.name}")
+            if mask.dtype is not B.bool_:
+                raise DTypeError(f"{op}: mask must be a bool tensor, got {mask.dtype.name} "
+                                 f"(shape {fmt_shape(mask.shape)})")
+            return mask.data
+        if self.device.is_native(mask) and mask.dtype == self.device.native(B.bool_):
+            return mask
+        host = self.device.to_host(mask) if self.device.is_native(mask) else np.asarray(mask)
+        if host.dtype.kind != "b":
+            raise DTypeError(f"{op}: mask must be bool, got {host.dtype} (shape {fmt_shape(host.shape)})")
+        return self.device.from_host(host, B.bool_)
+
+    def _bool_key(self, key):
+        """key as a native boolean mask when it is one, as the sole index (x[mask]), else None."""
+        if isinstance(key, tuple):
+            if len(key) != 1:
+                return None
+            key = key[0]
+        if isinstance(key, Tensor):
+            is_mask = key.dtype is B.bool_
+        elif isinstance(key, (list, np.ndarray)):
+            is_mask = np.asarray(key).dtype.kind == "b"
+        else:
+            is_mask = self.device.is_native(key) and key.dtype == self.device.native(B.bool_)
+        return self._mask_arg("getitem", key) if is_mask else None
+
+    def __setitem__(self, key, value):
+        """x[key] = value in place, outside autograd: on a tensor that does not require grad, or
+        under no_grad (PyTorch refuses it on leaves that require grad; here on any tensor
+        that does, since the write would not be recorded). key: as for x[key], masks included.
+        Nothing tracks versions as PyTorch does: a write into a tensor that a graph saved for its
+        backward (x in x * w) changes the gradients that graph computes later."""
+        if self.requires_grad and autograd.is_grad_enabled():
+            raise RuntimeError(f"setitem: the tensor (shape {fmt_shape(self.shape)}) requires grad, and an in-place "
+                               f"write is not recorded by autograd; write under tg.no_grad(), into x.detach(), or "
+                               f"make a new tensor with masked_fill or tg.where")
+        mask = self._bool_key(key)
+        if mask is not None:
+            shape_ops.check_mask("setitem", tuple(mask.shape), self.shape)
+            key = mask
+        else:
+            key = _normalize_key(self, key)
+            shape_ops.check_index_bounds("setitem", self.device.xp, self.shape, key)
+        if isinstance(value, Tensor):
+            if value.device is not self.device:
+                raise RuntimeError(f"setitem: value is on {value.device.name} but the tensor is on {self.device.name}")
+            value = value.data if value.dtype is self.dtype else \
+                self.device.xp.astype(value.data, self.device.native(self.dtype))
+        elif not isinstance(value, (int, float, bool)):
+            value = self.device.from_host(np.asarray(value), self.dtype)
+        try:
+            self.data[key] = value
+        except (ValueError, TypeError, IndexError) as e:
+            raise type(e)(f"setitem: {e} (tensor {fmt_shape(self.shape)} {self.dtype.name}; device "
+                          f"{self.device.name})") from e
 
 
 def _native_device(data):
@@ -677,7 +948,8 @@ def _normalize_key(t, key):
         elif isinstance(k, (list, np.ndarray)):
             host = np.asarray(k)
             if host.dtype.kind == "b":
-                raise DTypeError("getitem: boolean masks are not supported; use tg.where(mask, x, 0) instead")
+                raise DTypeError("getitem: a boolean mask must be the only index (x[mask]); "
+                                 "combine it with other indices as x[mask][...] instead")
             if host.dtype.kind not in "iu" and host.size:
                 raise DTypeError(f"getitem: index arrays must be integer, got {host.dtype}")
             k = dev.from_host(host.astype(np.int64))

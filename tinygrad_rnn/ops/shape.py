@@ -1,6 +1,8 @@
 """Ops that move elements without arithmetic: reshape, permute, expand, indexing,
 concat/stack, and the multi-output split/unbind that cut a sequence into timesteps
 as one graph node."""
+from collections import namedtuple
+
 from ..autograd import Function
 from ..errors import AxisError, IndexOutOfRange, ShapeError, fmt_shape
 
@@ -257,3 +259,126 @@ class ToDevice(Function):
         if hasattr(grad, "requires_grad"):  # create_graph: a Tensor, moved back by this op again
             return grad.to(ctx.device._device)
         return ctx.device.from_host(ctx.target.to_host(grad))
+
+
+# ---------------------------------------------------------------------- indexing vocabulary
+# gather, take_along_dim, sort/topk's values and boolean masks all become one integer array
+# per axis (the form of advanced indexing the Array API standard defines, so they run on
+# array-api-strict and CuPy alike); their gradient is GetItem's scatter-add, and IndexAdd
+# makes that differentiable again under create_graph.
+
+class Gather(GetItem):
+    """a[key] for a key of one integer array per axis whose entries are already known to be in
+    range (checked by the caller, or made by nonzero/argsort): GetItem without the bounds
+    check, which costs a reduction (on a GPU a synchronisation) per array."""
+
+    @staticmethod
+    def forward(ctx, a, key):
+        ctx.in_shape, ctx.key, ctx.advanced, ctx.set_shape = a.shape, key, True, None
+        return a[key]
+
+
+class Flip(Function):
+    """Elements in reverse order along axes; its own adjoint. A copy, as PyTorch's flip is,
+    so that writing into the result (x[mask] = v) cannot change the input."""
+
+    @staticmethod
+    def forward(ctx, a, axes):
+        ctx.axes = axes
+        return ctx.device.copy(ctx.xp.flip(a, axis=axes))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.xp.flip(grad, axis=ctx.axes)
+
+
+class Clone(Function):
+    """A row-major copy that owns its memory; the gradient passes through unchanged."""
+
+    @staticmethod
+    def forward(ctx, a):
+        return ctx.device.copy(a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def _axis_arange(xp, n, axis, ndim):
+    """arange(n) laid along `axis` of an ndim-dim shape of ones, to broadcast against an index."""
+    shape = [1] * ndim
+    shape[axis] = n
+    return xp.reshape(xp.arange(n, dtype=xp.int64), tuple(shape))
+
+
+def along_axis_key(xp, index, axis):
+    """The key with which a[key] is gather(a, axis, index): index along axis, the position
+    itself along every other axis."""
+    nd = index.ndim
+    return tuple(index if d == axis else _axis_arange(xp, index.shape[d], d, nd) for d in range(nd))
+
+
+def mask_key(xp, mask, shape):
+    """The key with which a[key] is a[mask], for a boolean mask over a's leading mask.ndim axes:
+    the rows of nonzero(mask), each broadcast against aranges of the axes the mask leaves."""
+    rows = xp.nonzero(mask)
+    rest = shape[mask.ndim:]
+    if not rest:
+        return tuple(rows)
+    ones = (1,) * len(rest)
+    rows = tuple(xp.reshape(r, (r.shape[0],) + ones) for r in rows)
+    return rows + tuple(_axis_arange(xp, n, 1 + j, 1 + len(rest)) for j, n in enumerate(rest))
+
+
+def check_mask(op, mask_shape, shape):
+    """A boolean index must match the leading axes of the tensor it selects from."""
+    k = len(mask_shape)
+    if k == 0 or k > len(shape) or tuple(mask_shape) != tuple(shape[:k]):
+        raise ShapeError(f"{op}: a boolean mask of shape {fmt_shape(mask_shape)} does not match the tensor of "
+                         f"shape {fmt_shape(shape)} (the mask's shape must equal the tensor's leading sides)")
+
+
+def check_along_axis(op, xp, shape, index, axis, src_shape=None):
+    """PyTorch's rules for gather and scatter_add's index: as many dims as the tensor, no side
+    larger than the tensor's except along axis (nor than src's anywhere), entries in
+    [0, shape[axis]). CuPy would silently wrap an index out of range, so it is checked here."""
+    nd = len(shape)
+    for name, other in (("the tensor", shape), ("src", src_shape)):
+        if other is not None and index.ndim != len(other):
+            raise ShapeError(f"{op}: index of shape {fmt_shape(index.shape)} has {index.ndim} dims but "
+                             f"{name} has {len(other)} (shape {fmt_shape(other)}); they must match")
+    for d in range(nd):
+        n = index.shape[d]
+        if (d != axis and n > shape[d]) or (src_shape is not None and n > src_shape[d]):
+            where = fmt_shape(shape) + ("" if src_shape is None else f" (src {fmt_shape(src_shape)})")
+            raise ShapeError(f"{op}: index of shape {fmt_shape(index.shape)} is larger than the tensor of shape "
+                             f"{where} along axis {d} (only axis {axis}, the one indexed, may be longer"
+                             + ("" if src_shape is None else ", and not longer than src") + ")")
+    if index.size:
+        lo, hi = int(xp.min(index)), int(xp.max(index))
+        if lo < 0 or hi >= shape[axis]:
+            raise IndexOutOfRange(f"{op}: index {lo if lo < 0 else hi} is out of range for axis {axis} of size "
+                                  f"{shape[axis]} (tensor of shape {fmt_shape(shape)}; valid: 0 to {shape[axis] - 1})")
+
+
+def stable_argsort(xp, a, axis):
+    """argsort that keeps equal elements in order, on every backend: the standard's argsort (and
+    NumPy's, since 2.0) takes stable=, NumPy's default is not stable, CuPy's sort always is and
+    takes no such argument."""
+    try:
+        return xp.argsort(a, axis=axis, stable=True)
+    except TypeError:
+        return xp.argsort(a, axis=axis)
+
+
+def check_k(k, n, dim, shape):
+    """topk's k: an int from 0 to the size of the dim."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
+        raise IndexOutOfRange(f"topk: k={k!r} is out of range for dim {dim} of size {n} (tensor of shape "
+                              f"{fmt_shape(shape)}; valid: 0 to {n})")
+
+
+# what sort and topk return, as torch.return_types.sort/topk: a tuple (values, indices)
+# whose fields are also named
+SortResult = namedtuple("sort", ["values", "indices"])
+TopKResult = namedtuple("topk", ["values", "indices"])

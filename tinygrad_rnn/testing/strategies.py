@@ -314,3 +314,43 @@ def well_separated(x, margin=1e-3, axis=None) -> bool:
         return True
     gaps = np.diff(np.sort(groups, axis=1), axis=1)
     return bool(np.all(gaps >= margin))
+
+
+# ----------------------------------------------------------------------------- gather, scatter and masks
+__all__ += ["gather_indices", "masks"]
+
+
+@st.composite
+def gather_indices(draw, shape, dim, max_side=4, min_side=1):
+    """int64 index arrays for `x.gather(dim, index)` (and `scatter_add(dim, index, src)`) on a
+    tensor of `shape`: as many dims, each side from min_side up to the tensor's (up to
+    max_side along dim, which may be longer), entries in [0, shape[dim]), repeats likely.
+
+        @given(st.data())
+        def test_gather(data):
+            x = data.draw(tgst.tensors(shape=tgst.shapes(min_dims=1)))
+            dim = data.draw(st.integers(-x.ndim, x.ndim - 1))
+            index = data.draw(tgst.gather_indices(x.shape, dim))
+            assert tg.gradcheck(lambda t: t.gather(dim, index), (x,))
+    """
+    shape = tuple(shape)
+    nd = len(shape)
+    if not nd or not -nd <= dim < nd or shape[dim % nd] < 1:
+        raise ValueError(f"gather_indices: no valid index along dim {dim} of shape {shape}")
+    dim %= nd
+    sides = tuple(draw(st.integers(min(min_side, n), n)) if d != dim else draw(st.integers(min_side, max_side))
+                  for d, n in enumerate(shape))
+    return draw(hnp.arrays(np.int64, sides, elements=st.integers(0, shape[dim] - 1)))
+
+
+def masks(shape):
+    """Boolean NumPy arrays of `shape` (a tuple or a strategy of shapes), for `x[mask]`,
+    `x[mask] = v` and `masked_fill(mask, v)`; all-False and all-True masks included.
+
+        @given(st.data())
+        def test_mask_select(data):
+            x = data.draw(tgst.tensors(shape=tgst.shapes(min_dims=1)))
+            mask = data.draw(tgst.masks(x.shape[:1]))
+            assert tg.gradcheck(lambda t: t[mask], (x,))
+    """
+    return hnp.arrays(np.bool_, shape, elements=st.booleans(), fill=st.nothing())
