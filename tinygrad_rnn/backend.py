@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 
 import numpy as np
 
@@ -319,6 +320,22 @@ class StrictDevice(Device):
 
 
 class CUDADevice(Device):
+    """CuPy on GPU `index`.
+
+    Which GPU: CuPy allocates, launches kernels and runs cuBLAS on the thread's *current*
+    device, whatever device the array says it is on. The device is made current where work
+    for it starts, and left current: every op's engine node reads `device.xp` once
+    (autograd's Context), optimizers and creation functions read it too, and `from_host`
+    (Tensor.to, the gradient moving back through it) and the random draws make their GPU
+    current the same way. That is one cudaGetDevice (~0.1 us, no synchronisation) per op,
+    and a cudaSetDevice only when the device changes; a namespace wrapper entering
+    `cupy.cuda.Device(n)` around every call would cost a context switch per array function
+    and still miss Python operators (`a + b`), which CuPy runs on the current device. The
+    CPU device keeps `xp` a plain attribute: nothing of this runs there.
+    What it does not cover: one backward walk through a graph whose branches interleave two
+    GPUs runs each node on the GPU current when the walk reaches it; move such tensors to
+    one device first (CuPy raises where an array is not on the current device)."""
+
     kind = "cuda"
 
     def __init__(self, index: int):
@@ -328,18 +345,37 @@ class CUDADevice(Device):
         self.index = index
         self._cupy = cupy
         self._cupyx = cupyx
+        self._runtime = cupy.cuda.runtime
         super().__init__(f"cuda:{index}", cupy)
+
+    @property
+    def xp(self):
+        self._activate()
+        return self._xp
+
+    @xp.setter
+    def xp(self, xp):
+        self._xp = xp
+
+    def _activate(self):
+        """Make this GPU the current one, if it is not already (see the class docstring)."""
+        if self._runtime.getDevice() != self.index:
+            self._runtime.setDevice(self.index)
 
     def _on(self):
         return self._cupy.cuda.Device(self.index)
 
     def from_host(self, data, dtype=None):
-        arr = np.asarray(data) if not isinstance(data, self._cupy.ndarray) else data
-        with self._on():
-            out = self._cupy.asarray(arr)
-            if dtype is not None and out.dtype != self._native[dtype]:
-                out = out.astype(self._native[dtype])
-            return out
+        self._activate()
+        cupy = self._cupy
+        if isinstance(data, cupy.ndarray):
+            # cupy.asarray hands back an array of another GPU as it is: copy it onto this one
+            out = data if data.device.id == self.index else data.copy()
+        else:
+            out = cupy.asarray(np.asarray(data))
+        if dtype is not None and out.dtype != self._native[dtype]:
+            out = out.astype(self._native[dtype])
+        return out
 
     def to_host(self, arr):
         return self._cupy.asnumpy(arr)
@@ -348,24 +384,25 @@ class CUDADevice(Device):
         return isinstance(arr, self._cupy.ndarray)
 
     def contiguous(self, arr):
+        self._activate()
         return self._cupy.ascontiguousarray(arr)
 
     def manual_seed(self, seed):
-        with self._on():
+        with self._on():  # scoped: tg.manual_seed reseeds every device, and changes no current one
             self._rng = self._cupy.random.default_rng(seed)
         self._seed = seed
 
     def randn(self, shape, dtype):
-        with self._on():
-            return self._rng.standard_normal(shape, dtype=self._native[dtype])
+        self._activate()
+        return self._rng.standard_normal(shape, dtype=self._native[dtype])
 
     def rand(self, shape, dtype):
-        with self._on():
-            return self._rng.random(shape, dtype=self._native[dtype])
+        self._activate()
+        return self._rng.random(shape, dtype=self._native[dtype])
 
     def randint(self, low, high, shape):
-        with self._on():
-            return self._rng.integers(low, high, size=shape, dtype=self._cupy.int64)
+        self._activate()
+        return self._rng.integers(low, high, size=shape, dtype=self._cupy.int64)
 
     def get_rng_state(self):
         # CuPy's generators have no portable state object: record the seed only.
@@ -375,6 +412,7 @@ class CUDADevice(Device):
         self.manual_seed(state["seed"])
 
     def scatter_add(self, target, index, values):
+        self._activate()
         self._cupyx.scatter_add(target, index, values)
 
     def synchronize(self):
@@ -419,12 +457,31 @@ _devices: dict[str, Device] = {}
 _default_device_name = "cpu"
 
 
+# The ops use cupy.astype, permute_dims and concat (new in CuPy 14.0) and cumulative_sum (14.2),
+# and the CUDA device asks for cupy.bool (14.0): an older CuPy fails inside the first op
+CUPY_NEEDED = (14, 2)
+_CUPY_INSTALL = "pip install -U -e '.[cuda]' (CUDA 12) or -e '.[cuda13]' (CUDA 13)"
+
+
+def cupy_version_problem(version: str) -> str:
+    """"" when CuPy `version` (its __version__) is new enough, else what to say about it."""
+    m = re.match(r"(\d+)\.(\d+)", str(version))
+    if m and (int(m.group(1)), int(m.group(2))) >= CUPY_NEEDED:
+        return ""
+    need = ".".join(map(str, CUPY_NEEDED))
+    return (f"CuPy {version} is installed, but tinygrad_rnn needs CuPy >= {need} (its ops use cupy.astype, "
+            f"permute_dims, concat, cumulative_sum and cupy.bool); upgrade it: {_CUPY_INSTALL}")
+
+
 def cuda_available() -> tuple[bool, str]:
-    """(True, "") when CuPy imports and sees a GPU, else (False, why not)."""
+    """(True, "") when CuPy imports, is new enough and sees a GPU, else (False, why not)."""
     try:
         import cupy
     except ImportError as e:
         return False, f"CuPy is not installed ({e}); install it with pip install -e '.[cuda]'"
+    problem = cupy_version_problem(getattr(cupy, "__version__", "(unknown version)"))
+    if problem:
+        return False, problem
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # CUDA driver missing or broken
