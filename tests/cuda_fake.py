@@ -224,7 +224,9 @@ def _make_modules(version):
     cupy.random = types.SimpleNamespace(default_rng=_Generator)
     runtime = types.SimpleNamespace(getDevice=lambda: _state.current, setDevice=_set_device,
                                     getDeviceCount=lambda: _state.gpus)
-    cupy.cuda = types.SimpleNamespace(runtime=runtime, Device=_Device)
+    cupy.cuda = types.ModuleType("cupy.cuda")
+    cupy.cuda.runtime, cupy.cuda.Device = runtime, _Device
+    cupy.cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=1000 + _state.current)
     cupy.__getattr__ = _fn  # every other name: NumPy's function of that name, on the current GPU
     cupyx = types.ModuleType("cupyx")
 
@@ -244,6 +246,7 @@ def install(monkeypatch, gpus=2, version="14.2.0"):
     _state = _State(gpus)
     cupy, cupyx = _make_modules(version)
     monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cupy.cuda)
     monkeypatch.setitem(sys.modules, "cupyx", cupyx)
     monkeypatch.setattr(B, "_devices", {})
     return _state

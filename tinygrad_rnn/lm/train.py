@@ -396,10 +396,13 @@ class Run:
             raise TrainError(f"--resume: the corpus ({corpus.name}) is not the text the run was trained on "
                              f"(its SHA-256 differs from the checkpoint's)")
         self.vocab = corpus.vocab
-        self.device = B.get_device(cfg.device)
         # data parallel under mpiexec: each rank takes its rows of every window (a world of one
         # takes them all); the gradients are averaged, so every rank takes the same step
         self.world = dist.init()
+        device, note = dist.rank_device(cfg.device)  # under mpiexec, 'cuda' is this rank's own GPU
+        self.device = B.get_device(device)
+        if note and dist.is_main():
+            echo(f"note: {note}")
         n, r = self.world.size, self.world.rank
         if cfg.batch % n:
             raise TrainError(f"--batch {cfg.batch} is not divisible by the {n} processes of this MPI job: each "
