@@ -179,24 +179,32 @@ def _set_device(i):
     _state.current = i
 
 
-class _Generator:
-    def __init__(self, seed):
-        self._rng = np.random.default_rng(seed)
+class _RandomState:
+    """cupy.random.RandomState: a cuRAND generator on the GPU current when it was made, whose
+    whole state is its seed (no state to save, as with CuPy's)."""
+
+    def __init__(self, seed=None, method=None):
+        self.method = method
         self._gpu = _state.current
+        self.seed(seed)
+
+    def seed(self, seed=None):
+        self._rng = np.random.default_rng(seed)
+        _state.log.append(("seed", _state.current))
 
     def _on(self):
         if self._gpu != _state.current:
             raise ValueError(f"the generator of device {self._gpu} used on device {_state.current}")
 
-    def standard_normal(self, shape, dtype=np.float64):
+    def standard_normal(self, size=None, dtype=np.float64):
         self._on()
-        return self._rng.standard_normal(shape).astype(dtype).view(FakeArray)
+        return self._rng.standard_normal(size).astype(dtype).view(FakeArray)
 
-    def random(self, shape, dtype=np.float64):
+    def random_sample(self, size=None, dtype=np.float64):
         self._on()
-        return self._rng.random(shape).astype(dtype).view(FakeArray)
+        return self._rng.random(size).astype(dtype).view(FakeArray)
 
-    def integers(self, low, high, size=None, dtype=np.int64):
+    def randint(self, low, high=None, size=None, dtype=np.int64):
         self._on()
         return self._rng.integers(low, high, size=size).astype(dtype).view(FakeArray)
 
@@ -221,7 +229,7 @@ def _make_modules(version):
     cupy.asarray = _asarray
     cupy.asnumpy = _asnumpy
     cupy.ascontiguousarray = lambda a: _wrap(np.ascontiguousarray(_unwrap(a)))
-    cupy.random = types.SimpleNamespace(default_rng=_Generator)
+    cupy.random = types.SimpleNamespace(RandomState=_RandomState)
     runtime = types.SimpleNamespace(getDevice=lambda: _state.current, setDevice=_set_device,
                                     getDeviceCount=lambda: _state.gpus)
     cupy.cuda = types.ModuleType("cupy.cuda")

@@ -85,6 +85,14 @@ def to_dtype(d) -> DType:
 
 
 # ----------------------------------------------------------------------------- devices
+def derive_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of training step `step` in process `rank` of a run seeded `seed` (Device.step_seed):
+    NumPy's SeedSequence mixes the three, so neighbouring steps and ranks draw unrelated numbers."""
+    mask = (1 << 64) - 1
+    state = np.random.SeedSequence([seed & mask, rank, step]).generate_state(1, np.uint64)[0]
+    return int(state) >> 1  # below 2**63: a signed 64-bit seed anywhere
+
+
 _seed = 0  # the last tg.manual_seed; devices created later start from it too
 
 
@@ -170,6 +178,15 @@ class Device:
 
     def set_rng_state(self, state: dict) -> None:
         self._rng.bit_generator.state = state
+
+    # Whether step_seed reseeds: a device whose generator state cannot be saved whole (CUDA)
+    # draws each training step's numbers from a generator seeded by (seed, rank, step), so a
+    # resumed run draws what the straight run drew. The CPU's state is saved and restored
+    # exactly, so its stream (and every result of it) is as before, and step_seed costs a call.
+    per_step_rng = False
+
+    def step_seed(self, seed: int, rank: int, step: int) -> None:
+        """Before training step `step` of process `rank`: reseed where per_step_rng (see there)."""
 
     # kernels outside the standard
     def scatter_add(self, target, index, values) -> None:
@@ -387,10 +404,20 @@ class CUDADevice(Device):
         self._activate()
         return self._cupy.ascontiguousarray(arr)
 
+    # cuRAND's Philox4x32-10 through CuPy's RandomState: a counter-based generator, so
+    # reseeding is setting two numbers (step_seed does it every training step), where CuPy's
+    # default_rng (XORWOW) initialises 256,000 states with a kernel each time it is seeded.
+    CURAND_PHILOX = 161  # curandRngType CURAND_RNG_PSEUDO_PHILOX4_32_10 (curand.h)
+    per_step_rng = True  # CuPy exposes no generator state to save: see Device.per_step_rng
+
     def manual_seed(self, seed):
         with self._on():  # scoped: tg.manual_seed reseeds every device, and changes no current one
-            self._rng = self._cupy.random.default_rng(seed)
+            self._rng = self._cupy.random.RandomState(seed, method=self.CURAND_PHILOX)
         self._seed = seed
+
+    def step_seed(self, seed, rank, step):
+        with self._on():
+            self._rng.seed(derive_seed(seed, rank, step))
 
     def randn(self, shape, dtype):
         self._activate()
@@ -398,15 +425,15 @@ class CUDADevice(Device):
 
     def rand(self, shape, dtype):
         self._activate()
-        return self._rng.random(shape, dtype=self._native[dtype])
+        return self._rng.random_sample(shape, dtype=self._native[dtype])
 
     def randint(self, low, high, shape):
         self._activate()
-        return self._rng.integers(low, high, size=shape, dtype=self._cupy.int64)
+        return self._rng.randint(low, high, size=shape, dtype=self._cupy.int64)
 
     def get_rng_state(self):
-        # CuPy's generators have no portable state object: record the seed only.
-        return {"seed": self._seed}
+        # CuPy's generators have no state object to save: the seed, and training reseeds per step
+        return {"seed": self._seed, "per_step": "derive_seed(seed, rank, step)"}
 
     def set_rng_state(self, state):
         self.manual_seed(state["seed"])

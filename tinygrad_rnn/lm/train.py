@@ -505,7 +505,9 @@ class Run:
             raise TrainError(f"--resume: this run was trained by {len(states)} process(es) with dropout, whose masks "
                              f"come from each process's own random state; resume it with {len(states)} "
                              f"(mpiexec -n {len(states)}), not {n}")
-        if rng.get("device") == self.device.name and len(states) == n:
+        if self.device.per_step_rng and str(rng.get("device", "")).split(":")[0] == self.device.kind:
+            pass  # each step reseeds from (seed, rank, step): nothing to restore, on whichever GPU
+        elif rng.get("device") == self.device.name and len(states) == n:
             self.device.set_rng_state(states[self.world.rank])
         elif self.cfg.dropout > 0:
             self.echo(f"note: the checkpoint's random state is for {rng.get('device')}, not {self.device.name}: "
@@ -541,6 +543,7 @@ class Run:
             self.state = None
         tokens = x.size  # the whole batch's, over all ranks
         x, y = x[:, self.rows], y[:, self.rows]
+        self.device.step_seed(cfg.seed, self.world.rank, self.step_count)  # CUDA: this step's dropout draws
         loss, state = self.model.loss(x, y, self.state)
         lv = float(loss.item())
         if self.world.size > 1:  # equal shares: the mean of the ranks' means is the batch mean
