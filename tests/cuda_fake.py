@@ -138,6 +138,9 @@ def _wrap(res):
     return res
 
 
+_VIEWS = {"reshape", "permute_dims", "expand_dims", "squeeze", "broadcast_to"}  # no kernel on a GPU
+
+
 def _fn(name):
     f = getattr(np, name)
     if isinstance(f, type) or not callable(f):  # dtypes, constants
@@ -147,7 +150,7 @@ def _fn(name):
         for a in _flatten(args):
             if isinstance(a, FakeArray):
                 a._check(name)
-        _state.log.append(("matmul" if name == "matmul" else "kernel", _state.current))
+        _state.log.append(("matmul" if name == "matmul" else "view" if name in _VIEWS else "kernel", _state.current))
         return _wrap(f(*_unwrap(args), **_unwrap_kw(kwargs)))
     call.__name__ = name
     return call

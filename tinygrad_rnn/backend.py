@@ -196,6 +196,15 @@ class Device:
     def synchronize(self) -> None:
         pass
 
+    # Whether reading a value back (item, int, float, bool of an array) waits for the device to
+    # finish its queued work: on CUDA each is a host synchronisation, so a training loop keeps
+    # such values on the device and reads them in batches (lm.train); on the CPU it is free.
+    reads_sync = False
+
+    # Whether ops check their integer indices against their bounds on the device (a read back:
+    # see reads_sync); off within indices_checked(), for callers that checked them on the host.
+    check_indices = True
+
     # Whether ops may run the compiled kernels that the kernels package builds for this device
     # (CuPy's on CUDA, the host C++ compiler's on the CPU); False: their portable array-API
     # form, even where kernels exist (see kernels_off).
@@ -407,6 +416,7 @@ class CUDADevice(Device):
     # cuRAND's Philox4x32-10 through CuPy's RandomState: a counter-based generator, so
     # reseeding is setting two numbers (step_seed does it every training step), where CuPy's
     # default_rng (XORWOW) initialises 256,000 states with a kernel each time it is seeded.
+    reads_sync = True
     CURAND_PHILOX = 161  # curandRngType CURAND_RNG_PSEUDO_PHILOX4_32_10 (curand.h)
     per_step_rng = True  # CuPy exposes no generator state to save: see Device.per_step_rng
 
@@ -477,6 +487,20 @@ def kernels_off(device):
         yield dev
     finally:
         dev.use_kernels = was
+
+
+@contextlib.contextmanager
+def indices_checked(device):
+    """Within the block, ops on `device` (embedding, cross_entropy) skip the bounds check of their
+    indices, which the caller has done on the host before uploading them: on a GPU that check
+    reads the indices' minimum and maximum back, two host synchronisations an op."""
+    dev = get_device(device)
+    was = dev.check_indices
+    dev.check_indices = False
+    try:
+        yield dev
+    finally:
+        dev.check_indices = was
 
 
 # ----------------------------------------------------------------------------- registry
