@@ -192,6 +192,8 @@ class _RandomState:
         self.seed(seed)
 
     def seed(self, seed=None):
+        if seed is not None:  # as CuPy's RandomState.seed takes it
+            seed = int(np.asarray(seed).astype(np.uint64, casting="safe"))
         self._rng = np.random.default_rng(seed)
         _state.log.append(("seed", _state.current))
 

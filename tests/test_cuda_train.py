@@ -66,3 +66,20 @@ def test_the_cpu_keeps_its_saved_generator_state():
     before = dev.get_rng_state()
     assert not dev.per_step_rng and dev.step_seed(0, 0, 5) is None
     assert dev.get_rng_state() == before  # the CPU's stream (and every result of it) is unchanged
+
+
+@pytest.mark.parametrize("seed", [0, 5, -1, 2 ** 64 - 1])
+def test_cuda_seeds_reach_curand_as_uint64(monkeypatch, seed):
+    # CuPy's RandomState.seed casts to uint64 with casting='safe', refusing a Python int
+    # under NumPy 2: the device hands it NumPy uint64s (the fake casts as CuPy does)
+    import tinygrad_rnn as tg
+    cuda_fake.install(monkeypatch, gpus=1)
+    dev = cuda_fake.cuda("cuda:0")
+    tg.manual_seed(seed)
+    a = dev.to_host(dev.randn((4,), B.float32))
+    tg.manual_seed(seed)
+    np.testing.assert_array_equal(dev.to_host(dev.randn((4,), B.float32)), a)
+    dev.step_seed(seed, 1, 2)
+    b = dev.to_host(dev.rand((4,), B.float32))
+    dev.step_seed(seed, 1, 2)
+    np.testing.assert_array_equal(dev.to_host(dev.rand((4,), B.float32)), b)

@@ -93,6 +93,12 @@ def derive_seed(seed: int, rank: int, step: int) -> int:
     return int(state) >> 1  # below 2**63: a signed 64-bit seed anywhere
 
 
+def _uint64(seed: int):
+    """A seed as NumPy's uint64: RandomState.seed casts what it is given to uint64 with
+    casting='safe', which refuses a Python int (int64 under NumPy 2)."""
+    return np.uint64(int(seed) & ((1 << 64) - 1))
+
+
 _seed = 0  # the last tg.manual_seed; devices created later start from it too
 
 
@@ -422,12 +428,12 @@ class CUDADevice(Device):
 
     def manual_seed(self, seed):
         with self._on():  # scoped: tg.manual_seed reseeds every device, and changes no current one
-            self._rng = self._cupy.random.RandomState(seed, method=self.CURAND_PHILOX)
+            self._rng = self._cupy.random.RandomState(_uint64(seed), method=self.CURAND_PHILOX)
         self._seed = seed
 
     def step_seed(self, seed, rank, step):
         with self._on():
-            self._rng.seed(derive_seed(seed, rank, step))
+            self._rng.seed(_uint64(derive_seed(seed, rank, step)))
 
     def randn(self, shape, dtype):
         self._activate()
