@@ -6,15 +6,23 @@ Stages, each a subprocess with its own timeout (they add up to under 8 minutes),
 output streamed to the terminal and its command, exit status, time and output tail
 written to the report:
 
-1. environment: nvidia-smi's GPU and driver, CuPy and its CUDA runtime, NumPy, Python,
-   PyTorch and whether it has CUDA (and cuDNN);
+1. environment: nvidia-smi's GPUs and driver, CuPy (and whether it is new enough) and its
+   CUDA runtime and driver versions, NumPy, Python, PyTorch and whether it has CUDA (cuDNN);
 2. cuda tests: the pytest suite restricted to the cuda device (`-k cuda`: the `device`
    fixture's [cuda] parameter and the tests named for cuda); a cuda test skipped while a
    GPU is present counts as a failure, since then the suite did not really run there;
-3. step benchmark: bench/rnn_step.py on cuda at H=512, B=64, T=128, LSTM and GRU, with
-   PyTorch's cuDNN layers beside ours when a CUDA PyTorch is importable;
-4. char-LM: `python -m tinygrad_rnn train --device cuda --minutes 2` on the default corpus
-   (the stdlib's sources), which ends with a sample; then `sample` from its checkpoint on cuda.
+3. resume: a 40-step char-LM with dropout on cuda, and the same cut at step 20 and resumed
+   (--resume), whose losses must equal the straight run's; the CUDA checkpoint sampled on
+   the CPU, its logits against cuda's, and the CPU copy moved back to cuda and sampled;
+4. mpiexec -n 2: two ranks, each on cuda:{local rank} (one GPU: shared, the host-staged
+   all-reduce; two or more: NCCL), their all-reduced gradients against the host's mean;
+5. step benchmarks: bench/rnn_step.py at H=128 and 512, B=32 and 256, LSTM, on cuda (with
+   PyTorch's cuDNN layers beside ours when a CUDA PyTorch is importable) and on the cpu.
+   The time loop runs in Python on CUDA (no CUDA graph yet), so there is no second variant;
+6. counts: the kernel launches and device values read back by a CUDA training step, counted
+   on the host through the test suite's stand-in CuPy (tests/cuda_fake.py);
+7. char-LM: `python -m tinygrad_rnn train --device cuda --minutes 0.5` on the default corpus
+   (the stdlib's sources); then `sample` from its checkpoint on cuda.
 
 A failing stage is recorded and the next one runs; the exit status is 1 when any stage
 failed. Without a GPU (no nvidia-smi, CuPy missing, or no device) it prints one line
@@ -182,22 +190,123 @@ def run_stages(stages, path, header, results=()):
 
 
 def stages(py, run_dir):
-    # each timeout leaves room for a fresh machine's first CuPy kernel compilations; together 450 s
+    # each timeout leaves room for a fresh machine's first CuPy kernel compilations; together 455 s
+    me = os.path.abspath(__file__)
+    bench = ["env", "-u", "OPENBLAS_CORETYPE", "-u", "OPENBLAS_L2_SIZE", py, "bench/rnn_step.py", "--hidden", "128",
+             "512", "--batch", "32", "256", "--seq", "64", "--cell", "lstm", "--rounds", "2"]
     return [
-        Stage("environment", [py, os.path.abspath(__file__), "--env"], 30),
+        Stage("environment", [py, me, "--env"], 15),
         Stage("cuda tests", [py, "-m", "pytest", "-q", "-k", "cuda", "-p", "no:cacheprovider", "-rsfE", "tests"],
-              150, reject=r"^SKIPPED .*: cuda: ", why_rejected="cuda tests were skipped although a GPU is here"),
-        Stage("step benchmark", ["env", "-u", "OPENBLAS_CORETYPE", "-u", "OPENBLAS_L2_SIZE", py, "bench/rnn_step.py",
-                                 "--device", "cuda", "--hidden", "512", "--batch", "64", "--seq", "128",
-                                 "--cell", "lstm", "gru"], 75),
+              110, reject=r"^SKIPPED .*: cuda: ", why_rejected="cuda tests were skipped although a GPU is here"),
+        Stage("resume", [py, me, "--resume-check", run_dir + "_resume"], 70),
+        Stage("mpiexec -n 2", ["mpiexec", "-n", "2", py, me, "--mpi-check"], 40),
+        Stage("bench cuda", bench + ["--device", "cuda"], 55),
+        Stage("bench cpu", bench + ["--device", "cpu", "--no-torch"], 50),
+        Stage("counts", [py, me, "--counts"], 15),
         # a model sized for a GPU rather than the CPU default (1x128, batch 32)
-        Stage("char-LM train", [py, "-m", "tinygrad_rnn", "train", "--device", "cuda", "--minutes", "2",
+        Stage("char-LM train", [py, "-m", "tinygrad_rnn", "train", "--device", "cuda", "--minutes", "0.5",
                                 "--hidden", "512", "--layers", "2", "--embed-dim", "64", "--batch", "64",
                                 "--seq-len", "128", "--lr", "2e-3", "--eval-every", "500",
-                                "--progress", "lines", "--out", run_dir, "--overwrite"], 165),
+                                "--progress", "lines", "--out", run_dir, "--overwrite"], 80),
         Stage("sample", [py, "-m", "tinygrad_rnn", "sample", run_dir, "--device", "cuda", "--prompt", "def ",
-                         "--length", "300", "--seed", "0"], 30),
+                         "--length", "300", "--seed", "0"], 20),
     ]
+
+
+def _package():
+    if ROOT not in sys.path:  # the checkout's package, installed or not
+        sys.path.insert(0, ROOT)
+
+
+def resume_check(run_dir, device="cuda"):
+    """Stage 3: a straight 40-step run with dropout against one cut at 20 and resumed; the
+    checkpoint on the CPU and back. Returns 0 when the losses are equal and the logits agree."""
+    _package()
+    import numpy as np
+    import tinygrad_rnn as tg
+    from tinygrad_rnn.lm import TrainConfig, load_model, train
+
+    def cfg(steps):
+        return TrainConfig(hidden=128, layers=2, dropout=0.3, seq_len=64, batch=32, steps=steps, eval_every=20,
+                           log_every=10, sample_length=50, device=device, max_chars=400_000)
+    quiet = dict(echo=lambda *a: None, progress="none", final_sample_length=0)
+    full = train(cfg(40), run_dir + "_a", overwrite=True, **quiet)
+    part = train(cfg(20), run_dir + "_b", overwrite=True, **quiet)
+    rest = train(cfg(40), run_dir + "_b", resume=True, explicit={"steps"}, **quiet)
+    got = part.losses + rest.losses
+    diff = max(abs(a - b) for a, b in zip(got, full.losses))
+    equal = got == full.losses
+    print(f"resume on {device}: 40 steps with dropout 0.3; straight {full.losses[-1]:.6f}, resumed "
+          f"{got[-1]:.6f}; {'equal, loss for loss' if equal else f'NOT equal: largest difference {diff:.3g}'}")
+    on_dev, _, _ = load_model(run_dir + "_b", device=device)
+    on_cpu, _, _ = load_model(run_dir + "_b", device="cpu")
+    ids = np.arange(64).reshape(16, 4) % len(on_cpu.vocab)
+    with tg.no_grad():
+        a, b = on_dev.eval()(ids)[0].numpy(), on_cpu.eval()(ids)[0].numpy()
+    close = np.allclose(a, b, rtol=1e-4, atol=1e-4)
+    print(f"logits of the {device} checkpoint, {device} against cpu: largest difference {np.abs(a - b).max():.3g}")
+    print(f"sampled on cpu: {on_cpu.generate('def ', 80, seed=0)!r}")
+    back = on_cpu.to(device)
+    print(f"moved back to {device} and sampled: {back.generate('def ', 80, seed=0)!r}")
+    return 0 if equal and close else 1
+
+
+def mpi_check(device="cuda"):
+    """Stage 4, in each of two ranks: the rank's own GPU, gradients all-reduced (NCCL or the host),
+    checked against the mean of the ranks' own gradients gathered on the host."""
+    _package()
+    import numpy as np
+    import tinygrad_rnn as tg
+    from tinygrad_rnn import distributed as dist
+    w = dist.init()
+    device, note = dist.rank_device(device)
+    tg.manual_seed(0)
+    model = tg.nn.LSTM(8, 16).to(device)
+    tg.manual_seed(1 + w.rank)  # each rank its own data
+    out, _ = model(tg.randn(5, 3, 8, device=device))
+    out.sum().backward()
+    own = [p.grad.numpy().copy() for p in model.parameters()]
+    mean = [np.mean(gs, axis=0) for gs in zip(*w.comm.allgather(own))] if w.size > 1 else own
+    dist.all_reduce_gradients(model.parameters())
+    ok = all(np.allclose(p.grad.numpy(), m, rtol=1e-5, atol=1e-6) for p, m in zip(model.parameters(), mean))
+    via = "NCCL" if device.startswith("cuda") and w.nccl.get(int(device.split(":")[1])) else "the host"
+    print(f"rank {w.rank}/{w.size} (local {w.local_rank}) on {device} via {via}: "
+          f"{'OK' if ok else 'WRONG gradients'}" + (f"; {note}" if note and w.rank == 0 else ""), flush=True)
+    return 0 if ok else 1
+
+
+def counts(steps=6):
+    """Stage 6: launches and reads of lazy CUDA training steps, on the stand-in CuPy (no GPU
+    needed): per step between metrics lines, then the metrics line's read."""
+    _package()
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import tempfile as tf
+    import cuda_fake
+    from tinygrad_rnn.lm import TrainConfig
+    from tinygrad_rnn.lm.train import Run
+
+    class Patch:  # what cuda_fake.install asks of pytest's monkeypatch
+        def setitem(self, d, k, v):
+            d[k] = v
+
+        def setattr(self, o, k, v):
+            setattr(o, k, v)
+    fake = cuda_fake.install(Patch(), gpus=1)
+    cuda_fake.cuda("cuda:0")
+    with tf.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(hidden=64, layers=2, dropout=0.2, seq_len=32, batch=8, steps=steps, clip=1.0, device="cuda",
+                          max_chars=50_000, eval_every=1000, log_every=1000)
+        run = Run.start(cfg, tmp)
+        for i in range(steps):
+            k0, r0 = len(fake.log), len(fake.syncs)
+            run.step()
+            launches = sum(what in ("kernel", "matmul") for what, _ in fake.log[k0:])
+            print(f"step {i + 1}: {launches} array calls (kernels, portable form), "
+                  f"{len(fake.syncs) - r0} device values read back")
+        r0 = len(fake.syncs)
+        run.flush()
+        print(f"metrics line: {len(fake.syncs) - r0} read(s) back for the {steps} steps' losses and norms")
+    return 0
 
 
 def print_env():
@@ -228,9 +337,9 @@ def _cupy():
     def v(n):
         return f"{n // 1000}.{n % 1000 // 10}"
 
+    names = ", ".join(f"{i}: {rt.getDeviceProperties(i)['name'].decode()}" for i in range(rt.getDeviceCount()))
     print(f"cupy: {cupy.__version__}; CUDA runtime {v(rt.runtimeGetVersion())}, "
-          f"driver supports {v(rt.driverGetVersion())}; "
-          f"{rt.getDeviceCount()} device(s), 0: {rt.getDeviceProperties(0)['name'].decode()}")
+          f"driver supports {v(rt.driverGetVersion())}; {rt.getDeviceCount()} device(s): {names}")
 
 
 def _torch():
@@ -245,8 +354,7 @@ def _torch():
 
 
 def _ours():
-    if ROOT not in sys.path:  # the checkout's package, installed or not
-        sys.path.insert(0, ROOT)
+    _package()
     import tinygrad_rnn as tg
     ok, why = tg.cuda_available()
     print(f"tinygrad_rnn: cuda_available() = {ok}{'' if ok else ': ' + why}")
@@ -266,6 +374,12 @@ def main(argv=None):
     if argv[:1] == ["--env"]:
         print_env()
         return 0
+    if argv[:1] == ["--resume-check"]:
+        return resume_check(argv[1])
+    if argv[:1] == ["--mpi-check"]:
+        return mpi_check(*argv[1:2])
+    if argv[:1] == ["--counts"]:
+        return counts()
     path = report_path(argv)
     header = f"tinygrad_rnn GPU check, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {platform.node()}, {commit()}"
     install = []

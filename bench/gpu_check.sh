@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# GPU acceptance check of the CUDA (CuPy) path: environment, the cuda tests, the step
-# benchmark beside PyTorch's cuDNN, a 2-minute char-LM; one report file. Under 8 minutes.
+# GPU acceptance check of the CUDA (CuPy) path: environment and versions, the cuda tests,
+# an exact --resume with dropout and the checkpoint on the CPU and back, mpiexec -n 2 (one
+# GPU per rank), the step benchmark on cuda (beside PyTorch's cuDNN) and cpu, launches and
+# reads per step, a short char-LM and a sample; one report file. Under 8 minutes.
 #
 #   bash bench/gpu_check.sh [REPORT]
 #

@@ -163,3 +163,128 @@ def test_a_rank_failing_mid_run_ends_the_train_job(tmp_path):
                           *args[2:]], capture_output=True, text=True, env=_clean_env(), timeout=120, cwd=ROOT)
     assert out.returncode != 0  # and it returned: no rank hangs in a collective
     assert "[rank 1/2] RuntimeError: rank 1 breaks at step 3 on purpose; aborting the MPI job" in out.stderr
+
+
+# ----------------------------------------------------------------------------- one GPU per rank (issue 24)
+@pytest.mark.parametrize("local_size, gpus, expected, shared", [
+    (1, 1, [0], False), (2, 2, [0, 1], False), (4, 8, [0, 1, 2, 3], False),
+    (2, 1, [0, 0], True), (5, 2, [0, 1, 0, 1, 0], True)])
+def test_each_rank_takes_its_own_gpu_wrapping_round(local_size, gpus, expected, shared):
+    got = [dist.gpu_for_rank(r, local_size, gpus) for r in range(local_size)]
+    assert [g for g, _ in got] == expected and {s for _, s in got} == {shared}
+
+
+def test_gpu_for_rank_refuses_what_cannot_be():
+    with pytest.raises(dist.DistributedError, match="no CUDA GPU on this node"):
+        dist.gpu_for_rank(0, 1, 0)
+    with pytest.raises(ValueError, match=r"gpu_for_rank: local rank 2 is not in 0\.\.1"):
+        dist.gpu_for_rank(2, 2, 2)
+
+
+def test_nccl_is_used_by_all_ranks_or_none():
+    assert dist.nccl_agreed([True, True, True])
+    assert not dist.nccl_agreed([True, False, True])
+    assert not dist.nccl_agreed([False])
+
+
+def test_a_world_of_one_keeps_the_device_given(monkeypatch):
+    monkeypatch.setattr(dist, "_world", dist._World(None, 0, 1))
+    assert dist.rank_device("cuda") == ("cuda", None) and dist.rank_device("cpu") == ("cpu", None)
+
+
+def test_under_mpi_cuda_means_the_local_ranks_gpu(monkeypatch):
+    monkeypatch.setattr(dist, "_world", dist._World(object(), 5, 8, local_rank=1, local_size=4))
+    assert dist.rank_device("cuda", gpu_count=4) == ("cuda:1", None)
+    assert dist.rank_device("cuda:3", gpu_count=4) == ("cuda:3", None)  # an explicit index is kept
+    assert dist.rank_device("cpu", gpu_count=4) == ("cpu", None)
+    device, note = dist.rank_device("cuda", gpu_count=3)
+    assert device == "cuda:1" and note.startswith("4 processes on a node with 3 GPU(s): GPUs are shared")
+
+
+class _FakeComm:
+    """One rank's view of a collective world: the other ranks' NCCL verdicts are given."""
+
+    def __init__(self, rank, others_ok=True, other_uuids=("gpu-b",)):
+        self.rank, self.others_ok, self.other_uuids = rank, others_ok, list(other_uuids)
+        self.votes = []
+
+    def allgather(self, x):
+        if not isinstance(x, bool):  # the GPUs' uuids
+            return [x] + self.other_uuids
+        self.votes.append(int(x))
+        return [x, self.others_ok if not isinstance(self.others_ok, list) else self.others_ok.pop(0)]
+
+    def bcast(self, x, root=0):
+        return x if self.rank == root else "uid-from-0"
+
+
+def _nccl_fake(monkeypatch, fail_make=False, fail_import=False):
+    import types
+    import cuda_fake
+    fake = cuda_fake.install(monkeypatch, gpus=2)
+    made = []
+
+    class Comm:
+        def __init__(self, n, uid, rank):
+            if fail_make:
+                raise RuntimeError("NCCL failed to initialise")
+            self.device, self.destroyed = fake.current, False
+            made.append(self)
+
+        def destroy(self):
+            self.destroyed = True
+
+    nccl = types.ModuleType("cupy.cuda.nccl")
+    nccl.get_unique_id = lambda: "uid-0"
+    nccl.NcclCommunicator = Comm
+    cupy = sys.modules["cupy"]
+    cupy.cuda.runtime.getDeviceProperties = lambda i: {"uuid": f"gpu-{'ab'[i]}"}
+    if not fail_import:
+        cupy.cuda.nccl = nccl
+        monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
+    else:
+        monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", None)
+    return fake, made
+
+
+def test_nccl_set_up_on_the_ranks_gpu_when_every_rank_agrees(monkeypatch):
+    fake, made = _nccl_fake(monkeypatch)
+    w = dist._World(_FakeComm(0), 0, 2, 0, 2)
+    dev = type("D", (), {"index": 0, "kind": "cuda"})()
+    comm, stream = dist._nccl(w, dev)
+    assert made == [comm] and comm.device == 0 and stream.ptr == 1000 and w.comm.votes == [1, 1]
+    assert dist._nccl(w, dev) == (comm, stream)  # made once
+    # rank 1, on GPU 1: its communicator and stream are GPU 1's, whatever GPU was current
+    w1 = dist._World(_FakeComm(1, other_uuids=("gpu-a",)), 1, 2, 1, 2)
+    comm1, stream1 = dist._nccl(w1, type("D", (), {"index": 1, "kind": "cuda"})())
+    assert comm1.device == 1 and stream1.ptr == 1001 and fake.current == 0
+
+
+def test_one_ranks_failure_sends_every_rank_to_the_host(monkeypatch):
+    fake, made = _nccl_fake(monkeypatch)
+    dev = type("D", (), {"index": 0, "kind": "cuda"})()
+    # another rank could not set NCCL up: this one never makes a communicator
+    w = dist._World(_FakeComm(0, others_ok=False), 0, 2, 0, 2)
+    assert dist._nccl(w, dev) is None and made == [] and w.comm.votes == [1]
+    # another rank's communicator failed after ours was made: ours is destroyed
+    w = dist._World(_FakeComm(0, others_ok=[True, False]), 0, 2, 0, 2)
+    assert dist._nccl(w, dev) is None and len(made) == 1 and made[0].destroyed
+    # two ranks on one GPU: refused by the ranks together
+    w = dist._World(_FakeComm(0, other_uuids=("gpu-a",)), 0, 2, 0, 2)
+    assert dist._nccl(w, dev) is None and w.comm.votes == [0]
+
+
+def test_a_rank_without_nccl_votes_for_the_host(monkeypatch):
+    fake, made = _nccl_fake(monkeypatch, fail_import=True)
+    w = dist._World(_FakeComm(0), 0, 2, 0, 2)
+    assert dist._nccl(w, type("D", (), {"index": 0, "kind": "cuda"})()) is None and w.comm.votes == [0]
+    fake, made = _nccl_fake(monkeypatch, fail_make=True)
+    w = dist._World(_FakeComm(0), 0, 2, 0, 2)
+    assert dist._nccl(w, type("D", (), {"index": 0, "kind": "cuda"})()) is None and w.comm.votes == [1, 0]
+
+
+@needs_mpi
+def test_two_processes_on_one_node_have_local_ranks_and_their_own_gpu():
+    out = _mpiexec("local")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK local rank 0" in out.stdout and "OK local rank 1" in out.stdout

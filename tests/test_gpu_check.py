@@ -111,16 +111,54 @@ def test_main_exits_1_when_a_stage_failed(tmp_path, monkeypatch, capsys, fail):
 def test_the_real_stages_parse_and_fit_in_8_minutes():
     from tinygrad_rnn.cli import build_parser
     stages = {s.name: s for s in check.stages(sys.executable, "/tmp/run")}
-    assert list(stages) == ["environment", "cuda tests", "step benchmark", "char-LM train", "sample"]
+    assert list(stages) == ["environment", "cuda tests", "resume", "mpiexec -n 2", "bench cuda", "bench cpu", "counts",
+                            "char-LM train", "sample"]
     assert sum(s.timeout for s in stages.values()) < 8 * 60
-    bench = stages["step benchmark"].cmd
-    args = _load("rnn_step").parse_args(bench[bench.index("bench/rnn_step.py") + 1:])
-    assert (args.device, args.hidden, args.batch, args.seq, args.cell) == ("cuda", [512], [64], 128, ["lstm", "gru"])
+    for name, device in (("bench cuda", "cuda"), ("bench cpu", "cpu")):
+        bench = stages[name].cmd
+        args = _load("rnn_step").parse_args(bench[bench.index("bench/rnn_step.py") + 1:])
+        assert (args.device, args.hidden, args.batch, args.seq, args.cell) == (device, [128, 512], [32, 256], 64,
+                                                                               ["lstm"])
     for name in ("char-LM train", "sample"):
         cmd = stages[name].cmd
         args = build_parser().parse_args(cmd[cmd.index("tinygrad_rnn") + 1:])
         assert args.device == "cuda"
-    assert build_parser().parse_args(stages["char-LM train"].cmd[3:]).minutes == 2
+    assert build_parser().parse_args(stages["char-LM train"].cmd[3:]).minutes == 0.5
+    # the script's own modes: each stage that runs gpu_check.py names one that main() handles
+    for name, mode in (("environment", "--env"), ("resume", "--resume-check"), ("mpiexec -n 2", "--mpi-check"),
+                       ("counts", "--counts")):
+        cmd = stages[name].cmd
+        assert cmd[cmd.index(os.path.abspath(check.__file__)) + 1] == mode
+    assert stages["mpiexec -n 2"].cmd[:3] == ["mpiexec", "-n", "2"]
+
+
+def test_the_counts_stage_runs_without_a_gpu_and_finds_no_reads_within_a_step():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--counts"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    steps = [ln for ln in lines if ln.startswith("step ")]
+    assert len(steps) == 6 and all(ln.endswith(", 0 device values read back") for ln in steps)
+    assert lines[-1] == "metrics line: 1 read(s) back for the 6 steps' losses and norms"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or shutil.which("mpiexec") is None,
+                    reason="the mpi extra (mpi4py and mpich's mpiexec) is not installed")
+def test_the_mpi_stage_checks_the_all_reduce_of_two_ranks():
+    # on the CPU here (no GPU): the same check the GPU stage runs with each rank on its own GPU
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                                              "PMIX_RANK", "MPI_LOCALNRANKS")}
+    r = subprocess.run(["mpiexec", "-n", "2", sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"),
+                        "--mpi-check", "cpu"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for rank in (0, 1):
+        assert f"rank {rank}/2 (local {rank}) on cpu via the host: OK" in r.stdout
+
+
+@pytest.mark.slow
+def test_the_resume_stage_on_the_cpu(tmp_path):
+    # the stage's own check, on the device this machine has: 40 steps with dropout, cut and resumed
+    assert check.resume_check(str(tmp_path / "run"), device="cpu") == 0
 
 
 def test_the_environment_stage_prints_every_part(capsys):

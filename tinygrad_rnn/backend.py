@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 
 import numpy as np
 
@@ -84,6 +85,20 @@ def to_dtype(d) -> DType:
 
 
 # ----------------------------------------------------------------------------- devices
+def derive_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of training step `step` in process `rank` of a run seeded `seed` (Device.step_seed):
+    NumPy's SeedSequence mixes the three, so neighbouring steps and ranks draw unrelated numbers."""
+    mask = (1 << 64) - 1
+    state = np.random.SeedSequence([seed & mask, rank, step]).generate_state(1, np.uint64)[0]
+    return int(state) >> 1  # below 2**63: a signed 64-bit seed anywhere
+
+
+def _uint64(seed: int):
+    """A seed as NumPy's uint64: RandomState.seed casts what it is given to uint64 with
+    casting='safe', which refuses a Python int (int64 under NumPy 2)."""
+    return np.uint64(int(seed) & ((1 << 64) - 1))
+
+
 _seed = 0  # the last tg.manual_seed; devices created later start from it too
 
 
@@ -170,6 +185,15 @@ class Device:
     def set_rng_state(self, state: dict) -> None:
         self._rng.bit_generator.state = state
 
+    # Whether step_seed reseeds: a device whose generator state cannot be saved whole (CUDA)
+    # draws each training step's numbers from a generator seeded by (seed, rank, step), so a
+    # resumed run draws what the straight run drew. The CPU's state is saved and restored
+    # exactly, so its stream (and every result of it) is as before, and step_seed costs a call.
+    per_step_rng = False
+
+    def step_seed(self, seed: int, rank: int, step: int) -> None:
+        """Before training step `step` of process `rank`: reseed where per_step_rng (see there)."""
+
     # kernels outside the standard
     def scatter_add(self, target, index, values) -> None:
         """target[index] += values, in place, with repeated indices accumulating."""
@@ -188,6 +212,15 @@ class Device:
         the host (the cpu and strict devices); a device with a QR of its own overrides it."""
         q, r = np.linalg.qr(self.to_host(a))
         return self.from_host(q), self.from_host(r)
+
+    # Whether reading a value back (item, int, float, bool of an array) waits for the device to
+    # finish its queued work: on CUDA each is a host synchronisation, so a training loop keeps
+    # such values on the device and reads them in batches (lm.train); on the CPU it is free.
+    reads_sync = False
+
+    # Whether ops check their integer indices against their bounds on the device (a read back:
+    # see reads_sync); off within indices_checked(), for callers that checked them on the host.
+    check_indices = True
 
     # Whether ops may run the compiled kernels that the kernels package builds for this device
     # (CuPy's on CUDA, the host C++ compiler's on the CPU); False: their portable array-API
@@ -336,6 +369,22 @@ class StrictDevice(Device):
 
 
 class CUDADevice(Device):
+    """CuPy on GPU `index`.
+
+    Which GPU: CuPy allocates, launches kernels and runs cuBLAS on the thread's *current*
+    device, whatever device the array says it is on. The device is made current where work
+    for it starts, and left current: every op's engine node reads `device.xp` once
+    (autograd's Context), optimizers and creation functions read it too, and `from_host`
+    (Tensor.to, the gradient moving back through it) and the random draws make their GPU
+    current the same way. That is one cudaGetDevice (~0.1 us, no synchronisation) per op,
+    and a cudaSetDevice only when the device changes; a namespace wrapper entering
+    `cupy.cuda.Device(n)` around every call would cost a context switch per array function
+    and still miss Python operators (`a + b`), which CuPy runs on the current device. The
+    CPU device keeps `xp` a plain attribute: nothing of this runs there.
+    What it does not cover: one backward walk through a graph whose branches interleave two
+    GPUs runs each node on the GPU current when the walk reaches it; move such tensors to
+    one device first (CuPy raises where an array is not on the current device)."""
+
     kind = "cuda"
 
     def __init__(self, index: int):
@@ -345,18 +394,37 @@ class CUDADevice(Device):
         self.index = index
         self._cupy = cupy
         self._cupyx = cupyx
+        self._runtime = cupy.cuda.runtime
         super().__init__(f"cuda:{index}", cupy)
+
+    @property
+    def xp(self):
+        self._activate()
+        return self._xp
+
+    @xp.setter
+    def xp(self, xp):
+        self._xp = xp
+
+    def _activate(self):
+        """Make this GPU the current one, if it is not already (see the class docstring)."""
+        if self._runtime.getDevice() != self.index:
+            self._runtime.setDevice(self.index)
 
     def _on(self):
         return self._cupy.cuda.Device(self.index)
 
     def from_host(self, data, dtype=None):
-        arr = np.asarray(data) if not isinstance(data, self._cupy.ndarray) else data
-        with self._on():
-            out = self._cupy.asarray(arr)
-            if dtype is not None and out.dtype != self._native[dtype]:
-                out = out.astype(self._native[dtype])
-            return out
+        self._activate()
+        cupy = self._cupy
+        if isinstance(data, cupy.ndarray):
+            # cupy.asarray hands back an array of another GPU as it is: copy it onto this one
+            out = data if data.device.id == self.index else data.copy()
+        else:
+            out = cupy.asarray(np.asarray(data))
+        if dtype is not None and out.dtype != self._native[dtype]:
+            out = out.astype(self._native[dtype])
+        return out
 
     def to_host(self, arr):
         return self._cupy.asnumpy(arr)
@@ -365,33 +433,46 @@ class CUDADevice(Device):
         return isinstance(arr, self._cupy.ndarray)
 
     def contiguous(self, arr):
+        self._activate()
         return self._cupy.ascontiguousarray(arr)
 
+    # cuRAND's Philox4x32-10 through CuPy's RandomState: a counter-based generator, so
+    # reseeding is setting two numbers (step_seed does it every training step), where CuPy's
+    # default_rng (XORWOW) initialises 256,000 states with a kernel each time it is seeded.
+    reads_sync = True
+    CURAND_PHILOX = 161  # curandRngType CURAND_RNG_PSEUDO_PHILOX4_32_10 (curand.h)
+    per_step_rng = True  # CuPy exposes no generator state to save: see Device.per_step_rng
+
     def manual_seed(self, seed):
-        with self._on():
-            self._rng = self._cupy.random.default_rng(seed)
+        with self._on():  # scoped: tg.manual_seed reseeds every device, and changes no current one
+            self._rng = self._cupy.random.RandomState(_uint64(seed), method=self.CURAND_PHILOX)
         self._seed = seed
 
-    def randn(self, shape, dtype):
+    def step_seed(self, seed, rank, step):
         with self._on():
-            return self._rng.standard_normal(shape, dtype=self._native[dtype])
+            self._rng.seed(_uint64(derive_seed(seed, rank, step)))
+
+    def randn(self, shape, dtype):
+        self._activate()
+        return self._rng.standard_normal(shape, dtype=self._native[dtype])
 
     def rand(self, shape, dtype):
-        with self._on():
-            return self._rng.random(shape, dtype=self._native[dtype])
+        self._activate()
+        return self._rng.random_sample(shape, dtype=self._native[dtype])
 
     def randint(self, low, high, shape):
-        with self._on():
-            return self._rng.integers(low, high, size=shape, dtype=self._cupy.int64)
+        self._activate()
+        return self._rng.randint(low, high, size=shape, dtype=self._cupy.int64)
 
     def get_rng_state(self):
-        # CuPy's generators have no portable state object: record the seed only.
-        return {"seed": self._seed}
+        # CuPy's generators have no state object to save: the seed, and training reseeds per step
+        return {"seed": self._seed, "per_step": "derive_seed(seed, rank, step)"}
 
     def set_rng_state(self, state):
         self.manual_seed(state["seed"])
 
     def scatter_add(self, target, index, values):
+        self._activate()
         self._cupyx.scatter_add(target, index, values)
 
     def qr(self, a):
@@ -449,17 +530,50 @@ def kernels_off(device):
         dev.use_kernels = was
 
 
+@contextlib.contextmanager
+def indices_checked(device):
+    """Within the block, ops on `device` (embedding, cross_entropy) skip the bounds check of their
+    indices, which the caller has done on the host before uploading them: on a GPU that check
+    reads the indices' minimum and maximum back, two host synchronisations an op."""
+    dev = get_device(device)
+    was = dev.check_indices
+    dev.check_indices = False
+    try:
+        yield dev
+    finally:
+        dev.check_indices = was
+
+
 # ----------------------------------------------------------------------------- registry
 _devices: dict[str, Device] = {}
 _default_device_name = "cpu"
 
 
+# The ops use cupy.astype, permute_dims and concat (new in CuPy 14.0) and cumulative_sum (14.2),
+# and the CUDA device asks for cupy.bool (14.0): an older CuPy fails inside the first op
+CUPY_NEEDED = (14, 2)
+_CUPY_INSTALL = "pip install -U -e '.[cuda]' (CUDA 12) or -e '.[cuda13]' (CUDA 13)"
+
+
+def cupy_version_problem(version: str) -> str:
+    """"" when CuPy `version` (its __version__) is new enough, else what to say about it."""
+    m = re.match(r"(\d+)\.(\d+)", str(version))
+    if m and (int(m.group(1)), int(m.group(2))) >= CUPY_NEEDED:
+        return ""
+    need = ".".join(map(str, CUPY_NEEDED))
+    return (f"CuPy {version} is installed, but tinygrad_rnn needs CuPy >= {need} (its ops use cupy.astype, "
+            f"permute_dims, concat, cumulative_sum and cupy.bool); upgrade it: {_CUPY_INSTALL}")
+
+
 def cuda_available() -> tuple[bool, str]:
-    """(True, "") when CuPy imports and sees a GPU, else (False, why not)."""
+    """(True, "") when CuPy imports, is new enough and sees a GPU, else (False, why not)."""
     try:
         import cupy
     except ImportError as e:
         return False, f"CuPy is not installed ({e}); install it with pip install -e '.[cuda]'"
+    problem = cupy_version_problem(getattr(cupy, "__version__", "(unknown version)"))
+    if problem:
+        return False, problem
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # CUDA driver missing or broken

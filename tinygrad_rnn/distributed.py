@@ -33,7 +33,8 @@ import traceback
 from .tensor import Tensor
 
 __all__ = ["init", "rank", "world_size", "is_main", "barrier", "all_reduce_gradients", "broadcast_parameters",
-           "all_reduce_scalar", "abort", "DistributedError"]
+           "all_reduce_scalar", "abort", "DistributedError", "local_rank", "rank_device", "gpu_for_rank",
+           "nccl_agreed"]
 
 # the variables MPI launchers set for their processes (MPICH/Hydra, Open MPI, PMIx)
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
@@ -44,10 +45,11 @@ class DistributedError(RuntimeError):
 
 
 class _World:
-    def __init__(self, comm, rank, size):
+    def __init__(self, comm, rank, size, local_rank=0, local_size=1):
         self.comm, self.rank, self.size = comm, rank, size
+        self.local_rank, self.local_size = local_rank, local_size  # among the ranks of this node
         self.allreduce_calls = 0  # gradient Allreduce calls so far (one per dtype and device per step)
-        self.nccl = {}            # device index -> NCCL communicator
+        self.nccl = {}            # device index -> (NCCL communicator, its stream), or None: host-staged
 
 
 _world = None
@@ -73,7 +75,9 @@ def init():
         raise DistributedError(f"this process was started by an MPI launcher, but mpi4py cannot be imported "
                                f"({e}); install the mpi extra: pip install -e '.[mpi]'") from None
     comm = MPI.COMM_WORLD
-    _world = _World(comm, comm.Get_rank(), comm.Get_size())
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks sharing this node's memory (and GPUs)
+    _world = _World(comm, comm.Get_rank(), comm.Get_size(), node.Get_rank(), node.Get_size())
+    node.Free()
     if _world.size > 1:
         _abort_on_uncaught_exceptions()
         _one_blas_thread()
@@ -95,6 +99,48 @@ def world_size() -> int:
 def is_main() -> bool:
     """Rank 0: the one that prints, samples, writes metrics and checkpoints."""
     return _get().rank == 0
+
+
+def local_rank() -> int:
+    """This rank's index among the ranks on its node (0 without MPI)."""
+    return _get().local_rank
+
+
+def gpu_for_rank(local_rank: int, local_size: int, gpu_count: int) -> tuple[int, bool]:
+    """(the GPU of the rank with index local_rank among local_size ranks on a node with
+    gpu_count GPUs, whether GPUs are shared): one GPU per rank, wrapping round when there are
+    more ranks than GPUs, and then two ranks share a GPU, which NCCL refuses (host-staged)."""
+    if gpu_count < 1:
+        raise DistributedError("no CUDA GPU on this node")
+    if not 0 <= local_rank < local_size:
+        raise ValueError(f"gpu_for_rank: local rank {local_rank} is not in 0..{local_size - 1}")
+    return local_rank % gpu_count, local_size > gpu_count
+
+
+def rank_device(device: str, gpu_count=None) -> tuple[str, str | None]:
+    """(the device this rank runs on, a note for the log or None) for the --device given.
+
+    Under mpiexec, 'cuda' means this rank's own GPU, cuda:{local rank} (modulo the node's GPUs);
+    'cuda:N' is taken as given, and so is everything in a world of one. gpu_count: the node's
+    GPUs (asked of CuPy when None)."""
+    w = _get()
+    if str(device) != "cuda" or w.size == 1:
+        return str(device), None
+    if gpu_count is None:
+        import cupy
+        gpu_count = cupy.cuda.runtime.getDeviceCount()
+    index, shared = gpu_for_rank(w.local_rank, w.local_size, gpu_count)
+    note = None
+    if shared:
+        note = (f"{w.local_size} processes on a node with {gpu_count} GPU(s): GPUs are shared, so the gradients "
+                f"are averaged through the host instead of NCCL")
+    return f"cuda:{index}", note
+
+
+def nccl_agreed(ok_flags) -> bool:
+    """Whether the ranks use NCCL, from every rank's own verdict: all of them, or none (a rank
+    on the host path while another waits in NCCL would hang the job)."""
+    return min(int(bool(f)) for f in ok_flags) == 1
 
 
 def barrier() -> None:
@@ -221,13 +267,12 @@ def _allreduce_buffer(w, dev, buf):
         w.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         return
     if dev.kind == "cuda":
-        comm = _nccl(w, dev)
-        if comm is not None:
-            import cupy
+        nccl_comm = _nccl(w, dev)
+        if nccl_comm is not None:
             from cupy.cuda import nccl
+            comm, stream = nccl_comm
             kind = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[str(buf.dtype)]
-            comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, kind, nccl.NCCL_SUM,
-                           cupy.cuda.get_current_stream().ptr)
+            comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, kind, nccl.NCCL_SUM, stream.ptr)
             return
     # host-staged: the strict device, or CUDA without NCCL (or several ranks on one GPU)
     host = dev.to_host(buf).copy()
@@ -235,23 +280,45 @@ def _allreduce_buffer(w, dev, buf):
     buf[...] = dev.from_host(host)
 
 
+def _agree(w, ok) -> bool:
+    """nccl_agreed over every rank's flag: one collective, the same answer everywhere."""
+    return nccl_agreed(w.comm.allgather(bool(ok)))
+
+
 def _nccl(w, dev):
-    """The NCCL communicator for dev's GPU, made once (the id broadcast over MPI), or None
-    where NCCL is not usable: not in this CuPy, or two ranks on one GPU."""
+    """(NCCL communicator, stream) for dev's GPU, made once, or None for the host-staged path.
+
+    Every step that can fail on one rank alone (importing NCCL, two ranks on one GPU, making
+    the id, making the communicator) ends in an agreement of all ranks (_agree), so no rank
+    takes NCCL while another takes the host. The communicator is made with dev's GPU current,
+    and the reduction runs on that GPU's stream, the one the gradients were computed on."""
     if dev.index in w.nccl:
         return w.nccl[dev.index]
+    w.nccl[dev.index] = None
+    ok, uid = True, None
+    try:
+        import cupy
+        from cupy.cuda import nccl
+        uuid = cupy.cuda.runtime.getDeviceProperties(dev.index)["uuid"]
+        if w.rank == 0:
+            uid = nccl.get_unique_id()
+    except Exception:  # NCCL missing or unusable: the host-staged path
+        ok, uuid = False, None
+    uuids = w.comm.allgather(uuid)
+    ok = ok and len(set(uuids)) == len(uuids)  # NCCL cannot put two ranks on one GPU
+    if not _agree(w, ok):
+        return None
+    uid = w.comm.bcast(uid, root=0)
     comm = None
     try:
-        from cupy.cuda import nccl
-        import cupy
-        uid = nccl.get_unique_id() if w.rank == 0 else None
-        uid = w.comm.bcast(uid, root=0)
-        # one GPU per rank: NCCL cannot put two ranks on the same device
-        devices = w.comm.allgather(cupy.cuda.runtime.getDeviceProperties(dev.index)["uuid"])
-        if len(set(devices)) == len(devices):
-            with cupy.cuda.Device(dev.index):
-                comm = nccl.NcclCommunicator(w.size, uid, w.rank)
-    except Exception:  # NCCL missing or unusable: the host-staged path
+        with cupy.cuda.Device(dev.index):
+            comm = nccl.NcclCommunicator(w.size, uid, w.rank)
+            stream = cupy.cuda.get_current_stream()
+    except Exception:
         comm = None
-    w.nccl[dev.index] = comm
-    return comm
+    if not _agree(w, comm is not None):
+        if comm is not None:
+            comm.destroy()
+        return None
+    w.nccl[dev.index] = (comm, stream)
+    return w.nccl[dev.index]

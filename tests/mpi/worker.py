@@ -52,6 +52,14 @@ def main(check):
         assert dist.all_reduce_scalar(float(dist.rank()), op="max") == 1.0
         dist.barrier()
         print(f"OK gradients rank {dist.rank()}", flush=True)
+    elif check == "local":  # one node: the local ranks are the ranks, and 'cuda' is each rank's own GPU
+        assert (dist.local_rank(), w.local_size) == (dist.rank(), 2)
+        assert dist.rank_device("cuda", gpu_count=2) == (f"cuda:{dist.rank()}", None)
+        device, note = dist.rank_device("cuda", gpu_count=1)
+        assert device == "cuda:0" and "GPUs are shared" in note
+        assert dist.rank_device("cuda:1", gpu_count=2) == ("cuda:1", None)
+        assert dist._agree(w, dist.rank() == 0) is False and dist._agree(w, True) is True
+        print(f"OK local rank {dist.rank()}", flush=True)
     elif check == "raise":
         if dist.rank() == 1:
             raise ValueError("rank 1 fails on purpose")

@@ -247,12 +247,15 @@ class _Progress:
         self.quiet = mode == "none"
 
     def update(self, step, loss, tok_s, elapsed):
+        # loss None: the step left it on the device (Run.lazy), read at the next metrics line
         if self.bar is not None:
-            self.bar.set_postfix_str(f"loss {loss:.3f}, {tok_s:,.0f} tok/s", refresh=False)
+            shown = "loss ..." if loss is None else f"loss {loss:.3f}"
+            self.bar.set_postfix_str(f"{shown}, {tok_s:,.0f} tok/s", refresh=False)
             self.bar.update(1)
         elif not self.quiet and time.perf_counter() - self.last_line >= 10.0:
             self.last_line = time.perf_counter()
-            self.echo(f"step {step:>6} | loss {loss:.4f} | {tok_s:>8,.0f} tok/s | {_fmt_time(elapsed)}")
+            shown = "   ..." if loss is None else f"{loss:.4f}"
+            self.echo(f"step {step:>6} | loss {shown} | {tok_s:>8,.0f} tok/s | {_fmt_time(elapsed)}")
 
     def write(self, msg):
         if self.bar is not None:
@@ -382,6 +385,18 @@ class _Mean:
         return [self.total, self.count]
 
 
+def _check_loss(lv, n):
+    if not math.isfinite(lv):
+        raise TrainError(f"the loss became {lv} at step {n}; the last checkpoint is intact: "
+                         f"lower --lr (or use --clip) and start again")
+
+
+def _check_norm(norm, lv, n):
+    if not math.isfinite(norm):
+        raise TrainError(f"the gradients became infinite or NaN at step {n} (loss {lv:.4g}); the last "
+                         f"checkpoint is intact: lower --lr, or --clip, and start again")
+
+
 class Run:
     """One training run: the model, its optimizer, the data stream and the counters, with
     the steps a reader expects: Run.start or Run.resume, step(), evaluate(), save().
@@ -396,10 +411,13 @@ class Run:
             raise TrainError(f"--resume: the corpus ({corpus.name}) is not the text the run was trained on "
                              f"(its SHA-256 differs from the checkpoint's)")
         self.vocab = corpus.vocab
-        self.device = B.get_device(cfg.device)
         # data parallel under mpiexec: each rank takes its rows of every window (a world of one
         # takes them all); the gradients are averaged, so every rank takes the same step
         self.world = dist.init()
+        device, note = dist.rank_device(cfg.device)  # under mpiexec, 'cuda' is this rank's own GPU
+        self.device = B.get_device(device)
+        if note and dist.is_main():
+            echo(f"note: {note}")
         n, r = self.world.size, self.world.rank
         if cfg.batch % n:
             raise TrainError(f"--batch {cfg.batch} is not divisible by the {n} processes of this MPI job: each "
@@ -418,6 +436,12 @@ class Run:
             raise TrainError(f"{corpus.name}: {e}") from None
         self.step_count, self.elapsed_before, self.tokens_seen, self.state = 0, 0.0, 0, None
         self.window = _Mean()
+        self.losses = []  # of this invocation's steps, in order (TrainResult.losses)
+        # on a device where reading a value back is a host synchronisation (CUDA), each step's
+        # loss and clipping norm stay on the device until the next metrics line or checkpoint
+        # reads them all at once (flush): one synchronisation per metrics line, not ~8 a step
+        self.lazy = self.device.reads_sync
+        self._pending = []  # (step, loss, clipping norm or None): device scalars not read yet
         if saved is not None:
             self._restore(saved)
         self.t_start = time.perf_counter()
@@ -502,7 +526,9 @@ class Run:
             raise TrainError(f"--resume: this run was trained by {len(states)} process(es) with dropout, whose masks "
                              f"come from each process's own random state; resume it with {len(states)} "
                              f"(mpiexec -n {len(states)}), not {n}")
-        if rng.get("device") == self.device.name and len(states) == n:
+        if self.device.per_step_rng and str(rng.get("device", "")).split(":")[0] == self.device.kind:
+            pass  # each step reseeds from (seed, rank, step): nothing to restore, on whichever GPU
+        elif rng.get("device") == self.device.name and len(states) == n:
             self.device.set_rng_state(states[self.world.rank])
         elif self.cfg.dropout > 0:
             self.echo(f"note: the checkpoint's random state is for {rng.get('device')}, not {self.device.name}: "
@@ -538,14 +564,15 @@ class Run:
             self.state = None
         tokens = x.size  # the whole batch's, over all ranks
         x, y = x[:, self.rows], y[:, self.rows]
+        self.device.step_seed(cfg.seed, self.world.rank, self.step_count)  # CUDA: this step's dropout draws
+        n = self.step_count + 1
+        if self.lazy:
+            return self._lazy_step(x, y, n, tokens)
         loss, state = self.model.loss(x, y, self.state)
         lv = float(loss.item())
         if self.world.size > 1:  # equal shares: the mean of the ranks' means is the batch mean
             lv = dist.all_reduce_scalar(lv) / self.world.size
-        n = self.step_count + 1
-        if not math.isfinite(lv):
-            raise TrainError(f"the loss became {lv} at step {n}; the last checkpoint is intact: "
-                             f"lower --lr (or use --clip) and start again")
+        _check_loss(lv, n)
         self.opt.zero_grad()
         loss.backward()
         dist.all_reduce_gradients(self.params)  # a no-op in a world of one
@@ -560,8 +587,58 @@ class Run:
         self.step_count = n
         self.tokens_seen += tokens
         self.window.add(lv)
+        self.losses.append(lv)
         self._spent = self._budget_spent()
         return lv, tokens
+
+    def _lazy_step(self, x, y, n, tokens):
+        """step() where reading a value back synchronises: the ids checked on the host, the
+        loss and the clipping norm (clipped without a read) left on the device for flush();
+        the loss returned is None."""
+        cfg, V = self.cfg, len(self.vocab)
+        for ids in (x, y):
+            if ids.size and (ids.min() < 0 or ids.max() >= V):
+                raise TrainError(f"step {n}: an id of the window is outside the vocabulary of {V}")
+        with B.indices_checked(self.device):
+            loss, state = self.model.loss(x, y, self.state)
+        self.opt.zero_grad()
+        loss.backward()
+        dist.all_reduce_gradients(self.params)
+        norm = None
+        if cfg.clip:
+            norm = clip_grad_norm_(self.params, cfg.clip, error_if_nonfinite=False, sync=False).data
+        self.opt.step()
+        self.state = detach_state(state)
+        self.step_count = n
+        self.tokens_seen += tokens
+        self._pending.append((n, loss.data, norm))
+        self._spent = self._budget_spent()
+        return None, tokens
+
+    def flush(self):
+        """Read the losses and norms that lazy steps left on the device, in one transfer, into
+        the metrics window and self.losses, checking each as step() does on the CPU. A NaN
+        found here may already be in the weights, but no checkpoint has them: save() flushes
+        first. Returns the last loss (None if nothing was pending)."""
+        if not self._pending:
+            return None
+        pending, self._pending = self._pending, []
+        dev = self.device
+        xp = dev.xp
+        arrays = [a for _, loss, norm in pending for a in ((loss,) if norm is None else (loss, norm))]
+        host = iter(np.asarray(dev.to_host(xp.astype(xp.stack(arrays), dev.native(B.float64))), np.float64).tolist())
+        lv = None
+        for n, _, norm in pending:
+            lv = next(host)
+            gn = None if norm is None else next(host)
+            if self.world.size > 1:
+                lv = dist.all_reduce_scalar(lv) / self.world.size
+            _check_loss(lv, n)
+            if gn is not None:
+                _check_norm(gn, lv, n)
+            self.window.add(lv)
+            self.losses.append(lv)
+        return lv
 
     def evaluate(self, ids=None, should_stop=None):
         """(mean loss in nats/char, chars scored) over ids (default: all of validation)."""
@@ -573,6 +650,7 @@ class Run:
     def save(self):
         """Write the checkpoint (atomically, by rank 0 alone): under MPI it holds what every
         rank needs, the whole batch's hidden state and each rank's random state."""
+        self.flush()  # a NaN still on the device must stop the run before it reaches a checkpoint
         hidden, rng_state = state_to_host(self.state), self.device.get_rng_state()
         if self.world.size > 1:  # collective: every rank hands its rows and random state to rank 0
             hiddens = self.world.comm.gather(hidden, root=0)
@@ -631,6 +709,7 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
     cfg = run.cfg
     run.describe(resumed=resume)
     result = TrainResult("done", run.step_count, out_dir, run.ckpt_path)
+    result.losses = run.losses  # filled by each step, or by run.flush() where steps keep them on the device
     prog = _Progress(cfg.steps, run.step_count, progress, echo)
     with _StopFlag(prog.write) as local_stop:
         def stop():  # Ctrl-C in any rank stops them all, after the same step
@@ -676,7 +755,6 @@ def _run_steps(run, prog, result, stop, local_stop):
         window_time += dt
         run_tokens += tokens
         run_train_time += dt
-        result.losses.append(lv)
         tok_s = window_tokens / window_time if window_time > 0 else 0.0
         prog.update(step, lv, tok_s, run.elapsed())
         is_eval = step % cfg.eval_every == 0
@@ -694,6 +772,7 @@ def _log_metrics(run, prog, step, tok_s, is_eval, stop):
     """A metrics line: the mean training loss since the previous one and, at an evaluation
     step, the validation loss (skipped once the budget is spent: the final evaluation follows)."""
     cfg = run.cfg
+    run.flush()
     rec = {"step": step, "train_loss": run.window.take(), "val_loss": None, "val_bpc": None,
            "tok_s": tok_s, "elapsed": round(run.elapsed(), 3), "tokens": run.tokens_seen}
     if is_eval and not run.out_of_budget():
@@ -714,6 +793,7 @@ def _final_evaluation(run, result, speed, stop, echo):
     vl, n = run.evaluate(should_stop=stop)
     result.elapsed = run.elapsed()
     result.tok_s = run_tokens / run_train_time if run_train_time else None
+    run.flush()
     result.train_loss = run.window.take()
     if vl is None:
         return

@@ -68,7 +68,7 @@ def _combine(norms, p):
     return m * sum((n / m) ** p for n in norms) ** (1.0 / p)
 
 
-def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=True) -> float:
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=True, *, sync=True):
     """Scale the gradients of `parameters` together so that their total norm is at most max_norm.
 
     The total norm is the norm_type-norm of all gradients concatenated into one vector
@@ -81,11 +81,22 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=True
     error_if_nonfinite=False the non-finite norm is returned and the gradients are
     left untouched (unlike PyTorch, which scales them by it and so writes NaN); the
     caller decides whether to skip the step.
+
+    sync=False (the project's own; for GPUs, where reading a number back waits for the
+    device): nothing is read back. The gradients are clipped in one fused pass (_clip_fused)
+    and the total norm is returned as a 0-d Tensor on their device, for the caller to read
+    when it synchronises anyway. A non-finite norm then leaves the gradients untouched, as
+    error_if_nonfinite=False does, which therefore must be passed: checking is the caller's.
     """
     if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm >= 0:
         raise ValueError(f"clip_grad_norm_: max_norm must be a non-negative number, got {max_norm!r}")
     p = _norm_type(norm_type)
     items = _with_grads("clip_grad_norm_", parameters)
+    if not sync:
+        if error_if_nonfinite:
+            raise ValueError("clip_grad_norm_: sync=False reads no value back, so it cannot raise on a non-finite "
+                             "norm; pass error_if_nonfinite=False and check the norm it returns yourself")
+        return _clip_fused(items, float(max_norm), p)
     # one host transfer per device, not one per parameter (each is a GPU sync)
     per_device = {}
     for i, t in items:
@@ -113,6 +124,37 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=True
             g = t.grad
             t.grad = Tensor._make(g.data * coef, g.device, None, 0)
     return total
+
+
+def _clip_fused(items, max_norm, p):
+    """clip_grad_norm_(sync=False): every gradient copied into one flat buffer, its norm, and
+    the buffer scaled by min(1, max_norm / (norm + 1e-6)) (1 where the norm is not finite)
+    as one product; the new gradients are views of it. A fixed handful of kernels whatever
+    the number of parameters, where the per-parameter form runs about ten each, and no value
+    leaves the device. Returns the total norm as a 0-d Tensor."""
+    devices = {t.device for _, t in items}
+    if len(devices) > 1:
+        raise ValueError(f"clip_grad_norm_: sync=False needs every gradient on one device, they are on "
+                         f"{', '.join(sorted(d.name for d in devices))}")
+    if not items:
+        dev = B.get_default_device()
+        return Tensor._make(dev.xp.zeros((), dtype=dev.native(B.get_default_dtype())), dev, None, 0)
+    dev = items[0][1].device
+    xp = dev.xp
+    grads = [t.grad.data for _, t in items]
+    flat = xp.concat([xp.reshape(g, (-1,)) for g in grads])  # a new array: written in place below
+    total = _tensor_norm(xp, flat, p)
+    coef = xp.minimum(max_norm / (total + 1e-6), xp.ones((), dtype=flat.dtype))
+    coef = xp.where(xp.isfinite(total), coef, xp.ones((), dtype=flat.dtype))
+    flat *= coef
+    start = 0
+    for (_, t), g in zip(items, grads):
+        view = xp.reshape(flat[start:start + g.size], g.shape)
+        start += g.size
+        if view.dtype != g.dtype:
+            view = xp.astype(view, g.dtype)
+        t.grad = Tensor._make(view, dev, None, 0)
+    return Tensor._make(total, dev, None, 0)
 
 
 def _norm_name(p):
