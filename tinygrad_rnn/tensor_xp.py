@@ -238,7 +238,9 @@ def _saved_as_tensors(node, outputs):
         src = next((t for t in inputs if t.data is s), None)
         if src is None:
             src = next((t for t in outputs if t is not None and t.data is s), None)
-        if src is None and type(s) in (int, float, bool):  # a Python number the op was given
+        # a number the op was given: a Python one, or a NumPy scalar passed in (x / np.float64(n)),
+        # told from a NumPy scalar its forward computed by being one of the op's arguments
+        if src is None and (type(s) in (int, float, bool) or any(s is a for a in node.inputs)):
             out.append(s)
             continue
         if src is None:
