@@ -324,3 +324,13 @@ def test_gradgradcheck_through_the_char_lm_loss(cell):
     ids, targets = rng.integers(0, 5, (3, 2)), rng.integers(0, 5, (3, 2))
     params = tuple(m.parameters())
     assert tg.gradgradcheck(lambda *p: m.loss(ids, targets)[0], params, fast_mode=True)
+
+
+def test_constants_an_op_was_given_stay_constants_under_create_graph(device):
+    x = leaf(3, device=device)
+    if device == "cpu":  # a NumPy scalar divisor (np.sum's result, a count): given to Div, not computed by it
+        assert tg.gradgradcheck(lambda a: a * a / np.float64(2.0), (x,))
+    # Cast's saved input dtype is the device's own (array-api-strict's is none NumPy knows)
+    (g,) = autograd.grad((x.to(tg.float32) ** 2).sum(), x, create_graph=True)
+    assert g.dtype is F64 and g.requires_grad
+    np.testing.assert_allclose(g.numpy(), 2 * x.numpy(), rtol=1e-6)

@@ -29,9 +29,15 @@ from .ops.shape import Alias, IndexAdd
 from .tensor import Tensor, concat, full, stack, where
 
 
-def _dt(dtype):
-    """A DType from what a rule passes: a DType (Tensor.dtype) or a native dtype."""
-    return dtype if isinstance(dtype, B.DType) else B.to_dtype(dtype)
+def _dt(dtype, device):
+    """A DType from what a rule passes: a DType (Tensor.dtype) or a native dtype, which may
+    be one NumPy does not know (array-api-strict's arr.dtype: Cast's ctx.in_dtype there)."""
+    if isinstance(dtype, B.DType):
+        return dtype
+    try:
+        return B.to_dtype(dtype)
+    except TypeError:
+        return device.dtype_of(device.xp.zeros((0,), dtype=dtype))
 
 
 class TensorNamespace:
@@ -46,13 +52,16 @@ class TensorNamespace:
 
     # creation: constants
     def zeros(self, shape, dtype=None):
-        return _Scratch.zeros(tuple(shape), _dt(dtype) if dtype is not None else B.get_default_dtype(), self.device)
+        dt = _dt(dtype, self.device) if dtype is not None else B.get_default_dtype()
+        return _Scratch.zeros(tuple(shape), dt, self.device)
 
     def full(self, shape, value, dtype=None):
-        return full(tuple(shape), value, dtype=_dt(dtype) if dtype is not None else None, device=self.device)
+        dt = _dt(dtype, self.device) if dtype is not None else None
+        return full(tuple(shape), value, dtype=dt, device=self.device)
 
     def arange(self, *args, dtype=None):
-        arr = self.device.xp.arange(*args, **({} if dtype is None else {"dtype": self.device.native(_dt(dtype))}))
+        kw = {} if dtype is None else {"dtype": self.device.native(_dt(dtype, self.device))}
+        arr = self.device.xp.arange(*args, **kw)
         return Tensor._make(arr, self.device, None, 0)
 
     # elementwise
@@ -94,7 +103,7 @@ class TensorNamespace:
 
     @staticmethod
     def astype(x, dtype):
-        dt = _dt(dtype)
+        dt = _dt(dtype, x.device)
         if not dt.is_floating or not x.dtype.is_floating:  # masks and indices: constants
             return Tensor._make(x.device.xp.astype(x.data, x.device.native(dt)), x.device, None, 0)
         return x.to(dt)
