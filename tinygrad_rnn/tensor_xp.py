@@ -14,10 +14,12 @@ the op saved becomes the Tensor it came from:
   such ops say so with `saved_constants = True`. Every other op refuses create_graph with
   an error naming it, rather than return a silently wrong second derivative.
 
-Ops whose backward is fused raw-array code (the recurrent cells and sequences) provide
-`composed(ctx, *inputs)` (ctx.xp the tensor namespace): the same outputs from primitive ops, whose graph is then
-differentiated (with create_graph) in place of the fused rule. The numbers are the same
-to rounding.
+Ops whose backward is fused raw-array code (the recurrent cells and sequences, the fused
+cross-entropy) provide `composed(ctx, *inputs)` (ctx.xp the tensor namespace): the same
+outputs from primitive ops, whose graph is then differentiated (with create_graph) in
+place of the fused rule. The numbers are the same to rounding: gradcheck's
+create_graph_disagreements and tests/test_create_graph_agreement.py hold both ways of
+running every rule to that.
 """
 from __future__ import annotations
 
