@@ -233,3 +233,74 @@ def test_needs_something_to_check():
 def test_outputs_must_be_tensors():
     with pytest.raises(TypeError, match=r"gradcheck: output 0 of fn is a float"):
         tg.gradcheck(lambda t: 1.0, [T([1.0])])
+
+
+# ---------------------------------------------------------------------------- gradgradcheck: trust first
+# Under create_graph the same backward rules run on Tensors (tensor_xp's namespace) or as an
+# op's composed form; a wrong mapping there makes a wrong first derivative whose numerical and
+# analytic derivatives still agree. gradgradcheck compares it with the plain one first.
+def planted_exp(monkeypatch, factor=1.01):
+    from tinygrad_rnn import tensor_xp
+    monkeypatch.setattr(tensor_xp.TensorNamespace, "exp", staticmethod(lambda x: x.exp() * factor))
+
+
+@pytest.mark.parametrize("fast_mode", [False, True])
+def test_gradgradcheck_names_the_op_behind_a_wrong_namespace_mapping(monkeypatch, fast_mode):
+    x = T(np.random.default_rng(3).standard_normal((3, 4)))
+    lse = lambda a: a.logsumexp(axis=1)
+    assert tg.gradgradcheck(lse, [x], fast_mode=fast_mode)
+    planted_exp(monkeypatch)
+    with pytest.raises(tg.GradcheckError, match=r"gradgradcheck \(first derivatives, create_graph=True against the "
+                                                r"plain backward\): input 0 \(shape \(3, 4\)\): 12 of 12 elements "
+                                                r"differ.*on Tensors than on arrays: LogSumExp: input 0"):
+        tg.gradgradcheck(lse, [x], fast_mode=fast_mode)
+    assert tg.gradgradcheck(lse, [x], fast_mode=fast_mode, raise_exception=False) is False
+    # with the plant, the second-order check alone passes: the blind spot this comparison closes
+    def first(a):
+        with tg.enable_grad():  # gradcheck's numerical side runs fn under no_grad
+            return tg.autograd.grad(lse(a), a, grad_outputs=T(np.ones(3), requires_grad=False), create_graph=True)
+
+    assert tg.gradcheck(first, [x], fast_mode=fast_mode)
+
+
+def test_create_graph_disagreements_lists_each_op_that_uses_the_wrong_mapping(monkeypatch):
+    from tinygrad_rnn.gradcheck import create_graph_disagreements
+    x = T(np.random.default_rng(4).standard_normal((2, 3)))
+    fn = lambda a: (a.log_softmax(-1) * a.tanh()).logsumexp(axis=0)
+    assert create_graph_disagreements(fn, [x]) == []
+    planted_exp(monkeypatch, 1.1)
+    found = create_graph_disagreements(fn, [x])
+    # LogSoftmax's and LogSumExp's rules call xp.exp; Tanh's, Mul's do not
+    assert [f.split(":")[0] for f in found] == ["LogSumExp", "LogSoftmax"]
+    assert re.match(r"LogSumExp: input 0 \(shape \(2, 3\)\): on Tensors -?[\d.]+, on arrays -?[\d.]+ at element "
+                    r"\(\d, \d\) \(\d of 6 elements differ\)", found[0])
+
+
+class FusedSquare(tg.Function):
+    """x^2 with a fused first-order rule and a composed form for create_graph."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(2.0 * a)  # the derivative, computed in forward
+        return a * a
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.saved_tensors[0]
+
+    @staticmethod
+    def composed(ctx, a):
+        return a * a
+
+
+class WrongComposedSquare(FusedSquare):
+    @staticmethod
+    def composed(ctx, a):
+        return a * a * 1.5  # not the op: the first derivative under create_graph is 3x, not 2x
+
+
+def test_gradgradcheck_compares_an_ops_composed_form_with_its_fused_rule():
+    x = T([0.5, -1.0, 2.0])
+    assert tg.gradgradcheck(FusedSquare.apply, [x])
+    with pytest.raises(tg.GradcheckError, match=r"first derivatives.*WrongComposedSquare: input 0 \(shape \(3,\)\)"):
+        tg.gradgradcheck(WrongComposedSquare.apply, [x])

@@ -232,3 +232,105 @@ def test_embedding_second_derivatives_with_and_without_padding(ids, pad):
     w = leaf(5, 3, seed=len(ids))
     idx = np.asarray(ids)
     assert tg.gradgradcheck(lambda a: tg.nn.functional.embedding(idx, a, padding_idx=pad) ** 3, (w,))
+
+
+# ----------------------------------------------------------------------------- Hessians of the losses
+def softmax_rows(a):
+    e = np.exp(a - a.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def block_hessian(p, scale):
+    """sum_i scale_i * (diag(p_i) - p_i p_i^T) placed on the diagonal blocks: the Hessian of
+    sum_i scale_i * (logsumexp(x_i) - x_i[t_i]) w.r.t. x (N, C), shaped (N, C, N, C)."""
+    n, c = p.shape
+    H = np.zeros((n, c, n, c))
+    for i in range(n):
+        H[i, :, i, :] = scale[i] * (np.diag(p[i]) - np.outer(p[i], p[i]))
+    return H
+
+
+def test_hessian_of_logsumexp_is_diag_p_minus_p_p_transposed(device):
+    x = leaf(5, device=device)
+    H = tg.func.hessian(lambda a: a.logsumexp(axis=0))(x).numpy()
+    p = softmax_rows(x.numpy())
+    np.testing.assert_allclose(H, np.diag(p) - np.outer(p, p), rtol=1e-10, atol=1e-13)
+
+
+@st.composite
+def classification(draw):
+    n, c = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    logits = draw(tgst.arrays((n, c)))
+    targets = draw(tgst.index_arrays(c, shape=(n,)))
+    ignore_index = draw(st.sampled_from([None, -100, 0]))
+    if ignore_index == -100:  # some rows ignored, their target no class at all
+        targets = np.where(draw(tgst.arrays((n,))) > 1.0, -100, targets)
+    return logits, targets, ignore_index
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "nll_loss(log_softmax)"])
+@given(case=classification())
+def test_hessian_of_cross_entropy_against_the_formula(device, reduction, loss, case):
+    logits, targets, ignore_index = case
+    keep = np.ones(len(targets)) if ignore_index is None else (targets != ignore_index).astype(float)
+    if reduction == "mean" and not keep.any():
+        return  # a mean over no target is 0/0, as in PyTorch
+    u = np.random.default_rng(len(targets)).standard_normal(len(targets))  # weights the rows of "none"
+    ut = tg.tensor(u, dtype=F64, device=device)
+
+    def f(x):
+        if loss == "cross_entropy":
+            out = nn.functional.cross_entropy(x, targets, reduction=reduction, ignore_index=ignore_index)
+        else:
+            out = nn.functional.nll_loss(nn.functional.log_softmax(x, -1), targets, reduction=reduction,
+                                         ignore_index=ignore_index)
+        return (out * ut).sum() if reduction == "none" else out
+
+    x = tg.tensor(logits, dtype=F64, device=device, requires_grad=True)
+    H = tg.func.hessian(f)(x).numpy()
+    scale = keep / keep.sum() if reduction == "mean" else keep if reduction == "sum" else u * keep
+    np.testing.assert_allclose(H, block_hessian(softmax_rows(logits), scale), rtol=1e-10, atol=1e-12)
+    if loss == "cross_entropy":
+        assert tg.gradgradcheck(lambda a: nn.functional.cross_entropy(
+            a, targets, reduction=reduction, ignore_index=ignore_index), (x,))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_hessian_of_cross_entropy_against_pytorch(reduction):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    logits, targets = rng.standard_normal((4, 5)), np.array([1, -100, 4, 0])
+
+    def ours(x):
+        return nn.functional.cross_entropy(x, targets, reduction=reduction, ignore_index=-100).sum()
+
+    def theirs(x):
+        return torch.nn.functional.cross_entropy(x, torch.tensor(targets), reduction=reduction,
+                                                 ignore_index=-100).sum()
+
+    H = tg.func.hessian(ours)(tg.tensor(logits, dtype=F64)).numpy()
+    expected = torch.autograd.functional.hessian(theirs, torch.tensor(logits)).numpy()
+    np.testing.assert_allclose(H, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_gradgradcheck_through_the_char_lm_loss(cell):
+    # the whole char-LM path: embedding, recurrent layers, linear head, fused cross-entropy
+    from tinygrad_rnn.lm import CharLM
+    tg.manual_seed(1)
+    m = CharLM(5, cell=cell, hidden=3, layers=2, embed_dim=2, dtype=F64)
+    rng = np.random.default_rng(2)
+    ids, targets = rng.integers(0, 5, (3, 2)), rng.integers(0, 5, (3, 2))
+    params = tuple(m.parameters())
+    assert tg.gradgradcheck(lambda *p: m.loss(ids, targets)[0], params, fast_mode=True)
+
+
+def test_constants_an_op_was_given_stay_constants_under_create_graph(device):
+    x = leaf(3, device=device)
+    if device == "cpu":  # a NumPy scalar divisor (np.sum's result, a count): given to Div, not computed by it
+        assert tg.gradgradcheck(lambda a: a * a / np.float64(2.0), (x,))
+    # Cast's saved input dtype is the device's own (array-api-strict's is none NumPy knows)
+    (g,) = autograd.grad((x.to(tg.float32) ** 2).sum(), x, create_graph=True)
+    assert g.dtype is F64 and g.requires_grad
+    np.testing.assert_allclose(g.numpy(), 2 * x.numpy(), rtol=1e-6)

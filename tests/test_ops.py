@@ -651,21 +651,12 @@ def test_cross_entropy(device, reduction, inputs, as_tensor):
     if reduction == "mean" and ignore_index is not None:
         assume(np.any(targets != ignore_index))  # a mean over no target at all is 0/0
     tt = tg.tensor(targets, device=device) if as_tensor else targets
-    # the fused op has no second derivative (it says so: see the test below); its composed
-    # equivalent, nll_loss of log_softmax, has, and is checked twice over here
+    # second derivatives: the fused op's composed form (tests/test_higher_order.py has its Hessian)
     check(device, lambda x: F.cross_entropy(x, tt, reduction=reduction, ignore_index=ignore_index),
-          lambda a: np_cross_entropy(a, targets, reduction, ignore_index), logits, grad2=False)
+          lambda a: np_cross_entropy(a, targets, reduction, ignore_index), logits)
     if logits.ndim == 2:  # what nll_loss takes: (N, C)
         check(device, lambda x: F.nll_loss(F.log_softmax(x, -1), tt, reduction=reduction, ignore_index=ignore_index),
               lambda a: np_cross_entropy(a, targets, reduction, ignore_index), logits)
-
-
-def test_cross_entropy_refuses_create_graph_and_names_the_way_round(device):
-    x = T([[1.0, 2.0, 0.5]], device)
-    loss = F.cross_entropy(x, [1])
-    with pytest.raises(tg.autograd.CreateGraphError, match=r"CrossEntropy: create_graph=True: its backward uses "
-                                                          r"a value its forward computed.*nll_loss\(log_softmax"):
-        tg.autograd.grad(loss, x, create_graph=True)
 
 
 def test_cross_entropy_gradient_is_softmax_minus_one_hot(device):

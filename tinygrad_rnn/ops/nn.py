@@ -1,6 +1,6 @@
 """Neural-network ops fused for speed and stability: softmax, log-softmax,
 cross-entropy, embedding lookup, dropout."""
-from ..autograd import Function
+from ..autograd import Function, TensorBase
 from ..kernels import Kernel, for_device
 from ..errors import AxisError, DTypeError, IndexOutOfRange, ShapeError, fmt_shape
 
@@ -60,11 +60,10 @@ class CrossEntropy(Function):
     logits (N, C), targets (N,). Forward by log-sum-exp; backward softmax minus the
     target's indicator (a comparison with arange(C), never an identity matrix).
     Rows whose target equals ignore_index contribute nothing, and a mean divides by
-    the count of the other rows.
+    the count of the other rows. Under create_graph its composed form (log_softmax, the
+    targets' entries, their sum or mean) is differentiated instead: the fused backward
+    reuses the log-probabilities forward computed.
     """
-
-    create_graph_hint = ("for gradients of gradients use nll_loss(log_softmax(logits, -1), targets), "
-                         "the same loss from ops that differentiate twice")
 
     @staticmethod
     def forward(ctx, logits, targets, reduction="mean", ignore_index=None):
@@ -93,7 +92,7 @@ class CrossEntropy(Function):
         weight = None if valid is None else xp.astype(valid, logits.dtype)
         if weight is not None:
             nll = nll * weight
-        ctx.reduction, ctx.n_classes = reduction, c
+        ctx.reduction, ctx.n_classes, ctx.ignore_index = reduction, c, ignore_index
         ctx.save_for_backward(logp, safe, weight)
         if reduction == "none":
             return nll
@@ -122,6 +121,27 @@ class CrossEntropy(Function):
             if weight is not None:
                 scale = scale * weight[:, None]
         return g * scale, None
+
+    @staticmethod
+    def composed(ctx, logits, targets, *_):
+        """The same loss from ops that differentiate twice (what create_graph differentiates):
+        minus each row's log-probability of its target, ignored rows times 0, summed or
+        averaged over the rows that count. Targets and that mask are constants."""
+        rx = ctx.device.xp  # the raw arrays' namespace: targets and the mask carry no graph
+        if isinstance(targets, TensorBase):  # CrossEntropy.apply(logits, a Tensor of targets)
+            targets = targets.data
+        n = logits.shape[0]
+        valid = None if ctx.ignore_index is None else targets != ctx.ignore_index
+        safe = targets if valid is None else rx.where(valid, targets, 0)
+        picked = LogSoftmax.apply(logits, -1)[rx.arange(n), safe]
+        if valid is not None:
+            picked = picked * rx.astype(valid, logits.data.dtype)
+        if ctx.reduction == "none":
+            return -picked
+        total = -picked.sum()
+        if ctx.reduction == "sum":
+            return total
+        return total / (n if valid is None else rx.sum(rx.astype(valid, logits.data.dtype)))
 
 
 # The fused loss as elementwise kernels (kernels.Kernel), where the device builds them:
