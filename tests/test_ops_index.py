@@ -451,7 +451,7 @@ def test_masks_are_boolean(mask):
 def test_against_torch():
     torch = pytest.importorskip("torch")
     a = np.random.default_rng(0).standard_normal((3, 4))
-    index = np.array([[0, 2, 1], [3, 3, 0]])
+    index = np.array([[0, 2, 1], [2, 2, 0]])  # rows of x: scatter_add along dim 0 into 3 rows
     mask = a > 0
     x, xt = T(a, "cpu"), torch.tensor(a, requires_grad=True)
     gi = np.array([[0, 2], [3, 3], [1, 0]])
