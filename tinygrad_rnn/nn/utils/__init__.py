@@ -10,9 +10,10 @@ import math
 
 import numpy as np
 
-from .. import backend as B
-from ..errors import TinygradError, fmt_shape
-from ..tensor import Tensor
+from ... import backend as B
+from ...errors import TinygradError, fmt_shape
+from ...tensor import Tensor
+from . import rnn  # noqa: F401  (nn.utils.rnn, as in PyTorch)
 
 
 class NonFiniteNormError(TinygradError, RuntimeError):
