@@ -27,6 +27,7 @@ from ..ops.linalg import MatMul
 from ..tensor import Tensor, concat, stack
 from . import functional as F
 from .module import Module, Parameter
+from .utils.rnn import PackedSequence, _rows
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]
 
@@ -107,6 +108,10 @@ class _Cell(Module):
     def _input(self, x):
         """x as (batch, input_size), and whether it came unbatched."""
         name = type(self).__name__
+        if isinstance(x, PackedSequence):
+            raise TypeError(f"{name}: a cell takes one timestep (batch, input_size), not a PackedSequence; run "
+                            f"packed sequences through nn.{name[:-4]}, or pad them with pad_packed_sequence "
+                            f"and step through the timesteps")
         _check_tensor(name, "input", x, self.weight_ih)
         if x.ndim not in (1, 2):
             raise ShapeError(f"{name}: expected input of shape (batch, input_size) or unbatched (input_size,), "
@@ -207,6 +212,12 @@ class GRUCell(_Cell):
         gx, gh = self._gx_gh(x, h)
         out = gru_step(gx, gh, h)
         return out if batched else out.squeeze(0)
+
+
+def _inverse(order):
+    inv = order.copy()
+    inv[order] = range(order.shape[0])
+    return inv
 
 
 # ----------------------------------------------------------------------------- layers
@@ -378,6 +389,8 @@ class _RNNBase(Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x, hx=None):
+        if isinstance(x, PackedSequence):
+            return self._forward_packed(x, hx)
         x, states, batched = self._prepare(x, hx)
         D = self.num_directions
         finals = [[] for _ in states]
@@ -454,6 +467,97 @@ class _RNNBase(Module):
             h, c = step(xs[t], MatMul.apply(h, w_hh_t), b_step, h, c, nl)
             outs[t] = h
         return stack(outs, axis=0), ([h, c] if kind.has_cell else [h])
+
+    # ------------------------------------------------------------------ packed sequences
+    def _forward_packed(self, packed, hx):
+        """forward over a PackedSequence: the same layers, each step on the rows still running
+        (rnnops.PackedSteps); h0/c0 and h_n/c_n in the batch's original order, as PyTorch's."""
+        name = type(self).__name__
+        data = packed.data
+        _check_tensor(name, "input", data, self.weight_ih_l0)
+        if data.ndim != 2 or data.shape[1] != self.input_size:
+            raise ShapeError(f"{name}: a packed input's data must be (sum of lengths, input_size="
+                             f"{self.input_size}), got shape {fmt_shape(data.shape)}")
+        bs = packed.host_batch_sizes()
+        if data.shape[0] != int(bs.sum()):
+            raise ShapeError(f"{name}: the packed data has {data.shape[0]} rows but its batch_sizes add up to "
+                             f"{int(bs.sum())}")
+        order = None if packed.sorted_indices is None else packed.host_sorted_indices()
+        batch = packed.batch_size
+        steps = rnnops.PackedSteps([int((bs > r).sum()) for r in range(batch)])
+        states = self._packed_states(hx, batch, order)
+        D = self.num_directions
+        finals = [[] for _ in states]
+        layer_in = data
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                out, last = self._direction_packed(layer_in, k, [None if s is None else s[k] for s in states],
+                                                   d == 1, steps)
+                outs.append(out)
+                for f, s in zip(finals, last):
+                    f.append(s if order is None else _rows(s, _inverse(order)))
+            layer_in = outs[0] if D == 1 else concat(outs, axis=1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+        finals = [stack(f, axis=0) for f in finals]
+        output = PackedSequence(layer_in, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        return output, (tuple(finals) if self.kind.has_cell else finals[0])
+
+    def _packed_states(self, hx, batch, order):
+        """The initial states as lists of L*D (B, H) tensors of the sorted rows (or None)."""
+        name, w = type(self).__name__, self.weight_ih_l0
+        what = ("h0", "c0") if self.kind.has_cell else ("h0",)
+        if hx is None:
+            return [None] * len(what)
+        if self.kind.has_cell and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"{name}: the initial state must be a tuple (h0, c0), got {type(hx).__name__}")
+        want = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        out = []
+        for label, s in zip(what, hx if self.kind.has_cell else [hx]):
+            _check_tensor(name, label, s, w)
+            if s.shape != want:
+                raise ShapeError(f"{name}: {label} must have shape {fmt_shape(want)} (num_layers * num_directions, "
+                                 f"batch, hidden_size) for a packed batch of {batch}, got {fmt_shape(s.shape)}")
+            out.append([p if order is None else _rows(p, order) for p in s.unbind(0)])
+        return out
+
+    def _direction_packed(self, x, k, init, reverse, steps):
+        """One layer in one direction over packed x (N, I): (outputs (N, H) packed, [final states])."""
+        p = self._parameters
+        w_ih, w_hh, b_ih, b_hh = (p.get(n) for n in self._flat_names[k])
+        kind, nl = self.kind, getattr(self, "nonlinearity", "tanh")
+        h, c = init[0], (init[1] if kind.has_cell else None)
+        if self._impl == "sequence":
+            res = kind.sequence.apply(x, w_ih, w_hh, b_ih, b_hh, h, c, reverse=reverse, nonlinearity=nl, steps=steps)
+            return res[0], list(res[1:])
+        B, H = steps.B, self.hidden_size
+        step, bias, b_step = kind.composed, b_ih, b_hh
+        if self._impl == "step":
+            step = kind.cell
+            if kind is not _GRU:
+                bias = b_ih if b_ih is None else b_ih + b_hh
+                b_step = None
+        proj = x @ w_ih.T  # the packed rows only
+        if bias is not None:
+            proj = proj + bias
+        xs = proj.split(steps.bs, axis=0) if steps.T else ()  # one node, one block a step
+        w_hh_t = w_hh.T
+        h = self._zeros((B, H)) if h is None else h
+        if kind.has_cell and c is None:
+            c = self._zeros((B, H))
+        outs = [None] * steps.T
+        for t in range(steps.T - 1, -1, -1) if reverse else range(steps.T):
+            m = steps.bs[t]  # the rows still running; the others keep their states
+            hm, cm = (h, c) if m == B else (h[:m], None if c is None else c[:m])
+            hn, cn = step(xs[t], MatMul.apply(hm, w_hh_t), b_step, hm, cm, nl)
+            outs[t] = hn
+            h = hn if m == B else concat([hn, h[m:]], axis=0)
+            if c is not None:
+                c = cn if m == B else concat([cn, c[m:]], axis=0)
+        out = concat(outs, axis=0) if outs else self._zeros((0, H))
+        return out, ([h, c] if kind.has_cell else [h])
 
     def _zeros(self, shape):
         w = self.weight_ih_l0
