@@ -165,10 +165,11 @@ def test_packed_dropout_between_layers():
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_packed_host_loops_split_by_units(kind):
-    """Fewer rows than threads: the C++ loops split the hidden units over the threads, with a
-    barrier a step; against the portable loop (kernels off)."""
-    x_np = np.random.default_rng(3).standard_normal((5, 3, I))
+@pytest.mark.parametrize("lengths", [[5, 2, 0], [5, 5, 4, 3, 2, 2, 1, 0]])
+def test_packed_host_loops_split_over_threads(kind, lengths):
+    """The C++ loops on 4 threads against the portable loop (kernels off): fewer rows than
+    threads split the hidden units, with a barrier a step; more split the rows, by work."""
+    x_np = np.random.default_rng(3).standard_normal((5, len(lengths), I))
     res = []
     for kernels in (True, False):
         old = rnnops.HOST_THREADS
@@ -180,7 +181,7 @@ def test_packed_host_loops_split_by_units(kind):
             with contextlib.ExitStack() as stack:
                 if not kernels:
                     stack.enter_context(tg.backend.kernels_off(tg.device("cpu")))
-                out, fin = layer(pack_padded_sequence(x, [5, 2, 0]))
+                out, fin = layer(pack_padded_sequence(x, lengths))
                 (out.data.sum() + sum(f.sum() for f in states_of(fin))).backward()
             res.append([out.data.numpy(), x.grad.numpy()] + [p.grad.numpy() for p in layer.parameters()])
         finally:

@@ -47,9 +47,24 @@ struct seq_steps {
   std::vector<ptrdiff_t> off;
   const int* bs;
   int B;
+  std::vector<ptrdiff_t> work;  // packed: work[r], the steps rows 0 .. r - 1 run in all
   seq_steps(const int* bs_, int T_, int B_) : off(T_ + 1), bs(bs_), B(B_) {
     off[0] = 0;
     for (int t = 0; t < T_; ++t) off[t + 1] = off[t] + rows(t);
+    if (bs != nullptr) {
+      work.assign(B + 1, 0);
+      for (int r = 0, t = T_; r < B; ++r) {  // row r runs the steps t with bs[t] > r
+        while (t > 0 && bs[t - 1] <= r) --t;
+        work[r + 1] = work[r] + t;
+      }
+    }
+  }
+  // split by rows, packed: thread k's first row, so that each thread runs as many row-steps
+  // (its rows' lengths added up) as the others, not as many rows
+  ptrdiff_t cut(int k, int nt) const {
+    ptrdiff_t r = 0;
+    while (r < B && work[r] * nt < work[B] * k) ++r;
+    return k == nt ? B : r;
   }
   int rows(int t) const { return bs == nullptr ? B : bs[t]; }
   // of thread rows r0 .. r0 + m - 1, how many step t runs
@@ -85,6 +100,7 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
     }
     seq_split me = plan;
     me.at(id, nt, B, H, tg_pk<T>::L);
+    if (plan.by_rows && bs != nullptr) { me.r0 = st.cut(id, nt); me.r1 = st.cut(id + 1, nt); }
     const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
     tg_packed<T> own;  // by units: this thread's columns of W_hh^T
     if (!plan.by_rows) {
@@ -153,6 +169,7 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
     }
     seq_split me = plan;
     me.at(id, nt, B, H, tg_pk<T>::L);
+    if (plan.by_rows && bs != nullptr) { me.r0 = st.cut(id, nt); me.r1 = st.cut(id + 1, nt); }
     const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
     tg_packed<T> own;  // by units: this thread's columns of W_hh
     if (!plan.by_rows) { own.add(j0, j1 - j0); own.pack(G, w_hh, H); }
