@@ -23,10 +23,11 @@ def f64(a, device, requires_grad=False):
     return tg.tensor(np.asarray(a, dtype=np.float64), dtype=tg.float64, device=device, requires_grad=requires_grad)
 
 
-def make_layer(kind, device, num_layers, bidirectional, batch_first, impl, seed=0):
+def make_layer(kind, device, num_layers, bidirectional, batch_first, impl, seed=0, proj_size=0):
     tg.manual_seed(seed)
+    extra = {"proj_size": proj_size} if proj_size else {}
     return KINDS[kind](I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
-                       impl=impl, dtype=tg.float64, device=device)
+                       impl=impl, dtype=tg.float64, device=device, **extra)
 
 
 def states_of(out):
@@ -36,27 +37,29 @@ def states_of(out):
 @given(lengths=st.lists(st.integers(0, 4), min_size=1, max_size=4), kind=st.sampled_from(sorted(KINDS)),
        num_layers=st.integers(1, 2), bidirectional=st.booleans(), batch_first=st.booleans(),
        with_states=st.booleans(), impl=st.sampled_from(["sequence", "step", "composed"]),
-       enforce_sorted=st.booleans(), seed=st.integers(0, 2 ** 16))
+       enforce_sorted=st.booleans(), proj=st.booleans(), seed=st.integers(0, 2 ** 16))
 def test_packed_against_each_sequence_alone(device, lengths, kind, num_layers, bidirectional, batch_first,
-                                            with_states, impl, enforce_sorted, seed):
+                                            with_states, impl, enforce_sorted, proj, seed):
     if enforce_sorted:
         lengths = sorted(lengths, reverse=True)
     rng = np.random.default_rng(seed)
     B, T = len(lengths), max(max(lengths), 1)
-    layer = make_layer(kind, device, num_layers, bidirectional, batch_first, impl, seed)
+    P = 2 if proj and kind == "LSTM" else 0  # an LSTM with projections: h of size P
+    layer = make_layer(kind, device, num_layers, bidirectional, batch_first, impl, seed, proj_size=P)
     LD = num_layers * (2 if bidirectional else 1)
     n_states = 2 if kind == "LSTM" else 1
+    sizes = [P or H, H][:n_states]
     x_np = rng.standard_normal((T, B, I))
-    s_np = [rng.standard_normal((LD, B, H)) * 0.5 for _ in range(n_states)]
-    w_out = rng.standard_normal((int(sum(lengths)), layer.num_directions * H))
-    w_fin = [rng.standard_normal((LD, B, H)) for _ in range(n_states)]
+    s_np = [rng.standard_normal((LD, B, n)) * 0.5 for n in sizes]
+    w_out = rng.standard_normal((int(sum(lengths)), layer.num_directions * (P or H)))
+    w_fin = [rng.standard_normal((LD, B, n)) for n in sizes]
 
     # packed: one call for the whole batch
     x = f64(np.swapaxes(x_np, 0, 1) if batch_first else x_np, device, True)
     s0 = [f64(s, device, True) for s in s_np] if with_states else None
     packed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
     out, fin = layer(packed, None if s0 is None else (tuple(s0) if kind == "LSTM" else s0[0]))
-    assert isinstance(out, PackedSequence) and out.data.shape == (sum(lengths), layer.num_directions * H)
+    assert isinstance(out, PackedSequence) and out.data.shape == (sum(lengths), layer.num_directions * (P or H))
     padded, got_lengths = pad_packed_sequence(out, total_length=T)
     assert got_lengths.numpy().tolist() == lengths
     fin = states_of(fin)
@@ -77,10 +80,10 @@ def test_packed_against_each_sequence_alone(device, lengths, kind, num_layers, b
     offsets = np.concatenate([[0], np.cumsum([(np.array(lengths) > t).sum() for t in range(T)])])
     ref_grads = {n: np.zeros(p.shape) for n, p in params.items()}
     dx = np.zeros_like(x_np)
-    ds = [np.zeros((LD, B, H)) for _ in range(n_states)]
+    ds = [np.zeros((LD, B, n)) for n in sizes]
     layer.batch_first = False
     for b, n in enumerate(lengths):
-        s_b = [s[:, b:b + 1] for s in s_np] if with_states else [np.zeros((LD, 1, H))] * n_states
+        s_b = [s[:, b:b + 1] for s in s_np] if with_states else [np.zeros((LD, 1, n)) for n in sizes]
         if n == 0:  # no step: the final state is the initial one
             for k in range(n_states):
                 np.testing.assert_allclose(fin[k].numpy()[:, b], s_b[k][:, 0], rtol=0, atol=0)
@@ -106,7 +109,8 @@ def test_packed_against_each_sequence_alone(device, lengths, kind, num_layers, b
             ds[k][:, b] = sb[k].grad.numpy()[:, 0]
     for name in params:
         np.testing.assert_allclose(grads[name], ref_grads[name], rtol=1e-9, atol=1e-11, err_msg=name)
-    np.testing.assert_allclose(0 * x_np if x.grad is None else x.grad.numpy(), np.swapaxes(dx, 0, 1) if batch_first else dx, rtol=1e-9, atol=1e-11)
+    want_dx = np.swapaxes(dx, 0, 1) if batch_first else dx
+    np.testing.assert_allclose(0 * want_dx if x.grad is None else x.grad.numpy(), want_dx, rtol=1e-9, atol=1e-11)
     if with_states:
         for k in range(n_states):
             np.testing.assert_allclose(s0[k].grad.numpy(), ds[k], rtol=1e-9, atol=1e-11)
@@ -201,3 +205,92 @@ def test_packed_errors():
         layer(pack_sequence([tg.randn(3, 5)]))
     with pytest.raises(TypeError, match=r"tuple \(h0, c0\)"):
         nn.LSTM(I, H)(x, tg.zeros(1, 2, H))
+
+
+# ----------------------------------------------------------------------------- proj_size
+def np_lstm_proj(x, p, h, c, reverse):
+    """One direction of PyTorch's LSTM with projections, from its equations: x (T, B, I)."""
+    def sig(a):
+        return 1 / (1 + np.exp(-a))
+    outs = [None] * len(x)
+    for t in (range(len(x) - 1, -1, -1) if reverse else range(len(x))):
+        a = x[t] @ p["w_ih"].T + p["b_ih"] + h @ p["w_hh"].T + p["b_hh"]
+        i, f, g, o = np.split(a, 4, axis=1)
+        c = sig(f) * c + sig(i) * np.tanh(g)
+        h = (sig(o) * np.tanh(c)) @ p["w_hr"].T
+        outs[t] = h
+    return np.stack(outs), h, c
+
+
+@pytest.mark.parametrize("impl", ["sequence", "step", "composed"])
+def test_lstm_proj_against_equations(device, impl):
+    rng = np.random.default_rng(5)
+    layer = make_layer("LSTM", device, 2, True, False, impl, proj_size=2)
+    names = [n for n, _ in layer.named_parameters()]
+    assert names[:5] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_hr_l0"]
+    sd = {n: np.asarray(v) for n, v in layer.state_dict().items()}
+    assert sd["weight_hh_l1_reverse"].shape == (4 * H, 2) and sd["weight_ih_l1"].shape == (4 * H, 4)
+    assert sd["weight_hr_l1_reverse"].shape == (2, H)
+    x_np, h0, c0 = rng.standard_normal((4, 3, I)), rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 3, H))
+    out, (h, c) = layer(f64(x_np, device), (f64(h0, device), f64(c0, device)))
+    assert out.shape == (4, 3, 4) and h.shape == (4, 3, 2) and c.shape == (4, 3, H)
+    inp, hs, cs = x_np, [], []
+    for layer_k in range(2):
+        outs = []
+        for d, sfx in enumerate(["", "_reverse"]):
+            p = {k: sd[f"{w}_l{layer_k}{sfx}"] for k, w in [("w_ih", "weight_ih"), ("w_hh", "weight_hh"),
+                                                            ("b_ih", "bias_ih"), ("b_hh", "bias_hh"),
+                                                            ("w_hr", "weight_hr")]}
+            o, hn, cn = np_lstm_proj(inp, p, h0[2 * layer_k + d], c0[2 * layer_k + d], d == 1)
+            outs.append(o)
+            hs.append(hn)
+            cs.append(cn)
+        inp = np.concatenate(outs, axis=2)
+    np.testing.assert_allclose(out.numpy(), inp, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h.numpy(), np.stack(hs), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(c.numpy(), np.stack(cs), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_proj_op_gradcheck(device, packed, reverse):
+    rng = np.random.default_rng(6)
+    steps = rnnops.PackedSteps([3, 2, 0]) if packed else None
+    xshape = (steps.N, I) if packed else (3, 3, I)
+    args = [f64(rng.standard_normal(s) * 0.5, device, True)
+            for s in [xshape, (4 * H, I), (4 * H, 2), (4 * H,), (4 * H,), (2, H), (3, 2), (3, H)]]
+
+    def f(*a):
+        return rnnops.LSTMProjSequence.apply(*a, reverse=reverse, steps=steps)
+
+    assert tg.gradcheck(f, args)
+    assert tg.gradgradcheck(f, args, fast_mode=True)
+
+
+def test_proj_size_errors():
+    with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
+        nn.LSTM(2, 3, proj_size=3)
+    with pytest.raises(ValueError, match="only supported for LSTM, not RNN or GRU"):
+        nn.GRU(2, 3, proj_size=1)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        nn.LSTM(2, 3, proj_size=-1)
+    layer = nn.LSTM(2, 3, proj_size=2)
+    with pytest.raises(ShapeError, match=r"h0 must have shape \(1, 4, 2\) \(num_layers \* num_directions, batch, proj_size\)"):
+        layer(tg.randn(5, 4, 2), (tg.zeros(1, 4, 3), tg.zeros(1, 4, 3)))
+    with pytest.raises(ShapeError, match=r"c0 must have shape \(1, 2, 3\)"):
+        layer(pack_sequence([tg.randn(2, 2), tg.randn(1, 2)]), (tg.zeros(1, 2, 2), tg.zeros(1, 2, 2)))
+
+
+def test_lstm_proj_against_pytorch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=2).double()
+    layer = nn.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=2, dtype=tg.float64)
+    layer.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    x_np = rng.standard_normal((4, 3, I))
+    xt = torch.nn.utils.rnn.pack_padded_sequence(torch.tensor(x_np), [2, 4, 1], enforce_sorted=False)
+    want, (wh, wc) = ref(xt)
+    got, (h, c) = layer(pack_padded_sequence(f64(x_np, "cpu"), [2, 4, 1], enforce_sorted=False))
+    np.testing.assert_allclose(got.data.numpy(), want.data.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h.numpy(), wh.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(c.numpy(), wc.detach().numpy(), rtol=1e-10, atol=1e-12)

@@ -766,17 +766,7 @@ class _Sequence(Function):
         ctx.save_for_backward(x if w_ih is not None else None, w_ih, w_hh, act, hs, cs)
         rows = xp.reshape(hs, ((T + 1) * B, H))
         out = xp.take(rows, steps.index(dev, "t" if reverse else "t1"), axis=0)
-        finals = []
-        for buf in (hs, cs) if cls.has_cell else (hs,):
-            if reverse:  # slot 0, but a length 0's initial state is still in slot T
-                f = dev.copy(buf[0, ...])
-                k = steps.bs[0] if T else 0
-                if k < B:
-                    f[k:, ...] = buf[T, k:, ...]
-            else:
-                f = xp.take(xp.reshape(buf, ((T + 1) * B, H)), steps.index(dev, "last"), axis=0)
-            finals.append(f)
-        return (out,) + tuple(finals)
+        return (out,) + tuple(_packed_final(dev, steps, buf, reverse) for buf in ((hs, cs) if cls.has_cell else (hs,)))
 
     @classmethod
     def _packed_loop_forward(cls, ctx, steps, gx, w_hh, b_step, hs, cs, act, zero_h0):
@@ -1015,3 +1005,144 @@ class GRUSequence(_Sequence):
         db[:2 * H] = db_hh[:2 * H]
         db[2 * H:] = _column_sums(xp, dgx2[:, 2 * H:])
         return db
+
+
+class LSTMProjSequence(Function):
+    """An LSTM layer with a projection (PyTorch's proj_size, LSTMP) in one direction:
+    h_t = W_hr (o_t * tanh(c_t)), of size P < H; W_hh is (4H, P), c stays of size H.
+
+    apply(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse=False, steps=None): x (T, B, I),
+    or packed (N, I) with steps (PackedSteps) as the other sequence ops; h0 (B, P), c0 (B, H).
+    Returns (out (T, B, P) or (N, P), h_n (B, P), c_n (B, H)). Unpacked, the batch runs as
+    a packed one of equal lengths (time-major rows are that packing). The loop over time is
+    Python's on every device (the cell is the LSTM's kernel), the projection one GEMM a step
+    each way; dW_hr, dW_hh and dW_ih are one GEMM each after the loop."""
+
+    name = "lstm_proj_sequence"
+
+    @classmethod
+    def forward(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse=False, steps=None):
+        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        ctx.shape = tuple(x.shape) if steps is None else None
+        if steps is None:
+            if x.ndim != 3:
+                raise ShapeError(f"{cls.name}: the input must be 3-D (seq_len, batch, input_size), "
+                                 f"got shape {fmt_shape(x.shape)}")
+            steps = PackedSteps([x.shape[0]] * x.shape[1])
+            x = xp.reshape(x, (x.shape[0] * x.shape[1], x.shape[2]))
+        N, B, T = steps.N, steps.B, steps.T
+        G, P = w_hh.shape
+        H = G // 4
+        if x.ndim != 2 or x.shape[0] != N or tuple(w_ih.shape) != (G, x.shape[1]) or tuple(w_hr.shape) != (P, H):
+            raise ShapeError(f"{cls.name}: input {fmt_shape(x.shape)} ({N} rows), weight_ih {fmt_shape(w_ih.shape)}, "
+                             f"weight_hh {fmt_shape(w_hh.shape)} and weight_hr {fmt_shape(w_hr.shape)} do not fit: "
+                             f"want weight_hh (4 * hidden, proj), weight_ih (4 * hidden, input), weight_hr (proj, hidden)")
+        for what, s, n in (("h0", h0, P), ("c0", c0, H)):
+            if s is not None and tuple(s.shape) != (B, n):
+                raise ShapeError(f"{cls.name}: {what} must have shape {fmt_shape((B, n))}, got {fmt_shape(s.shape)}")
+        ctx.steps, ctx.reverse = steps, reverse
+        gx = xp.matmul(x, xp.permute_dims(w_ih, (1, 0)))  # becomes the activations, step by step
+        if b_ih is not None:
+            gx += b_ih + b_hh
+        hs, cs = xp.empty((T + 1, B, P), dtype=x.dtype), xp.empty((T + 1, B, H), dtype=x.dtype)
+        raw = xp.empty((N, H), dtype=x.dtype)  # o tanh(c), before the projection
+        first = T if reverse else 0
+        hs[first, ...] = 0 if h0 is None else h0
+        cs[first, ...] = 0 if c0 is None else c0
+        w_hh_t, w_hr_t = (dev.contiguous(xp.permute_dims(w, (1, 0))) for w in (w_hh, w_hr))
+        gh = xp.empty((B, G), dtype=x.dtype)
+        hv, cv = _views(hs), _views(cs)
+        for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
+            p, q = (t + 1, t) if reverse else (t, t + 1)
+            m, o = steps.bs[t], steps.off[t]
+            if reverse and n > 0 and m > steps.bs[t + 1]:
+                k = steps.bs[t + 1]
+                hv[p][k:m, ...] = hv[T][k:m, ...]
+                cv[p][k:m, ...] = cv[T][k:m, ...]
+            xo.matmul(hv[p][:m, ...], w_hh_t, out=gh[:m, ...])
+            lstm_forward(dev, gx[o:o + m, ...], gh[:m, ...], cv[p][:m, ...], gx[o:o + m, ...], raw[o:o + m, ...],
+                         cv[q][:m, ...])
+            xo.matmul(raw[o:o + m, ...], w_hr_t, out=hv[q][:m, ...])
+        ctx.save_for_backward(x, w_ih, w_hh, w_hr, gx, hs, cs, raw)
+        out = xp.take(xp.reshape(hs, ((T + 1) * B, P)), steps.index(dev, "t" if reverse else "t1"), axis=0)
+        if ctx.shape is not None:
+            out = xp.reshape(out, (ctx.shape[0], B, P))
+        return (out,) + tuple(_packed_final(dev, steps, buf, reverse) for buf in (hs, cs))
+
+    @classmethod
+    def backward(cls, ctx, d_out, d_hn, d_cn):
+        x, w_ih, w_hh, w_hr, act, hs, cs, raw = ctx.saved_tensors
+        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        need, steps, reverse = ctx.needs_input_grad, ctx.steps, ctx.reverse
+        N, B, T = steps.N, steps.B, steps.T
+        G, P = w_hh.shape
+        H = G // 4
+        if ctx.shape is not None:
+            d_out = xp.reshape(d_out, (N, P))
+        dh, dc = dev.copy(d_hn), dev.copy(d_cn)
+        dhs = xp.empty((N, P), dtype=hs.dtype)  # every step's dh, for dW_hr
+        draw, scratch = xp.empty((B, H), dtype=hs.dtype), xp.empty((B, H), dtype=hs.dtype)
+        dg = xp.empty((N, G), dtype=hs.dtype)
+        cv = _views(cs)
+        for n, t in enumerate(range(T) if reverse else range(T - 1, -1, -1)):
+            p, q = (t + 1, t) if reverse else (t, t + 1)
+            m, o = steps.bs[t], steps.off[t]
+            dhm = dh[:m, ...]
+            dhm += d_out[o:o + m, ...]
+            dhs[o:o + m, ...] = dhm
+            xo.matmul(dhm, w_hr, out=draw[:m, ...])
+            lstm_backward(dev, act[o:o + m, ...], cv[p][:m, ...], cv[q][:m, ...], draw[:m, ...], dc[:m, ...],
+                          dg[o:o + m, ...], scratch[:m, ...])
+            dc[:m, ...] = scratch[:m, ...]
+            if n == T - 1 and not need[6]:
+                break
+            xo.matmul(dg[o:o + m, ...], w_hh, out=dhm)
+        h_prev = xp.take(xp.reshape(hs, ((T + 1) * B, P)), steps.index(dev, "t1" if reverse else "t"), axis=0)
+        tr = (1, 0)
+        dw_hh = xp.matmul(xp.permute_dims(dg, tr), h_prev) if need[2] else None
+        db = _column_sums(xp, dg) if need[3] or need[4] else None
+        dx = xp.matmul(dg, w_ih) if need[0] else None
+        if dx is not None and ctx.shape is not None:
+            dx = xp.reshape(dx, ctx.shape)
+        dw_ih = xp.matmul(xp.permute_dims(dg, tr), x) if need[1] else None
+        dw_hr = xp.matmul(xp.permute_dims(dhs, tr), raw) if need[5] else None
+        return (dx, dw_ih, dw_hh, db if need[3] else None, (dev.copy(db) if need[3] else db) if need[4] else None,
+                dw_hr, dh if need[6] else None, dc if need[7] else None)
+
+    @classmethod
+    def composed(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+        """The same from the composed LSTM step and a matmul, on Tensors (for create_graph)."""
+        steps, xp = ctx.steps, ctx.xp
+        B, T, P, H = steps.B, steps.T, w_hh.shape[1], w_hr.shape[1]
+        if ctx.shape is not None:
+            x = x.reshape(ctx.shape[0] * ctx.shape[1], ctx.shape[2])
+        gx = x @ w_ih.T
+        if b_ih is not None:
+            gx = gx + (b_ih + b_hh)
+        h = h0 if h0 is not None else xp.zeros((B, P), dtype=x.dtype)
+        c = c0 if c0 is not None else xp.zeros((B, H), dtype=x.dtype)
+        outs = [None] * T
+        for t in (range(T - 1, -1, -1) if ctx.reverse else range(T)):
+            m, o = steps.bs[t], steps.off[t]
+            raw, cn = lstm_step(gx[o:o + m], (h if m == B else h[:m]) @ w_hh.T, c if m == B else c[:m])
+            hn = raw @ w_hr.T
+            outs[t] = hn
+            h = hn if m == B else xp.concat([hn, h[m:]], axis=0)
+            c = cn if m == B else xp.concat([cn, c[m:]], axis=0)
+        out = xp.concat(outs, axis=0) if T else xp.zeros((0, P), dtype=x.dtype)
+        if ctx.shape is not None:
+            out = out.reshape(ctx.shape[0], B, P)
+        return out, h, c
+
+
+def _packed_final(dev, steps, buf, reverse):
+    """Each row's state after its own last step (reverse: its first; length 0: its initial
+    state, which a reverse direction keeps in slot T), from the (T + 1, B, n) slots."""
+    xp, T, B = dev.xp, steps.T, steps.B
+    if not reverse:
+        return xp.take(xp.reshape(buf, ((T + 1) * B, buf.shape[2])), steps.index(dev, "last"), axis=0)
+    f = dev.copy(buf[0, ...])
+    k = steps.bs[0] if T else 0
+    if k < B:
+        f[k:, ...] = buf[T, k:, ...]
+    return f
