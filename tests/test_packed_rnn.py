@@ -294,3 +294,26 @@ def test_lstm_proj_against_pytorch():
     np.testing.assert_allclose(got.data.numpy(), want.data.detach().numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(h.numpy(), wh.detach().numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(c.numpy(), wc.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_packed_against_pytorch(kind):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    ref = getattr(torch.nn, kind)(I, H, num_layers=2, bidirectional=True).double()
+    layer = KINDS[kind](I, H, num_layers=2, bidirectional=True, dtype=tg.float64)
+    layer.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    x_np, lengths = rng.standard_normal((4, 3, I)), [2, 4, 1]
+    xt = torch.tensor(x_np, requires_grad=True)
+    want, want_h = ref(torch.nn.utils.rnn.pack_padded_sequence(xt, lengths, enforce_sorted=False))
+    x = f64(x_np, "cpu", True)
+    got, got_h = layer(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    np.testing.assert_allclose(got.data.numpy(), want.data.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for g, w in zip(states_of(got_h), want_h if isinstance(want_h, tuple) else [want_h]):
+        np.testing.assert_allclose(g.numpy(), w.detach().numpy(), rtol=1e-10, atol=1e-12)
+    (want.data.sum() + (want_h[0] if isinstance(want_h, tuple) else want_h).sum()).backward()
+    (got.data.sum() + states_of(got_h)[0].sum()).backward()
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-9, atol=1e-11)
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(dict(layer.named_parameters())[name].grad.numpy(), p.grad.numpy(),
+                                   rtol=1e-9, atol=1e-11, err_msg=name)

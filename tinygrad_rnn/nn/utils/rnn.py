@@ -92,11 +92,15 @@ class PackedSequence(_Fields):
         return np.asarray(self.batch_sizes.numpy(), dtype=np.int64)
 
     def host_sorted_indices(self):
-        """The sorted rows' original indices on the host (identity where the batch came sorted)."""
+        """The sorted rows' original indices on the host (identity where the batch came sorted),
+        read from their device once per PackedSequence."""
         if self.sorted_indices is None:
             bs = self.host_batch_sizes()
             return np.arange(int(bs[0]) if bs.size else 0, dtype=np.int64)
-        return np.asarray(self.sorted_indices.numpy(), dtype=np.int64)
+        host = self.__dict__.get("_host_sorted")
+        if host is None:
+            host = self.__dict__["_host_sorted"] = np.asarray(self.sorted_indices.numpy(), dtype=np.int64)
+        return host
 
     @property
     def batch_size(self):
@@ -208,8 +212,11 @@ def pack_padded_sequence(input, lengths, batch_first=False, enforce_sorted=True)
     dev = input.device
     keep = not enforce_sorted or (lens.size and lens.min() == 0)
     sorted_indices = Tensor(order, device=dev) if keep else None
-    return PackedSequence(data, Tensor(bs, device="cpu"), sorted_indices,
-                          Tensor(np.argsort(order).astype(np.int64), device=dev) if keep else None)
+    packed = PackedSequence(data, Tensor(bs, device="cpu"), sorted_indices,
+                            Tensor(np.argsort(order).astype(np.int64), device=dev) if keep else None)
+    if keep:
+        packed.__dict__["_host_sorted"] = order  # known here: never read back from the device
+    return packed
 
 
 def pad_packed_sequence(sequence, batch_first=False, padding_value=0.0, total_length=None):
