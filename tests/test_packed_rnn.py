@@ -317,3 +317,23 @@ def test_packed_against_pytorch(kind):
     for name, p in ref.named_parameters():
         np.testing.assert_allclose(dict(layer.named_parameters())[name].grad.numpy(), p.grad.numpy(),
                                    rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+@pytest.mark.parametrize("kind, extra", [("RNN", {}), ("RNN", {"nonlinearity": "relu"}), ("LSTM", {}),
+                                         ("GRU", {}), ("LSTM", {"proj_size": 2})])
+def test_packed_impls_agree_without_bias(device, kind, extra):
+    """bias=False (the GRU's kernel then adds a zero b_hh), relu, proj_size: the three impls
+    on one packed batch, outputs, h_n and every gradient."""
+    res = []
+    for impl in ("sequence", "step", "composed"):
+        tg.manual_seed(0)
+        layer = KINDS[kind](I, H, num_layers=2, bias=False, bidirectional=True, impl=impl, dtype=tg.float64,
+                            device=device, **extra)
+        x = f64(np.random.default_rng(0).standard_normal((4, 3, I)), device, True)
+        out, fin = layer(pack_padded_sequence(x, [4, 1, 3], enforce_sorted=False))
+        h_n = states_of(fin)[0]
+        (out.data.tanh().sum() + (h_n * h_n).sum()).backward()
+        res.append([out.data.numpy(), h_n.numpy(), x.grad.numpy()] + [p.grad.numpy() for p in layer.parameters()])
+    for other in res[1:]:
+        for a, b in zip(res[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
