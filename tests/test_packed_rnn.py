@@ -168,11 +168,12 @@ def test_packed_dropout_between_layers():
     np.testing.assert_array_equal(a.data.numpy(), b.data.numpy())
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LSTMP"])
 @pytest.mark.parametrize("lengths", [[5, 2, 0], [5, 5, 4, 3, 2, 2, 1, 0]])
 def test_packed_host_loops_split_over_threads(kind, lengths):
     """The C++ loops on 4 threads against the portable loop (kernels off): fewer rows than
-    threads split the hidden units, with a barrier a step; more split the rows, by work."""
+    threads split the hidden units, with a barrier a step; more split the rows, by work (the
+    projected LSTM's loops always split rows)."""
     x_np = np.random.default_rng(3).standard_normal((5, len(lengths), I))
     res = []
     for kernels in (True, False):
@@ -180,7 +181,8 @@ def test_packed_host_loops_split_over_threads(kind, lengths):
         rnnops.HOST_THREADS = 4
         try:
             tg.manual_seed(0)
-            layer = KINDS[kind](I, 40, bidirectional=True, dtype=tg.float64)
+            extra = {"proj_size": 7} if kind == "LSTMP" else {}
+            layer = KINDS[kind.replace("LSTMP", "LSTM")](I, 40, bidirectional=True, dtype=tg.float64, **extra)
             x = f64(x_np, "cpu", True)
             with contextlib.ExitStack() as stack:
                 if not kernels:

@@ -213,3 +213,86 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
   tg_parallel(plan.n, work);
   return cell == 2 && bs == nullptr ? T_ & 1 : 0;  // dc and scratch swapped at every step
 }
+
+// An LSTM with projections (LSTMProjSequence), always in the packed layout (an unpacked batch
+// is one of equal lengths): gx (N, 4H) becomes the activations in place, raw (N, H) = o tanh(c),
+// hs (T + 1, B, P) the projected states, cs (T + 1, B, H). Split over threads by rows only (a
+// row's steps depend on that row alone), each thread's share of the row-steps even.
+static int proj_threads(int threads, int B) {
+  const int n = tg_threads(threads), rows = threads > 0 ? B : (B / 2 > 1 ? B / 2 : 1);
+  return n < rows ? n : rows;
+}
+
+template <typename T>
+static int proj_fwd(int T_, int B, int H, int P, int reverse, int threads, const T* w_hh, const T* w_hr, T* gx,
+                    T* gh, T* hs, T* cs, T* raw, const int* bs) {
+  const seq_steps st(bs, T_, B);
+  const ptrdiff_t G = 4 * (ptrdiff_t)H, nP = (ptrdiff_t)B * P, nH = (ptrdiff_t)B * H;
+  const int nt0 = proj_threads(threads, B);
+  tg_packed<T> whh, whr;  // W_hh^T (P, G) and W_hr^T (H, P), packed by all threads
+  whh.add(0, G); whh.layout(P);
+  whr.add(0, P); whr.layout(H);
+  tg_barrier bar(nt0);
+  auto work = [&](int id, int nt) {
+    whh.pack_part(w_hh, P, true, id, nt);
+    whr.pack_part(w_hr, H, true, id, nt);
+    if (nt > 1) bar.wait();
+    const ptrdiff_t r0 = st.cut(id, nt), m = st.cut(id + 1, nt) - r0;
+    for (int s = 0; s < T_; ++s) {
+      TG_STEP(s);
+      const ptrdiff_t mt = st.active(t, r0, m), o = st.off[t] + r0;
+      if (mt > 0) {
+        T* a = gx + o * G;
+        whh.gemm(mt, hs + p * nP + r0 * P, gh + r0 * G, G);
+        lstm_fwd_cols<T>(a, gh + r0 * G, cs + p * nH + r0 * H, H, raw + o * H, cs + q * nH + r0 * H, a, mt, 0, H);
+        whr.gemm(mt, raw + o * H, hs + q * nP + r0 * P, P);
+      }
+      if (reverse && t > 0) {  // as seq_fwd: the rows starting at t - 1 take their initial state from slot T
+        const ptrdiff_t lo = st.rows(t) > r0 ? st.rows(t) : r0, hi = r0 + st.active(t - 1, r0, m);
+        for (ptrdiff_t b = lo; b < hi; ++b) {
+          std::memcpy(hs + t * nP + b * P, hs + T_ * nP + b * P, sizeof(T) * P);
+          std::memcpy(cs + t * nH + b * H, cs + T_ * nH + b * H, sizeof(T) * H);
+        }
+      }
+    }
+  };
+  tg_parallel(nt0, work);
+  return 0;
+}
+
+// backward: dh += d_out; dhs <- dh (for dW_hr); draw <- dh W_hr; the cell's d gates and dc;
+// dh <- d gates W_hh
+template <typename T>
+static int proj_bwd(int T_, int B, int H, int P, int reverse, int need_dh0, int threads, const T* w_hh,
+                    const T* w_hr, const T* act, const T* cs, const T* d_out, T* dh, T* dc, T* draw, T* scratch,
+                    T* dhs, T* dg, const int* bs) {
+  const seq_steps st(bs, T_, B);
+  const ptrdiff_t G = 4 * (ptrdiff_t)H, nH = (ptrdiff_t)B * H;
+  const int nt0 = proj_threads(threads, B);
+  tg_packed<T> whh, whr;  // W_hh (G, P) and W_hr (P, H)
+  whh.add(0, P); whh.layout(G);
+  whr.add(0, H); whr.layout(P);
+  tg_barrier bar(nt0);
+  auto work = [&](int id, int nt) {
+    whh.pack_part(w_hh, P, false, id, nt);
+    whr.pack_part(w_hr, H, false, id, nt);
+    if (nt > 1) bar.wait();
+    const ptrdiff_t r0 = st.cut(id, nt), m = st.cut(id + 1, nt) - r0;
+    for (int s = 0; s < T_; ++s) {
+      TG_BACK(s);
+      const ptrdiff_t mt = st.active(t, r0, m), o = st.off[t] + r0;
+      if (mt <= 0) continue;
+      T* dhr = dh + r0 * P;
+      for (ptrdiff_t i = 0; i < mt * P; ++i) dhr[i] += d_out[o * P + i];
+      std::memcpy(dhs + o * P, dhr, sizeof(T) * mt * P);
+      whr.gemm(mt, dhr, draw + r0 * H, H);
+      lstm_bwd_cols<T>(act + o * G, cs + p * nH + r0 * H, cs + q * nH + r0 * H, draw + r0 * H, dc + r0 * H, H,
+                       dg + o * G, scratch + r0 * H, mt, 0, H);
+      std::memcpy(dc + r0 * H, scratch + r0 * H, sizeof(T) * mt * H);
+      if (s == T_ - 1 && !need_dh0) break;
+      whh.gemm(mt, dg + o * G, dhr, P);
+    }
+  };
+  tg_parallel(nt0, work);
+  return 0;
+}

@@ -143,6 +143,12 @@ HOST = HostCode(resources.files(__package__) / "rnn.cpp", {
     "seq_bwd": "int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, "
                "const T* w_hh, const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch, "
                "T* dgh, T* dgx, const int* bs",
+    # LSTMProjSequence's loops (an LSTM with projections; always packed steps)
+    "proj_fwd": "int T_, int B, int H, int P, int reverse, int threads, const T* w_hh, const T* w_hr, T* gx, "
+                "T* gh, T* hs, T* cs, T* raw, const int* bs",
+    "proj_bwd": "int T_, int B, int H, int P, int reverse, int need_dh0, int threads, const T* w_hh, const T* w_hr, "
+                "const T* act, const T* cs, const T* d_out, T* dh, T* dc, T* draw, T* scratch, T* dhs, T* dg, "
+                "const int* bs",
 })
 
 
@@ -1014,8 +1020,9 @@ class LSTMProjSequence(Function):
     apply(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse=False, steps=None): x (T, B, I),
     or packed (N, I) with steps (PackedSteps) as the other sequence ops; h0 (B, P), c0 (B, H).
     Returns (out (T, B, P) or (N, P), h_n (B, P), c_n (B, H)). Unpacked, the batch runs as
-    a packed one of equal lengths (time-major rows are that packing). The loop over time is
-    Python's on every device (the cell is the LSTM's kernel), the projection one GEMM a step
+    a packed one of equal lengths (time-major rows are that packing). The loop over time runs
+    in C++ on the CPU (rnn.cpp's proj_fwd/proj_bwd, split over threads by rows), in Python
+    elsewhere: per step the recurrent GEMM, the LSTM cell kernel and the projection's GEMM,
     each way; dW_hr, dW_hh and dW_ih are one GEMM each after the loop."""
 
     name = "lstm_proj_sequence"
@@ -1049,10 +1056,14 @@ class LSTMProjSequence(Function):
         first = T if reverse else 0
         hs[first, ...] = 0 if h0 is None else h0
         cs[first, ...] = 0 if c0 is None else c0
-        w_hh_t, w_hr_t = (dev.contiguous(xp.permute_dims(w, (1, 0))) for w in (w_hh, w_hr))
         gh = xp.empty((B, G), dtype=x.dtype)
+        loop = _host_loop(dev, "proj_fwd", x.dtype)
+        if T and loop is not None:  # the loop below, in C++
+            loop(T, B, H, P, reverse, HOST_THREADS, dev.contiguous(w_hh), dev.contiguous(w_hr), gx, gh, hs, cs, raw,
+                 steps.index(dev, "bs"))
+        w_hh_t, w_hr_t = (dev.contiguous(xp.permute_dims(w, (1, 0))) for w in (w_hh, w_hr))
         hv, cv = _views(hs), _views(cs)
-        for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
+        for n, t in enumerate(() if loop is not None else range(T - 1, -1, -1) if reverse else range(T)):
             p, q = (t + 1, t) if reverse else (t, t + 1)
             m, o = steps.bs[t], steps.off[t]
             if reverse and n > 0 and m > steps.bs[t + 1]:
@@ -1083,8 +1094,12 @@ class LSTMProjSequence(Function):
         dhs = xp.empty((N, P), dtype=hs.dtype)  # every step's dh, for dW_hr
         draw, scratch = xp.empty((B, H), dtype=hs.dtype), xp.empty((B, H), dtype=hs.dtype)
         dg = xp.empty((N, G), dtype=hs.dtype)
+        loop = _host_loop(dev, "proj_bwd", hs.dtype)
+        if T and loop is not None:  # the loop below, in C++
+            loop(T, B, H, P, reverse, need[6], HOST_THREADS, dev.contiguous(w_hh), dev.contiguous(w_hr), act, cs,
+                 dev.contiguous(d_out), dh, dc, draw, scratch, dhs, dg, steps.index(dev, "bs"))
         cv = _views(cs)
-        for n, t in enumerate(range(T) if reverse else range(T - 1, -1, -1)):
+        for n, t in enumerate(() if loop is not None else range(T) if reverse else range(T - 1, -1, -1)):
             p, q = (t + 1, t) if reverse else (t, t + 1)
             m, o = steps.bs[t], steps.off[t]
             dhm = dh[:m, ...]
