@@ -24,6 +24,15 @@ torch ms / ours ms (above 1: we are faster).
     python bench/rnn_step.py --cell lstm --hidden 256 --batch 32 --layers 1
     python bench/rnn_step.py --cell gru lstm --hidden 512 --impl sequence step --no-torch
     python bench/rnn_step.py --device cuda --hidden 512 --batch 64 --seq 128
+
+Variable lengths (issue 22): `--lengths uniform` draws each sequence's length in 1..seq
+(fixed seed) and times, for every impl, our packed step (pack_padded_sequence, the layer on
+the packed batch, the loss on the real tokens: "<impl>/packed") beside our padded step (the
+whole padded batch through the layer, the padding's loss ignored: "<impl>/padded"), and
+PyTorch's packed step (pack_padded_sequence + nn.LSTM/GRU: "torch/packed") beside its padded
+one. tok/s then counts the real tokens; packed/padded is set against mean length / seq:
+
+    python bench/rnn_step.py --lengths uniform --preset packed
 """
 from __future__ import annotations
 
@@ -43,6 +52,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRESETS = {
     "issue": [("lstm", 128, 32, 1), ("lstm", 256, 32, 1), ("lstm", 512, 32, 1), ("lstm", 256, 32, 2),
               ("lstm", 256, 1, 1), ("gru", 256, 32, 1), ("gru", 256, 32, 2), ("rnn", 256, 32, 1)],
+    # issue 22's rows, with --lengths uniform
+    "packed": [("lstm", 256, 32, 1), ("lstm", 512, 32, 1), ("gru", 256, 32, 1)],
 }
 
 
@@ -54,6 +65,8 @@ def parse_args(argv=None):
     ap.add_argument("--layers", type=int, nargs="+", default=[1])
     ap.add_argument("--preset", choices=sorted(PRESETS), help="a fixed list of configurations instead")
     ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--lengths", default="full", choices=["full", "uniform"],
+                    help="full: every sequence seq long; uniform: lengths drawn in 1..seq, packed against padded")
     ap.add_argument("--vocab", type=int, default=65)
     ap.add_argument("--embed", type=int, default=None, help="embedding size (default: the hidden size)")
     ap.add_argument("--impl", nargs="+", default=["sequence"], choices=["sequence", "step", "composed"])
@@ -121,12 +134,29 @@ def cpu_kernels_info(device):
     return "built" if rnnops.device_kernels(dev) is not None else "unavailable (portable form)"
 
 
-def ours(args, cell, hidden, batch, layers, impl, portable=False):
+def draw_lengths(args, batch):
+    """The sequences' lengths: all seq, or (--lengths uniform) drawn in 1..seq, the same for both libraries."""
+    import numpy as np
+    if args.lengths == "full":
+        return np.full(batch, args.seq, dtype=np.int64)
+    return np.random.default_rng(1).integers(1, args.seq + 1, size=batch)
+
+
+def packed_order(lengths, targets):
+    """targets (T, B) in packed order: timestep by timestep, the sequences still running
+    sorted by length (stably, as pack_padded_sequence sorts them)."""
+    import numpy as np
+    order = np.argsort(-lengths, kind="stable")
+    return np.concatenate([targets[t, order[lengths[order] > t]] for t in range(int(lengths.max()))])
+
+
+def ours(args, cell, hidden, batch, layers, impl, portable=False, packed=False):
     import numpy as np
 
     import tinygrad_rnn as tg
     from tinygrad_rnn import nn, optim
     from tinygrad_rnn.nn import functional as F
+    from tinygrad_rnn.nn.utils.rnn import pack_padded_sequence
 
     dev = tg.get_device(args.device)
     dt = getattr(tg, args.dtype)
@@ -141,15 +171,22 @@ def ours(args, cell, hidden, batch, layers, impl, portable=False):
     rng = np.random.default_rng(0)
     data = rng.integers(0, args.vocab, (args.seq + 1, batch))
     x = tg.tensor(data[:-1], device=dev)
-    y = tg.tensor(data[1:].reshape(-1), device=dev)
     T = args.seq
+    lengths = draw_lengths(args, batch)
+    targets = np.where(np.arange(T)[:, None] < lengths[None, :], data[1:], -1)  # -1: padding, ignored
+    y = tg.tensor(packed_order(lengths, targets) if packed else targets.reshape(-1), device=dev)
 
     kernels = False if portable else KERNELS_DEFAULT.setdefault(dev.name, dev.use_kernels)
 
     def step():
         dev.use_kernels = kernels  # runners alternate in one process, so each sets its own
-        out, _ = rnn(emb(x))
-        loss = F.cross_entropy(head(out.reshape(T * batch, hidden)), y)
+        if packed:
+            out, _ = rnn(pack_padded_sequence(emb(x), lengths, enforce_sorted=False))
+            logits = head(out.data)
+        else:
+            out, _ = rnn(emb(x))
+            logits = head(out.reshape(T * batch, hidden))
+        loss = F.cross_entropy(logits, y, ignore_index=-1 if args.lengths != "full" else None)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -157,7 +194,7 @@ def ours(args, cell, hidden, batch, layers, impl, portable=False):
     return step, dev.synchronize
 
 
-def pytorch(args, torch, cell, hidden, batch, layers):
+def pytorch(args, torch, cell, hidden, batch, layers, packed=False):
     torch.manual_seed(0)
     dev = torch.device(args.device if args.device.startswith("cuda") else "cpu")  # cuDNN's nn.LSTM on a GPU
     dt = getattr(torch, args.dtype)
@@ -169,11 +206,19 @@ def pytorch(args, torch, cell, hidden, batch, layers):
     params = list(emb.parameters()) + list(rnn.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
     x = torch.randint(0, args.vocab, (args.seq, batch), device=dev)
-    y = torch.randint(0, args.vocab, (args.seq * batch,), device=dev)
+    y = torch.randint(0, args.vocab, (args.seq, batch), device=dev)
+    lengths = torch.as_tensor(draw_lengths(args, batch))  # on the CPU, as pack_padded_sequence wants them
+    y[torch.arange(args.seq)[:, None] >= lengths[None, :]] = -1  # padding: ignored
+    pack = torch.nn.utils.rnn.pack_padded_sequence
+    y = pack(y, lengths, enforce_sorted=False).data if packed else y.reshape(-1)
 
     def step():
-        out, _ = rnn(emb(x))
-        loss = torch.nn.functional.cross_entropy(head(out.reshape(-1, hidden)), y)
+        if packed:
+            out, _ = rnn(pack(emb(x), lengths, enforce_sorted=False))
+            out = out.data
+        else:
+            out, _ = rnn(emb(x))
+        loss = torch.nn.functional.cross_entropy(head(out.reshape(-1, hidden)), y, ignore_index=-1)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -298,16 +343,22 @@ def main(argv=None):
         itertools.product(args.cell, args.hidden, args.batch, args.layers))
     rows = []
     for cell, hidden, batch, layers in configs:
-        runners = {impl: ours(args, cell, hidden, batch, layers, impl) for impl in args.impl}
+        if args.lengths == "full":
+            runners = {impl: ours(args, cell, hidden, batch, layers, impl) for impl in args.impl}
+        else:  # our packed step beside our padded one
+            runners = {f"{impl}/{how}": ours(args, cell, hidden, batch, layers, impl, packed=how == "packed")
+                       for impl in args.impl for how in ("packed", "padded")}
         if args.portable:
             runners.update({f"{impl}/numpy": ours(args, cell, hidden, batch, layers, impl, portable=True)
                             for impl in args.impl})
         if torch is not None:
             runners["torch"] = pytorch(args, torch, cell, hidden, batch, layers)
+            if args.lengths != "full":
+                runners["torch/packed"] = pytorch(args, torch, cell, hidden, batch, layers, packed=True)
         if args.profile:
             import cProfile
             import pstats
-            step, sync = runners[args.impl[0]]
+            step, sync = next(iter(runners.values()))
             step()
             pr = cProfile.Profile()
             pr.enable()
@@ -316,29 +367,38 @@ def main(argv=None):
             pr.disable()
             pstats.Stats(pr, stream=sys.stderr).sort_stats("tottime").print_stats(15)
         if args.phases and args.device == "cpu":
-            ph = phases(runners[args.impl[0]][0], args.steps * args.rounds)
+            ph = phases(next(iter(runners.values()))[0], args.steps * args.rounds)
             print(json.dumps({"bench": "rnn_step_phases", "impl": args.impl[0], "cell": cell, "hidden": hidden,
                               "batch": batch, "layers": layers, **ph}), flush=True)
         times = time_blocks(runners, args.steps, args.warmup, args.rounds)
         row = {"cell": cell, "hidden": hidden, "batch": batch, "layers": layers}
-        tokens = batch * args.seq
+        tokens = int(draw_lengths(args, batch).sum())  # the real ones
         for name, blocks in times.items():
             ts = [t for block in blocks for t in block]
             ms = statistics.median(ts) * 1e3
             row[name] = ms
-            if torch is not None and name != "torch":
-                row["ratio " + name] = paired_ratio(times, "torch", name)
-            lib = "torch " + torch.__version__ if name == "torch" else "tinygrad_rnn"
-            rec = {"bench": "rnn_step", "library": lib, "impl": None if name == "torch" else name.split("/")[0],
-                   "cell_math": None if name == "torch" else ("portable" if "/" in name else env["cpu_kernels"]), "cell": cell,
+            is_torch = name.startswith("torch")
+            if torch is not None and not is_torch:
+                row["ratio " + name] = paired_ratio(times, torch_reference(name), name)
+            if name.endswith("/packed") and not is_torch:
+                row["packed/padded " + name] = paired_ratio(times, name, name.replace("/packed", "/padded"))
+            lib = "torch " + torch.__version__ if is_torch else "tinygrad_rnn"
+            rec = {"bench": "rnn_step", "library": lib, "impl": None if is_torch else name.split("/")[0],
+                   "lengths": args.lengths, "real_tokens": tokens,
+                   "packed": name.endswith("/packed") if args.lengths != "full" else None,
+                   "cell_math": None if is_torch else ("portable" if name.endswith("/numpy") else env["cpu_kernels"]),
+                   "cell": cell,
                    "hidden": hidden, "batch": batch, "layers": layers, "seq": args.seq, "vocab": args.vocab,
                    "device": args.device, "dtype": args.dtype, "ms_per_step": round(ms, 3),
                    "ms_min": round(min(ts) * 1e3, 3), "tokens_per_s": round(tokens / ms * 1e3, 1),
                    "timed_steps": len(ts)}
-            if name != "torch":
+            if not is_torch:
                 rec["blas_jobs_on"] = blas_pool()
             if "ratio " + name in row:
                 rec["torch_over_ours_paired"] = round(row["ratio " + name], 3)
+            if "packed/padded " + name in row:
+                rec["packed_over_padded_paired"] = round(row["packed/padded " + name], 3)
+                rec["mean_length_over_seq"] = round(tokens / (batch * args.seq), 3)
             print(json.dumps(rec), flush=True)
         rows.append(row)
     if limiter is not None:
@@ -350,22 +410,37 @@ def main(argv=None):
           f"(its jobs on {pool} threads), "
           f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}, CPU kernels {env['cpu_kernels']}" + (f", torch {env['torch']} x{env['torch_threads']}"
                                                               if torch is not None else ""))
-    names = list(args.impl) + ([f"{impl}/numpy" for impl in args.impl] if args.portable else [])
+    names = [n for n in rows[0] if n not in ("cell", "hidden", "batch", "layers") and " " not in n
+             and not n.startswith("torch")] if rows else []
+    torches = ["torch"] + (["torch/packed"] if args.lengths != "full" else [])
     head = f"{'cell':>4} {'H':>4} {'B':>3} {'L':>2}"
     for impl in names:
         head += f" | {impl + ' ms':>12} {'tok/s':>8}"
     if torch is not None:
-        head += f" | {'torch ms':>9} | " + " ".join(f"{'torch/' + impl:>15}" for impl in names)
+        head += " | " + " ".join(f"{t + ' ms':>15}" for t in torches)
+        head += " | " + " ".join(f"{torch_reference(impl).replace('torch', 't') + '/' + impl:>17}" for impl in names)
+    packed = [n for n in names if n.endswith("/packed")]
+    if packed:
+        head += " | " + " ".join(f"{n + '/padded':>22}" for n in packed) + f" | {'mean len/T':>10}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        tokens = r["batch"] * args.seq
+        tokens = int(draw_lengths(args, r["batch"]).sum())
         line = f"{r['cell']:>4} {r['hidden']:>4} {r['batch']:>3} {r['layers']:>2}"
         for impl in names:
             line += f" | {r[impl]:>12.1f} {tokens / r[impl] * 1e3:>8,.0f}"
         if torch is not None:
-            line += f" | {r['torch']:>9.1f} | " + " ".join(f"{r['ratio ' + impl]:>15.2f}" for impl in names)
+            line += " | " + " ".join(f"{r[t]:>15.1f}" for t in torches)
+            line += " | " + " ".join(f"{r['ratio ' + impl]:>17.2f}" for impl in names)
+        if packed:
+            line += " | " + " ".join(f"{r['packed/padded ' + n]:>22.2f}" for n in packed)
+            line += f" | {tokens / (r['batch'] * args.seq):>10.2f}"
         print(line)
+
+
+def torch_reference(name):
+    """PyTorch's runner that one of ours is set against: its packed step for our packed one."""
+    return "torch/packed" if name.endswith("/packed") else "torch"
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 The whole sequence goes in; only the last hidden state comes out, through a linear layer
 to two logits (even, odd) and a softmax cross-entropy loss:
 
-    bits (T, B) -> one-hot -> RNN / LSTM / GRU -> h_T -> Linear(H, 2) -> softmax
+    bits (T, B) -> one-hot -> pack -> RNN / LSTM / GRU -> h_n -> Linear(H, 2) -> softmax
 
-Each training batch has its own length, drawn from 1..--train-len, so the network has to
-work for every length, not a fixed one. Afterwards: accuracy against sequence length, on
+Every sequence in a training batch has its own length, drawn from 1..--train-len: the batch
+is padded to the longest with random bits (which would flip the answer if they were read),
+packed with pack_padded_sequence, and the layer's h_n holds each sequence's state after its
+own last bit, so the network has to work for every length, not a fixed one. Afterwards: accuracy against sequence length, on
 every bit string for the trained lengths and on random strings up to 4x longer. Parity is
 the classic hard case for a sequence model: flipping any one bit flips the answer, so
 nothing short of tracking the whole sequence works.
@@ -29,6 +31,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     import tinygrad_rnn as tg
 from tinygrad_rnn import nn, optim
 from tinygrad_rnn.nn import functional as F
+from tinygrad_rnn.nn.utils.rnn import pack_padded_sequence
 
 LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -39,10 +42,14 @@ class ParityClassifier(nn.Module):
         self.rnn = LAYERS[cell](2, hidden)
         self.head = nn.Linear(hidden, 2)
 
-    def forward(self, bits):
-        """bits (T, B) of 0/1 -> logits (B, 2) from the last hidden state."""
-        out, _ = self.rnn(F.one_hot(bits, 2))
-        return self.head(out[-1])
+    def forward(self, bits, lengths=None):
+        """bits (T, B) of 0/1, sequence b being bits[:lengths[b], b] (all T without lengths) ->
+        logits (B, 2) from each sequence's own final hidden state."""
+        T, B = bits.shape
+        lengths = [T] * B if lengths is None else lengths
+        _, state = self.rnn(pack_padded_sequence(F.one_hot(bits, 2), lengths, enforce_sorted=False))
+        h_n = state[0] if isinstance(state, tuple) else state  # the LSTM's is (h_n, c_n)
+        return self.head(h_n[-1])
 
 
 def train(cell, args):
@@ -51,18 +58,21 @@ def train(cell, args):
     model = ParityClassifier(cell, args.hidden)
     opt = optim.Adam(model.parameters(), lr=args.lr)
     for step in range(args.steps):
-        T = int(rng.integers(1, args.train_len + 1))
-        bits = rng.integers(0, 2, size=(T, args.batch))
-        loss = F.cross_entropy(model(bits), bits.sum(0) % 2)
+        lengths = rng.integers(1, args.train_len + 1, size=args.batch)
+        bits = rng.integers(0, 2, size=(int(lengths.max()), args.batch))  # random past each end too
+        labels = np.array([bits[:n, b].sum() % 2 for b, n in enumerate(lengths)])
+        loss = F.cross_entropy(model(bits, lengths), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return model
 
 
-def accuracy(model, bits):
+def accuracy(model, bits, lengths=None):
+    lengths = [bits.shape[0]] * bits.shape[1] if lengths is None else lengths
+    labels = np.array([bits[:n, b].sum() % 2 for b, n in enumerate(lengths)])
     with tg.no_grad():
-        return float((model(bits).argmax(-1).numpy() == bits.sum(0) % 2).mean())
+        return float((model(bits, lengths).argmax(-1).numpy() == labels).mean())
 
 
 def all_bit_strings(T):
@@ -91,9 +101,11 @@ def main(argv=None):
         accs = [accuracy(model, all_bit_strings(T) if T <= exhaustive else rng.integers(0, 2, size=(T, 2000)))
                 for T in test_lengths]
         every = all(accuracy(model, all_bit_strings(T)) == 1.0 for T in range(1, exhaustive + 1))
-        res[cell] = {"accuracy": accs, "all_trained_strings_right": every}
+        lengths = rng.integers(1, args.train_len + 1, size=2000)  # one packed batch of mixed lengths
+        mixed = accuracy(model, rng.integers(0, 2, size=(args.train_len, 2000)), lengths)
+        res[cell] = {"accuracy": accs, "all_trained_strings_right": every, "mixed": mixed}
         print(f"  {cell:6s} " + " ".join(f"{a:6.1%}" for a in accs) +
-              f"   right on every string up to length {exhaustive}: {every}")
+              f"   right on every string up to length {exhaustive}: {every}; mixed batch {mixed:.1%}")
     res["seconds"] = time.perf_counter() - t0
     n_strings = 2 ** (exhaustive + 1) - 2
     assert res["lstm"]["all_trained_strings_right"] and res["gru"]["all_trained_strings_right"], \

@@ -16,6 +16,9 @@ al., 2015); exact-match accuracy for each of the four combinations.
 - Attention: at each step the decoder scores every encoder output against its state
   (nn.AdditiveAttention), reads their weighted mean (the context), and feeds it in with
   the token; the final state is no longer the only road from source to target.
+- Sources of different lengths share a batch: padded, then packed for the encoder
+  (pack_padded_sequence), so each source's final state is taken at its own last token;
+  attention is masked past each source's end.
 
 Tasks: reverse (the default), sort, add ("123+45" -> "168").
 
@@ -36,6 +39,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     import tinygrad_rnn as tg
 from tinygrad_rnn import nn, optim
 from tinygrad_rnn.nn import functional as F
+from tinygrad_rnn.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 PAD, START, END, PLUS = 0, 1, 2, 3
 DIGIT0 = 4  # digit d is token DIGIT0 + d
@@ -43,25 +47,27 @@ N_TOKENS = DIGIT0 + 10
 
 
 # ----------------------------------------------------------------------------- tasks
-def make_batch(task, rng, length, batch):
-    """Source (S, B) and target (T, B) token arrays; all sources of a batch have one length,
-    targets are END-terminated and PAD-padded to the longest."""
+def make_example(task, rng, length):
+    """One (source, target) pair of strings, the source `length` characters long."""
     if task == "add":
         n1 = int(rng.integers(1, length - 1))  # "a+b" with len(a) + 1 + len(b) == length
-        a = rng.integers(0, 10 ** n1, size=batch)
-        b = rng.integers(0, 10 ** (length - 1 - n1), size=batch)
-        srcs = [f"{x}+{y}".rjust(length, "0") for x, y in zip(a, b)]  # leading zeros keep the length
-        tgts = [str(x + y) for x, y in zip(a, b)]
-    else:
-        digits = rng.integers(0, 10, size=(batch, length))
-        srcs = ["".join(map(str, d)) for d in digits]
-        tgts = [s[::-1] if task == "reverse" else "".join(sorted(s)) for s in srcs]
-    src = np.array([[PLUS if c == "+" else DIGIT0 + int(c) for c in s] for s in srcs]).T
-    T = max(len(t) for t in tgts) + 1
-    tgt = np.full((T, batch), PAD, dtype=np.int64)
-    for j, t in enumerate(tgts):
+        a, b = int(rng.integers(0, 10 ** n1)), int(rng.integers(0, 10 ** (length - 1 - n1)))
+        return f"{a}+{b}".rjust(length, "0"), str(a + b)  # leading zeros keep the length
+    src = "".join(map(str, rng.integers(0, 10, size=length)))
+    return src, (src[::-1] if task == "reverse" else "".join(sorted(src)))
+
+
+def make_batch(task, rng, lengths):
+    """Source (S, B), target (T, B) token arrays and the source lengths: sources PAD-padded to
+    the longest, targets END-terminated and PAD-padded to the longest."""
+    pairs = [make_example(task, rng, int(n)) for n in lengths]
+    src = np.full((max(lengths), len(pairs)), PAD, dtype=np.int64)
+    T = max(len(t) for _, t in pairs) + 1
+    tgt = np.full((T, len(pairs)), PAD, dtype=np.int64)
+    for j, (s, t) in enumerate(pairs):
+        src[:len(s), j] = [PLUS if c == "+" else DIGIT0 + int(c) for c in s]
         tgt[:len(t) + 1, j] = [DIGIT0 + int(c) for c in t] + [END]
-    return src.astype(np.int64), tgt
+    return src, tgt, np.asarray(lengths)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -76,26 +82,35 @@ class Seq2Seq(nn.Module):
             self.attn = nn.AdditiveAttention(query_size=hidden, key_size=hidden, hidden_size=hidden)
         self.head = nn.Linear(hidden * (2 if attention else 1), N_TOKENS)
 
-    def encode(self, src):
-        if self.reverse_source:
-            src = src[::-1]
-        enc_out, (h, c) = self.encoder(self.embed(src))
+    def encode(self, src, lengths):
+        """The encoder over sources of mixed lengths: packed, so that (h, c) is each source's
+        state after its own last token; the outputs padded back, with the mask of real ones."""
+        S = src.shape[0]
+        inside = np.arange(S)[:, None] < lengths[None, :]
+        if self.reverse_source:  # each source back to front within its own length
+            src = src.copy()
+            for j, n in enumerate(lengths):
+                src[:n, j] = src[:n, j][::-1]
+        packed = pack_padded_sequence(self.embed(src), lengths, enforce_sorted=False)
+        enc_out, (h, c) = self.encoder(packed)
+        enc_out, _ = pad_packed_sequence(enc_out, total_length=S)
         keys = self.attn.project_keys(enc_out) if self.attention else None
-        return enc_out, keys, (h[0], c[0])
+        return (enc_out, inside), keys, (h[0], c[0])
 
-    def decode_step(self, token, state, enc_out, keys):
+    def decode_step(self, token, state, enc, keys):
         """One decoder step: previous token (B,) and state -> (logits (B, V), new state)."""
         x = self.embed(token)
         if self.attention:
-            context, _ = self.attn(state[0], enc_out, keys_proj=keys)  # scored against h_(t-1)
+            enc_out, inside = enc  # nothing past a source's end is attended to
+            context, _ = self.attn(state[0], enc_out, keys_proj=keys, mask=inside)  # scored against h_(t-1)
             x = tg.cat([x, context], axis=-1)
         h, c = self.decoder(x, state)
         out = tg.cat([h, context], axis=-1) if self.attention else h
         return self.head(out), (h, c)
 
-    def forward(self, src, tgt):
+    def forward(self, src, lengths, tgt):
         """Teacher forcing: the decoder reads START, then the true target tokens. -> (T, B, V)."""
-        enc_out, keys, state = self.encode(src)
+        enc_out, keys, state = self.encode(src, lengths)
         prev = np.concatenate([np.full((1, tgt.shape[1]), START), tgt[:-1]])
         logits = []
         for token in prev:
@@ -103,10 +118,10 @@ class Seq2Seq(nn.Module):
             logits.append(out)
         return tg.stack(logits)
 
-    def greedy(self, src, max_len):
+    def greedy(self, src, lengths, max_len):
         """Decode by feeding back the likeliest token; (max_len, B) with END where it stopped."""
         with tg.no_grad():
-            enc_out, keys, state = self.encode(src)
+            enc_out, keys, state = self.encode(src, lengths)
             token = np.full(src.shape[1], START)
             out = []
             for _ in range(max_len):
@@ -130,9 +145,9 @@ def train_and_evaluate(args, attention, reverse_source):
     rng = np.random.default_rng(args.seed)
     model = Seq2Seq(args.hidden, attention=attention, reverse_source=reverse_source)
     opt = optim.Adam(model.parameters(), lr=args.lr)
-    for step in range(args.steps):
-        src, tgt = make_batch(args.task, rng, int(rng.integers(args.min_len, args.max_len + 1)), args.batch)
-        loss = F.cross_entropy(model(src, tgt).reshape(-1, N_TOKENS), tgt.reshape(-1), ignore_index=PAD)
+    for step in range(args.steps):  # every batch of mixed source lengths
+        src, tgt, lengths = make_batch(args.task, rng, rng.integers(args.min_len, args.max_len + 1, size=args.batch))
+        loss = F.cross_entropy(model(src, lengths, tgt).reshape(-1, N_TOKENS), tgt.reshape(-1), ignore_index=PAD)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -140,8 +155,8 @@ def train_and_evaluate(args, attention, reverse_source):
     test_rng = np.random.default_rng(args.seed + 1)
     accs = []
     for length in range(args.min_len, args.max_len + 1):
-        src, tgt = make_batch(args.task, test_rng, length, args.test_per_length)
-        accs.append(exact_match(model.greedy(src, tgt.shape[0] + 2), tgt))
+        src, tgt, lengths = make_batch(args.task, test_rng, [length] * args.test_per_length)
+        accs.append(exact_match(model.greedy(src, lengths, tgt.shape[0] + 2), tgt))
     return float(np.mean(accs)), accs
 
 

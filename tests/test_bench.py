@@ -47,6 +47,19 @@ def test_rnn_step_prints_json_lines_and_a_table():
     assert records[2]["ms_per_step"] > 0 and "torch/" not in r.stdout
 
 
+def test_rnn_step_lengths_uniform_times_packed_beside_padded():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "rnn_step.py"), "--cell", "lstm", "gru",
+                        "--hidden", "8", "--batch", "3", "--seq", "5", "--steps", "1", "--rounds", "1", "--warmup",
+                        "0", "--no-torch", "--lengths", "uniform"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"bench": "rnn_step"')]
+    assert [(rec["cell"], rec["packed"]) for rec in records] == [("lstm", True), ("lstm", False),
+                                                                  ("gru", True), ("gru", False)]
+    assert all(rec["lengths"] == "uniform" and 3 <= rec["real_tokens"] <= 15 for rec in records)
+    assert records[0]["packed_over_padded_paired"] > 0 and 0 < records[0]["mean_length_over_seq"] <= 1
+    assert "sequence/packed/padded" in r.stdout and "mean len/T" in r.stdout
+
+
 def test_charlm_minutes_runs_or_says_why_not(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("to be or not to be, that is the question.\n" * 60)

@@ -168,6 +168,14 @@ def sequence(kind):
     return case
 
 
+def lstm_proj_sequence(d):
+    T, b, i, h, p = (d(st.integers(1, 3)) for _ in range(5))
+    reverse = d.one_of(False, True)
+    ins = [d.t((T, b, i)), d.t((4 * h, i), -1, 1), d.t((4 * h, p), -1, 1), d.t((4 * h,)), d.t((4 * h,)),
+           d.t((p, h), -1, 1), d.t((b, p)), d.t((b, h))]
+    return (lambda *a: rnn.LSTMProjSequence.apply(*a, reverse=reverse)), ins
+
+
 def split(d):
     x = d.t(d.shape())
     axis = d.axis(x.ndim)
@@ -279,6 +287,7 @@ CASES = {
     "CrossEntropy": cross_entropy, "Embedding": embedding, "Dropout": dropout,
     "RNNCellFn": cell("RNN"), "LSTMCellFn": cell("LSTM"), "GRUCellFn": cell("GRU"),
     "RNNSequence": sequence("RNN"), "LSTMSequence": sequence("LSTM"), "GRUSequence": sequence("GRU"),
+    "LSTMProjSequence": lstm_proj_sequence,
     "CumSum": lambda d: (lambda x: ((lambda a: scan.CumSum.apply(a, d.axis(x.ndim))), [x]))(d.t(d.shape())),
     "Softplus": unary(scan.Softplus), "LogSigmoid": unary(scan.LogSigmoid),
     "Alias": lambda d: ((lambda a: sh.Alias.apply(a) * a), [d.t(d.shape(0))]),

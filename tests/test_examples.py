@@ -66,6 +66,7 @@ def test_data_parallel_example_in_a_world_of_one():
 def test_many_to_one_parity():
     res = run_example("many_to_one")
     assert res["lstm"]["all_trained_strings_right"] and res["gru"]["all_trained_strings_right"]
+    assert res["lstm"]["mixed"] == res["gru"]["mixed"] == 1.0  # one packed batch of lengths 1..10
 
 
 def test_one_to_many_spells_every_word():

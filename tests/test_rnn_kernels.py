@@ -504,10 +504,10 @@ def _lstm_loops(T=5, B=9, H=40, seed=0):
     rng = np.random.default_rng(seed)
     gx, w = rng.standard_normal((T, B, 4 * H)), rng.standard_normal((4 * H, H)) * 0.2  # W_hh
     hs, cs, act = np.zeros((T + 1, B, H)), np.zeros((T + 1, B, H)), np.empty((T, B, 4 * H))
-    ks["seq_fwd"](2, T, B, H, 0, 1, 0, 0, gx, w, None, np.empty((B, 4 * H)), hs, cs, act)
+    ks["seq_fwd"](2, T, B, H, 0, 1, 0, 0, gx, w, None, np.empty((B, 4 * H)), hs, cs, act, None)
     dh, dc, dgh = np.zeros((B, H)), np.zeros((B, H)), np.empty((T, B, 4 * H))
     ks["seq_bwd"](2, T, B, H, 0, 1, 0, 0, w, act, hs, cs, rng.standard_normal((T, B, H)),
-                  dh, dc, np.empty((B, H)), dgh, None)
+                  dh, dc, np.empty((B, H)), dgh, None, None)
     return hs, dh
 
 
@@ -573,13 +573,15 @@ def test_blas_keeps_its_own_threads_when_told(tmp_path):
 def test_host_function_argument_errors(cpu_kernels_on):
     loop = rnnops.device_kernels(CPU)["seq_fwd"]
     a = np.zeros((2, 3))
-    with pytest.raises(TypeError, match=r"host function rnn\.seq_fwd: takes 15 arguments, got 2"):
+    with pytest.raises(TypeError, match=r"host function rnn\.seq_fwd: takes 16 arguments, got 2"):
         loop(0, a)
-    args = [0, 1, 2, 3, 0, 1, 0, 0, a, a, None, a, a, None, None]
+    args = [0, 1, 2, 3, 0, 1, 0, 0, a, a, None, a, a, None, None, None]
     with pytest.raises(DTypeError, match=r"argument w_hh must be a row-major float64 NumPy array, got float32"):
         loop(*args[:9], a.astype(np.float32), *args[10:])
     with pytest.raises(DTypeError, match=r"argument gh must be a row-major float64"):
         loop(*args[:11], np.zeros((3, 2)).T, *args[12:])
+    with pytest.raises(DTypeError, match=r"argument bs must be a contiguous int32 NumPy array, got int64"):
+        loop(*args[:15], np.zeros(2, dtype=np.int64))
 
 
 @needs_cxx

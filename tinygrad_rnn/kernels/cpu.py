@@ -80,12 +80,12 @@ _C_TYPE = {"_f32": "float", "_f64": "double"}
 
 
 def _host_params(signature):
-    """'int n, const T* x, T* y' -> [('int' or 'ptr', name)]."""
+    """'int n, const T* x, T* y, const int* k' -> [('int', 'ptr' or 'iptr' (int32 array), name)]."""
     out = []
     for p in signature.split(","):
         p = p.strip()
         name = p.replace("*", " ").split()[-1]
-        out.append(("ptr" if "*" in p else "int", name))
+        out.append(("iptr" if "int*" in p.replace(" ", "") else "ptr" if "*" in p else "int", name))
     return out
 
 
@@ -293,7 +293,7 @@ class HostFunction:
         for dt, sfx in _SUFFIX.items():
             fn = getattr(lib, name + sfx)
             fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p if kind == "ptr" else ctypes.c_int for kind, _ in self.params]
+            fn.argtypes = [ctypes.c_int if kind == "int" else ctypes.c_void_p for kind, _ in self.params]
             self._fns[dt] = fn
 
     def __repr__(self):
@@ -302,10 +302,15 @@ class HostFunction:
     def __call__(self, *args):
         if len(args) != len(self.params):
             raise TypeError(f"host function {self.name}: takes {len(self.params)} arguments, got {len(args)}")
-        dt = next(a.dtype for a in args if isinstance(a, np.ndarray))
+        dt = next(a.dtype for a, (kind, _) in zip(args, self.params) if kind == "ptr" and isinstance(a, np.ndarray))
         conv = list(args)
         for k, (kind, p) in enumerate(self.params):
             a = args[k]
+            if kind == "iptr" and a is not None:
+                if type(a) is not np.ndarray or a.dtype != np.int32 or not a.flags.c_contiguous:
+                    raise DTypeError(f"host function {self.name}: argument {p} must be a contiguous int32 NumPy "
+                                     f"array, got {getattr(a, 'dtype', type(a).__name__)}")
+                conv[k] = _data_pointer(a)
             if kind == "ptr" and a is not None:
                 if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous:
                     raise DTypeError(f"host function {self.name}: argument {p} must be a row-major {dt} NumPy "

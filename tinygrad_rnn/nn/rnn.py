@@ -27,6 +27,7 @@ from ..ops.linalg import MatMul
 from ..tensor import Tensor, concat, stack
 from . import functional as F
 from .module import Module, Parameter
+from .utils.rnn import PackedSequence, _rows
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]
 
@@ -107,6 +108,10 @@ class _Cell(Module):
     def _input(self, x):
         """x as (batch, input_size), and whether it came unbatched."""
         name = type(self).__name__
+        if isinstance(x, PackedSequence):
+            raise TypeError(f"{name}: a cell takes one timestep (batch, input_size), not a PackedSequence; run "
+                            f"packed sequences through nn.{name[:-4]}, or pad them with pad_packed_sequence "
+                            f"and step through the timesteps")
         _check_tensor(name, "input", x, self.weight_ih)
         if x.ndim not in (1, 2):
             raise ShapeError(f"{name}: expected input of shape (batch, input_size) or unbatched (input_size,), "
@@ -209,6 +214,12 @@ class GRUCell(_Cell):
         return out if batched else out.squeeze(0)
 
 
+def _inverse(order):
+    inv = order.copy()
+    inv[order] = range(order.shape[0])
+    return inv
+
+
 # ----------------------------------------------------------------------------- layers
 IMPLS = ("sequence", "step", "composed")
 
@@ -255,10 +266,18 @@ class _RNNBase(Module):
     kind = _RNN
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, impl="sequence", dtype=None, device=None):
+                 bidirectional=False, impl="sequence", dtype=None, device=None, *, proj_size=0):
         super().__init__()
         name = type(self).__name__
         _check_sizes(name, input_size, hidden_size)
+        if not isinstance(proj_size, numbers.Integral) or isinstance(proj_size, bool) or proj_size < 0:
+            raise ValueError(f"{name}: proj_size must be a non-negative integer, got {proj_size!r}")
+        if proj_size and self.kind is not _LSTM:
+            raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU")
+        if proj_size >= hidden_size:
+            raise ValueError(f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+                             f"and hidden_size={hidden_size}")
+        self.proj_size = int(proj_size)
         if not isinstance(num_layers, numbers.Integral) or isinstance(num_layers, bool) or num_layers < 1:
             raise ValueError(f"{name}: num_layers must be a positive integer, got {num_layers!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout <= 1.0:
@@ -276,15 +295,17 @@ class _RNNBase(Module):
         # per layer, per direction: weight_ih, weight_hh, bias_ih, bias_hh
         names = []
         for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else self.hidden_size * D
+            in_size = self.input_size if layer == 0 else self._h_size * D
             for d in range(D):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 group = (f"weight_ih{sfx}", f"weight_hh{sfx}", f"bias_ih{sfx}", f"bias_hh{sfx}")
                 setattr(self, group[0], _new_param((G, in_size), dtype, device))
-                setattr(self, group[1], _new_param((G, self.hidden_size), dtype, device))
+                setattr(self, group[1], _new_param((G, self._h_size), dtype, device))
                 if bias:
                     setattr(self, group[2], _new_param((G,), dtype, device))
                     setattr(self, group[3], _new_param((G,), dtype, device))
+                if self.proj_size:  # after the biases, PyTorch's order
+                    setattr(self, f"weight_hr{sfx}", _new_param((self.proj_size, self.hidden_size), dtype, device))
                 names.append(group)
         self._flat_names = names
         self.reset_parameters()
@@ -308,6 +329,17 @@ class _RNNBase(Module):
     def num_directions(self):
         return 2 if self.bidirectional else 1
 
+    @property
+    def _h_size(self):
+        """The size of h (the output's features a direction): proj_size where there is one."""
+        return self.proj_size or self.hidden_size
+
+    def _w_hr(self, k):
+        """Layer and direction k's projection weight_hr (proj_size, hidden_size), or None."""
+        if not self.proj_size:
+            return None
+        return self._parameters[self._flat_names[k][0].replace("weight_ih", "weight_hr")]
+
     def reset_parameters(self):
         _reset_uniform(self, self.hidden_size)
 
@@ -328,6 +360,8 @@ class _RNNBase(Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         if self.impl != "sequence":
             s += f", impl='{self.impl}'"
         return s
@@ -354,8 +388,8 @@ class _RNNBase(Module):
         T, batch = x.shape[0], x.shape[1]
         if T == 0:
             raise ShapeError(f"{name}: the input sequence is empty (shape {fmt_shape(x.shape)}, seq_len 0)")
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
-        want = (LD, batch, H) if batched else (LD, H)
+        LD = self.num_layers * self.num_directions
+        sizes = {"h0": self._h_size, "c0": self.hidden_size}
         what = ("h0", "c0") if self.kind.has_cell else ("h0",)
         if hx is None:
             return x, [None] * len(what), batched
@@ -368,9 +402,11 @@ class _RNNBase(Module):
         out = []
         for label, s in zip(what, states):
             _check_tensor(name, label, s, w)
+            want = (LD, batch, sizes[label]) if batched else (LD, sizes[label])
+            size = "proj_size" if label == "h0" and self.proj_size else "hidden_size"
             if s.shape != want:
-                dims = "(num_layers * num_directions, batch, hidden_size)" if batched else \
-                    "(num_layers * num_directions, hidden_size) for unbatched input"
+                dims = f"(num_layers * num_directions, batch, {size})" if batched else \
+                    f"(num_layers * num_directions, {size}) for unbatched input"
                 raise ShapeError(f"{name}: {label} must have shape {fmt_shape(want)} {dims}, "
                                  f"got {fmt_shape(s.shape)} (input of shape {fmt_shape(given)})")
             out.append((s if batched else s.unsqueeze(1)).unbind(0))
@@ -378,6 +414,8 @@ class _RNNBase(Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x, hx=None):
+        if isinstance(x, PackedSequence):
+            return self._forward_packed(x, hx)
         x, states, batched = self._prepare(x, hx)
         D = self.num_directions
         finals = [[] for _ in states]
@@ -409,6 +447,10 @@ class _RNNBase(Module):
         w_ih, w_hh, b_ih, b_hh = (p.get(n) for n in self._flat_names[k])
         kind, nl = self.kind, getattr(self, "nonlinearity", "tanh")
         h, c = init[0], (init[1] if kind.has_cell else None)
+        w_hr = self._w_hr(k)
+        if w_hr is not None and self._impl == "sequence":
+            res = rnnops.LSTMProjSequence.apply(x, w_ih, w_hh, b_ih, b_hh, w_hr, h, c, reverse=reverse)
+            return res[0], list(res[1:])
         if self._impl == "sequence":
             lookup = _embedding_lookup(x) if k < self.num_directions else None
             if lookup is not None:
@@ -444,16 +486,119 @@ class _RNNBase(Module):
             proj = proj + bias
         xs = proj.reshape(T, batch, G).unbind(0)  # one node, T outputs
         w_hh_t = w_hh.T  # transposed once per call, not once per step
+        w_hr_t = None if w_hr is None else w_hr.T
         if h is None:
-            h = self._zeros((batch, H))
+            h = self._zeros((batch, self._h_size))
         if kind.has_cell and c is None:
             c = self._zeros((batch, H))
         outs = [None] * T
         for t in range(T - 1, -1, -1) if reverse else range(T):
             # even from a zero initial state: W_hh then gets a zero gradient, not none, as in PyTorch
             h, c = step(xs[t], MatMul.apply(h, w_hh_t), b_step, h, c, nl)
+            if w_hr_t is not None:
+                h = h @ w_hr_t
             outs[t] = h
         return stack(outs, axis=0), ([h, c] if kind.has_cell else [h])
+
+    # ------------------------------------------------------------------ packed sequences
+    def _forward_packed(self, packed, hx):
+        """forward over a PackedSequence: the same layers, each step on the rows still running
+        (rnnops.PackedSteps); h0/c0 and h_n/c_n in the batch's original order, as PyTorch's."""
+        name = type(self).__name__
+        data = packed.data
+        _check_tensor(name, "input", data, self.weight_ih_l0)
+        if data.ndim != 2 or data.shape[1] != self.input_size:
+            raise ShapeError(f"{name}: a packed input's data must be (sum of lengths, input_size="
+                             f"{self.input_size}), got shape {fmt_shape(data.shape)}")
+        bs = packed.host_batch_sizes()
+        if data.shape[0] != int(bs.sum()):
+            raise ShapeError(f"{name}: the packed data has {data.shape[0]} rows but its batch_sizes add up to "
+                             f"{int(bs.sum())}")
+        order = None if packed.sorted_indices is None else packed.host_sorted_indices()
+        batch = packed.batch_size
+        steps = rnnops.PackedSteps([int((bs > r).sum()) for r in range(batch)])
+        states = self._packed_states(hx, batch, order)
+        D = self.num_directions
+        finals = [[] for _ in states]
+        layer_in = data
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                out, last = self._direction_packed(layer_in, k, [None if s is None else s[k] for s in states],
+                                                   d == 1, steps)
+                outs.append(out)
+                for f, s in zip(finals, last):
+                    f.append(s if order is None else _rows(s, _inverse(order)))
+            layer_in = outs[0] if D == 1 else concat(outs, axis=1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+        finals = [stack(f, axis=0) for f in finals]
+        output = PackedSequence(layer_in, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        return output, (tuple(finals) if self.kind.has_cell else finals[0])
+
+    def _packed_states(self, hx, batch, order):
+        """The initial states as lists of L*D (B, H) tensors of the sorted rows (or None)."""
+        name, w = type(self).__name__, self.weight_ih_l0
+        what = ("h0", "c0") if self.kind.has_cell else ("h0",)
+        if hx is None:
+            return [None] * len(what)
+        if self.kind.has_cell and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"{name}: the initial state must be a tuple (h0, c0), got {type(hx).__name__}")
+        out = []
+        for label, s in zip(what, hx if self.kind.has_cell else [hx]):
+            _check_tensor(name, label, s, w)
+            want = (self.num_layers * self.num_directions, batch, self._h_size if label == "h0" else self.hidden_size)
+            if s.shape != want:
+                raise ShapeError(f"{name}: {label} must have shape {fmt_shape(want)} (num_layers * num_directions, "
+                                 f"batch, {'proj_size' if label == 'h0' and self.proj_size else 'hidden_size'}) "
+                                 f"for a packed batch of {batch}, got {fmt_shape(s.shape)}")
+            out.append([p if order is None else _rows(p, order) for p in s.unbind(0)])
+        return out
+
+    def _direction_packed(self, x, k, init, reverse, steps):
+        """One layer in one direction over packed x (N, I): (outputs (N, H) packed, [final states])."""
+        p = self._parameters
+        w_ih, w_hh, b_ih, b_hh = (p.get(n) for n in self._flat_names[k])
+        kind, nl = self.kind, getattr(self, "nonlinearity", "tanh")
+        h, c = init[0], (init[1] if kind.has_cell else None)
+        w_hr = self._w_hr(k)
+        if self._impl == "sequence":
+            if w_hr is not None:
+                res = rnnops.LSTMProjSequence.apply(x, w_ih, w_hh, b_ih, b_hh, w_hr, h, c, reverse=reverse,
+                                                    steps=steps)
+            else:
+                res = kind.sequence.apply(x, w_ih, w_hh, b_ih, b_hh, h, c, reverse=reverse, nonlinearity=nl,
+                                          steps=steps)
+            return res[0], list(res[1:])
+        B, H = steps.B, self.hidden_size
+        step, bias, b_step = kind.composed, b_ih, b_hh
+        if self._impl == "step":
+            step = kind.cell
+            if kind is not _GRU:
+                bias = b_ih if b_ih is None else b_ih + b_hh
+                b_step = None
+        proj = x @ w_ih.T  # the packed rows only
+        if bias is not None:
+            proj = proj + bias
+        xs = proj.split(steps.bs, axis=0) if steps.T else ()  # one node, one block a step
+        w_hh_t, w_hr_t = w_hh.T, (None if w_hr is None else w_hr.T)
+        h = self._zeros((B, self._h_size)) if h is None else h
+        if kind.has_cell and c is None:
+            c = self._zeros((B, H))
+        outs = [None] * steps.T
+        for t in range(steps.T - 1, -1, -1) if reverse else range(steps.T):
+            m = steps.bs[t]  # the rows still running; the others keep their states
+            hm, cm = (h, c) if m == B else (h[:m], None if c is None else c[:m])
+            hn, cn = step(xs[t], MatMul.apply(hm, w_hh_t), b_step, hm, cm, nl)
+            if w_hr_t is not None:
+                hn = hn @ w_hr_t
+            outs[t] = hn
+            h = hn if m == B else concat([hn, h[m:]], axis=0)
+            if c is not None:
+                c = cn if m == B else concat([cn, c[m:]], axis=0)
+        out = concat(outs, axis=0) if outs else self._zeros((0, self._h_size))
+        return out, ([h, c] if kind.has_cell else [h])
 
     def _zeros(self, shape):
         w = self.weight_ih_l0
@@ -492,11 +637,21 @@ class LSTM(_RNNBase):
         c_t = f * c_(t-1) + i * g,    h_t = o * tanh(c_t)
 
     LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-         bidirectional=False, impl='sequence', dtype=None, device=None)
+         bidirectional=False, proj_size=0, impl='sequence', dtype=None, device=None)
     forward(x, (h0, c0)=None) -> (output, (h_n, c_n)), shapes as in RNN.
+
+    proj_size > 0 (PyTorch's LSTM with projections): h_t = W_hr (o_t * tanh(c_t)) has
+    proj_size features, through weight_hr_l{k} (proj_size, hidden_size); weight_hh_l{k} is
+    (4 * hidden_size, proj_size), layers past the first take num_directions * proj_size
+    inputs, h0/h_n are (num_layers * num_directions, B, proj_size), c0/c_n stay hidden_size.
     """
 
     kind = _LSTM
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, impl="sequence", dtype=None, device=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, impl,
+                         dtype, device, proj_size=proj_size)
 
 
 class GRU(_RNNBase):

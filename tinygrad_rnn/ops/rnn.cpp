@@ -39,6 +39,40 @@ struct seq_dims {
       : gates(cell == 2 ? 4 : cell == 1 ? 3 : 1), n((ptrdiff_t)B * H), G((ptrdiff_t)gates * H),
         A(cell == 0 ? 0 : 4 * (ptrdiff_t)H) {}
 };
+// Packed batches (nn.utils.rnn; bs non-null): the rows sorted by length, step t runs the first
+// bs[t] rows only, its rows of gx, act, d_out and the d gates packed at off[t] (no padding in
+// them); the states keep their (T + 1, B, H) slots, of which each step reads and writes only
+// its rows. Unpacked, bs[t] = B and off[t] = t B: the same loops as before.
+struct seq_steps {
+  std::vector<ptrdiff_t> off;
+  const int* bs;
+  int B;
+  std::vector<ptrdiff_t> work;  // packed: work[r], the steps rows 0 .. r - 1 run in all
+  seq_steps(const int* bs_, int T_, int B_) : off(T_ + 1), bs(bs_), B(B_) {
+    off[0] = 0;
+    for (int t = 0; t < T_; ++t) off[t + 1] = off[t] + rows(t);
+    if (bs != nullptr) {
+      work.assign(B + 1, 0);
+      for (int r = 0, t = T_; r < B; ++r) {  // row r runs the steps t with bs[t] > r
+        while (t > 0 && bs[t - 1] <= r) --t;
+        work[r + 1] = work[r] + t;
+      }
+    }
+  }
+  // split by rows, packed: thread k's first row, so that each thread runs as many row-steps
+  // (its rows' lengths added up) as the others, not as many rows
+  ptrdiff_t cut(int k, int nt) const {
+    ptrdiff_t r = 0;
+    while (r < B && work[r] * nt < work[B] * k) ++r;
+    return k == nt ? B : r;
+  }
+  int rows(int t) const { return bs == nullptr ? B : bs[t]; }
+  // of thread rows r0 .. r0 + m - 1, how many step t runs
+  ptrdiff_t active(int t, ptrdiff_t r0, ptrdiff_t m) const {
+    const ptrdiff_t a = rows(t) - r0;
+    return a < 0 ? 0 : a < m ? a : m;
+  }
+};
 static seq_split seq_plan(int threads, int B, int H) {
   const int n = tg_threads(threads);
   if (threads > 0) return B >= n ? seq_split{true, n} : seq_split{false, n < H ? n : H};
@@ -50,8 +84,9 @@ static seq_split seq_plan(int threads, int B, int H) {
 // forward: gh <- h_p W_hh^T (zeros at the first step without h0), then the cell
 template <typename T>
 static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, const T* gx,
-                   const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act) {
+                   const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act, const int* bs) {
   const seq_dims d(cell, B, H);
+  const seq_steps st(bs, T_, B);
   const int gates = d.gates;
   const ptrdiff_t n = d.n, G = d.G, A = d.A;
   const seq_split plan = seq_plan(threads, B, H);
@@ -65,6 +100,7 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
     }
     seq_split me = plan;
     me.at(id, nt, B, H, tg_pk<T>::L);
+    if (plan.by_rows && bs != nullptr) { me.r0 = st.cut(id, nt); me.r1 = st.cut(id + 1, nt); }
     const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
     tg_packed<T> own;  // by units: this thread's columns of W_hh^T
     if (!plan.by_rows) {
@@ -75,23 +111,37 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
     T* ghr = gh + r0 * G;
     for (int s = 0; s < T_; ++s) {
       TG_STEP(s);
+      const ptrdiff_t mt = st.active(t, r0, m);  // this step's rows of this thread's
       const T* hp = hs + p * n + r0 * H;
       T* hq = hs + q * n + r0 * H;
       if (s == 0 && zero_h0) {
-        for (ptrdiff_t b = 0; b < m; ++b)
+        for (ptrdiff_t b = 0; b < mt; ++b)
           for (int g = 0; g < gates; ++g) std::memset(ghr + b * G + g * H + j0, 0, sizeof(T) * (j1 - j0));
-      } else {
-        W.gemm(m, hp, ghr, G);
+      } else if (mt > 0) {
+        W.gemm(mt, hp, ghr, G);
       }
-      const T* gx_t = gx + (t * (ptrdiff_t)B + r0) * G;
-      T* act_t = act + (t * (ptrdiff_t)B + r0) * A;
-      if (cell == 2) lstm_fwd_cols<T>(gx_t, ghr, cs + p * n + r0 * H, H, hq, cs + q * n + r0 * H, act_t, m, j0, j1);
-      else if (cell == 1) gru_fwd_cols<T>(gx_t, ghr, b_step, hp, H, hq, act_t, m, j0, j1);
-      else
-        for (ptrdiff_t b = 0; b < m; ++b) {
+      const T* gx_t = gx + (st.off[t] + r0) * G;
+      T* act_t = act + (st.off[t] + r0) * A;
+      if (mt <= 0) {
+      } else if (cell == 2) {
+        lstm_fwd_cols<T>(gx_t, ghr, cs + p * n + r0 * H, H, hq, cs + q * n + r0 * H, act_t, mt, j0, j1);
+      } else if (cell == 1) {
+        gru_fwd_cols<T>(gx_t, ghr, b_step, hp, H, hq, act_t, mt, j0, j1);
+      } else {
+        for (ptrdiff_t b = 0; b < mt; ++b) {
           if (relu) rnn_relu_fwd_impl<T>(gx_t + b * G + j0, ghr + b * G + j0, hq + b * H + j0, j1 - j0);
           else rnn_tanh_fwd_impl<T>(gx_t + b * G + j0, ghr + b * G + j0, hq + b * H + j0, j1 - j0);
         }
+      }
+      if (bs != nullptr && reverse && t > 0) {
+        // the rows whose sequences end at t - 1 start there (backwards) from their initial
+        // state, kept in slot T: into slot t, where step t - 1 reads its previous state
+        const ptrdiff_t lo = st.rows(t) > r0 ? st.rows(t) : r0, hi = r0 + st.active(t - 1, r0, m);
+        for (ptrdiff_t b = lo; b < hi; ++b) {
+          std::memcpy(hs + t * n + b * H + j0, hs + T_ * n + b * H + j0, sizeof(T) * (j1 - j0));
+          if (cell == 2) std::memcpy(cs + t * n + b * H + j0, cs + T_ * n + b * H + j0, sizeof(T) * (j1 - j0));
+        }
+      }
       if (!plan.by_rows && nt > 1) bar.wait();  // every unit's h_q, before the next GEMM reads it
     }
   };
@@ -104,8 +154,9 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
 template <typename T>
 static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, const T* w_hh,
                    const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch,
-                   T* dgh, T* dgx) {
+                   T* dgh, T* dgx, const int* bs) {
   const seq_dims d(cell, B, H);
+  const seq_steps st(bs, T_, B);
   const ptrdiff_t n = d.n, G = d.G, A = d.A;
   const seq_split plan = seq_plan(threads, B, H);
   tg_packed<T> shared;
@@ -118,6 +169,7 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
     }
     seq_split me = plan;
     me.at(id, nt, B, H, tg_pk<T>::L);
+    if (plan.by_rows && bs != nullptr) { me.r0 = st.cut(id, nt); me.r1 = st.cut(id + 1, nt); }
     const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
     tg_packed<T> own;  // by units: this thread's columns of W_hh
     if (!plan.by_rows) { own.add(j0, j1 - j0); own.pack(G, w_hh, H); }
@@ -127,18 +179,24 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
     T* sr = scratch + r0 * H;
     for (int s = 0; s < T_; ++s) {
       TG_BACK(s);
-      const T* dout_t = d_out + t * n + r0 * H;
-      for (ptrdiff_t b = 0; b < m; ++b)
+      const ptrdiff_t mt = st.active(t, r0, m);  // the rows not running keep their dh and dc
+      const ptrdiff_t tr = st.off[t] + r0;  // this step's first row in (T, B, ...) or packed buffers
+      const T* dout_t = d_out + tr * H;
+      for (ptrdiff_t b = 0; b < mt; ++b)
         for (ptrdiff_t j = j0; j < j1; ++j) dhr[b * H + j] += dout_t[b * H + j];
-      const ptrdiff_t tr = t * (ptrdiff_t)B + r0;  // this step's first row in (T, B, ...) buffers
       T* dg_t = dgh + tr * G;
-      if (cell == 2) {
-        lstm_bwd_cols<T>(act + tr * A, cs + p * n + r0 * H, cs + q * n + r0 * H, dhr, dcr, H, dg_t, sr, m, j0, j1);
-        T* tmp = dcr; dcr = sr; sr = tmp;
+      if (mt <= 0) {
+      } else if (cell == 2) {
+        lstm_bwd_cols<T>(act + tr * A, cs + p * n + r0 * H, cs + q * n + r0 * H, dhr, dcr, H, dg_t, sr, mt, j0, j1);
+        if (bs == nullptr) {
+          T* tmp = dcr; dcr = sr; sr = tmp;
+        } else {  // packed: the rows not running keep theirs in dc, so the running ones' go there too
+          for (ptrdiff_t b = 0; b < mt; ++b) std::memcpy(dcr + b * H + j0, sr + b * H + j0, sizeof(T) * (j1 - j0));
+        }
       } else if (cell == 1) {
-        gru_bwd_cols<T>(act + tr * A, hs + p * n + r0 * H, dhr, H, dg_t, dgx + tr * G, sr, m, j0, j1);
+        gru_bwd_cols<T>(act + tr * A, hs + p * n + r0 * H, dhr, H, dg_t, dgx + tr * G, sr, mt, j0, j1);
       } else {
-        for (ptrdiff_t b = 0; b < m; ++b) {
+        for (ptrdiff_t b = 0; b < mt; ++b) {
           const T* h = hs + q * n + (r0 + b) * H + j0;
           if (relu) rnn_relu_bwd_impl<T>(h, dhr + b * H + j0, dg_t + b * G + j0, j1 - j0);
           else rnn_tanh_bwd_impl<T>(h, dhr + b * H + j0, dg_t + b * G + j0, j1 - j0);
@@ -146,12 +204,95 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
       }
       if (s == T_ - 1 && !need_dh0) break;
       if (!plan.by_rows && nt > 1) bar.wait();  // every unit's d gates, before the GEMM reads them
-      W.gemm(m, dg_t, dhr, H);
+      if (mt > 0) W.gemm(mt, dg_t, dhr, H);
       if (cell == 1)
-        for (ptrdiff_t b = 0; b < m; ++b)
+        for (ptrdiff_t b = 0; b < mt; ++b)
           for (ptrdiff_t j = j0; j < j1; ++j) dhr[b * H + j] += sr[b * H + j];
     }
   };
   tg_parallel(plan.n, work);
-  return cell == 2 ? T_ & 1 : 0;  // dc and scratch swapped at every step
+  return cell == 2 && bs == nullptr ? T_ & 1 : 0;  // dc and scratch swapped at every step
+}
+
+// An LSTM with projections (LSTMProjSequence), always in the packed layout (an unpacked batch
+// is one of equal lengths): gx (N, 4H) becomes the activations in place, raw (N, H) = o tanh(c),
+// hs (T + 1, B, P) the projected states, cs (T + 1, B, H). Split over threads by rows only (a
+// row's steps depend on that row alone), each thread's share of the row-steps even.
+static int proj_threads(int threads, int B) {
+  const int n = tg_threads(threads), rows = threads > 0 ? B : (B / 2 > 1 ? B / 2 : 1);
+  return n < rows ? n : rows;
+}
+
+template <typename T>
+static int proj_fwd(int T_, int B, int H, int P, int reverse, int threads, const T* w_hh, const T* w_hr, T* gx,
+                    T* gh, T* hs, T* cs, T* raw, const int* bs) {
+  const seq_steps st(bs, T_, B);
+  const ptrdiff_t G = 4 * (ptrdiff_t)H, nP = (ptrdiff_t)B * P, nH = (ptrdiff_t)B * H;
+  const int nt0 = proj_threads(threads, B);
+  tg_packed<T> whh, whr;  // W_hh^T (P, G) and W_hr^T (H, P), packed by all threads
+  whh.add(0, G); whh.layout(P);
+  whr.add(0, P); whr.layout(H);
+  tg_barrier bar(nt0);
+  auto work = [&](int id, int nt) {
+    whh.pack_part(w_hh, P, true, id, nt);
+    whr.pack_part(w_hr, H, true, id, nt);
+    if (nt > 1) bar.wait();
+    const ptrdiff_t r0 = st.cut(id, nt), m = st.cut(id + 1, nt) - r0;
+    for (int s = 0; s < T_; ++s) {
+      TG_STEP(s);
+      const ptrdiff_t mt = st.active(t, r0, m), o = st.off[t] + r0;
+      if (mt > 0) {
+        T* a = gx + o * G;
+        whh.gemm(mt, hs + p * nP + r0 * P, gh + r0 * G, G);
+        lstm_fwd_cols<T>(a, gh + r0 * G, cs + p * nH + r0 * H, H, raw + o * H, cs + q * nH + r0 * H, a, mt, 0, H);
+        whr.gemm(mt, raw + o * H, hs + q * nP + r0 * P, P);
+      }
+      if (reverse && t > 0) {  // as seq_fwd: the rows starting at t - 1 take their initial state from slot T
+        const ptrdiff_t lo = st.rows(t) > r0 ? st.rows(t) : r0, hi = r0 + st.active(t - 1, r0, m);
+        for (ptrdiff_t b = lo; b < hi; ++b) {
+          std::memcpy(hs + t * nP + b * P, hs + T_ * nP + b * P, sizeof(T) * P);
+          std::memcpy(cs + t * nH + b * H, cs + T_ * nH + b * H, sizeof(T) * H);
+        }
+      }
+    }
+  };
+  tg_parallel(nt0, work);
+  return 0;
+}
+
+// backward: dh += d_out; dhs <- dh (for dW_hr); draw <- dh W_hr; the cell's d gates and dc;
+// dh <- d gates W_hh
+template <typename T>
+static int proj_bwd(int T_, int B, int H, int P, int reverse, int need_dh0, int threads, const T* w_hh,
+                    const T* w_hr, const T* act, const T* cs, const T* d_out, T* dh, T* dc, T* draw, T* scratch,
+                    T* dhs, T* dg, const int* bs) {
+  const seq_steps st(bs, T_, B);
+  const ptrdiff_t G = 4 * (ptrdiff_t)H, nH = (ptrdiff_t)B * H;
+  const int nt0 = proj_threads(threads, B);
+  tg_packed<T> whh, whr;  // W_hh (G, P) and W_hr (P, H)
+  whh.add(0, P); whh.layout(G);
+  whr.add(0, H); whr.layout(P);
+  tg_barrier bar(nt0);
+  auto work = [&](int id, int nt) {
+    whh.pack_part(w_hh, P, false, id, nt);
+    whr.pack_part(w_hr, H, false, id, nt);
+    if (nt > 1) bar.wait();
+    const ptrdiff_t r0 = st.cut(id, nt), m = st.cut(id + 1, nt) - r0;
+    for (int s = 0; s < T_; ++s) {
+      TG_BACK(s);
+      const ptrdiff_t mt = st.active(t, r0, m), o = st.off[t] + r0;
+      if (mt <= 0) continue;
+      T* dhr = dh + r0 * P;
+      for (ptrdiff_t i = 0; i < mt * P; ++i) dhr[i] += d_out[o * P + i];
+      std::memcpy(dhs + o * P, dhr, sizeof(T) * mt * P);
+      whr.gemm(mt, dhr, draw + r0 * H, H);
+      lstm_bwd_cols<T>(act + o * G, cs + p * nH + r0 * H, cs + q * nH + r0 * H, draw + r0 * H, dc + r0 * H, H,
+                       dg + o * G, scratch + r0 * H, mt, 0, H);
+      std::memcpy(dc + r0 * H, scratch + r0 * H, sizeof(T) * mt * H);
+      if (s == T_ - 1 && !need_dh0) break;
+      whh.gemm(mt, dg + o * G, dhr, P);
+    }
+  };
+  tg_parallel(nt0, work);
+  return 0;
 }

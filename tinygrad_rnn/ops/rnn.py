@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from .. import kernels
+from .. import backend, kernels
 from ..autograd import Function
 from ..errors import DTypeError, ShapeError, fmt_shape
 from ..kernels import HostCode, Kernel
@@ -139,10 +139,16 @@ KERNELS = {
 # step costs there. Each cell's functions share one parameter list, unused pointers null.
 HOST = HostCode(resources.files(__package__) / "rnn.cpp", {
     "seq_fwd": "int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, "
-               "const T* gx, const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act",
+               "const T* gx, const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act, const int* bs",
     "seq_bwd": "int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, "
                "const T* w_hh, const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch, "
-               "T* dgh, T* dgx",
+               "T* dgh, T* dgx, const int* bs",
+    # LSTMProjSequence's loops (an LSTM with projections; always packed steps)
+    "proj_fwd": "int T_, int B, int H, int P, int reverse, int threads, const T* w_hh, const T* w_hr, T* gx, "
+                "T* gh, T* hs, T* cs, T* raw, const int* bs",
+    "proj_bwd": "int T_, int B, int H, int P, int reverse, int need_dh0, int threads, const T* w_hh, const T* w_hr, "
+                "const T* act, const T* cs, const T* d_out, T* dh, T* dc, T* draw, T* scratch, T* dhs, T* dg, "
+                "const int* bs",
 })
 
 
@@ -482,6 +488,57 @@ def _views(a):
     return None if a is None else [a[t, ...] for t in range(a.shape[0])]
 
 
+class PackedSteps:
+    """A packed batch's timesteps (nn.utils.rnn), made once per layer call from the sequences'
+    lengths in decreasing order: step t runs the first bs[t] rows, whose packed rows start at
+    off[t] (N in all). The sequence ops take it as `steps=`; the index arrays they gather
+    with are made on each device once, when first asked for."""
+
+    def __init__(self, lengths):
+        lengths = [int(n) for n in lengths]
+        if any(n < 0 for n in lengths) or any(a < b for a, b in zip(lengths, lengths[1:])):
+            raise ValueError(f"packed steps: lengths must be non-negative and in decreasing order, got {lengths}")
+        self.lengths, self.B, self.T = tuple(lengths), len(lengths), (lengths[0] if lengths else 0)
+        self.bs, k = [], self.B
+        for t in range(self.T):
+            while lengths[k - 1] <= t:
+                k -= 1
+            self.bs.append(k)
+        self.off = [0]
+        for m in self.bs:
+            self.off.append(self.off[-1] + m)
+        self.N = self.off[-1]
+        self._index = {}
+
+    def __repr__(self):
+        return f"PackedSteps(lengths={list(self.lengths)})"
+
+    def index(self, dev, which):
+        """On dev: "bs" (int32, for the C++ loops); the int64 rows of the (T + 1) * B state slots
+        holding each packed row's step: "t" (slot t), "t1" (slot t + 1), "last" (each row's
+        slot after its last step: its length)."""
+        key = (dev.name, which)
+        a = self._index.get(key)
+        if a is None:
+            B = self.B
+            if which == "bs":
+                a = dev.from_host(self.bs, backend.int32)
+            else:
+                shift = 1 if which == "t1" else 0
+                vals = [n * B + r for r, n in enumerate(self.lengths)] if which == "last" else \
+                    [(t + shift) * B + r for t, m in enumerate(self.bs) for r in range(m)]
+                a = dev.from_host(vals, backend.int64)
+            self._index[key] = a
+        return a
+
+
+class _Shaped:
+    """Only a shape and a dtype, for _check of a packed input as the (T, B, I) it stands for."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.ndim, self.dtype = shape, len(shape), dtype
+
+
 class _Sequence(Function):
     """One layer, one direction, all timesteps.
 
@@ -535,7 +592,10 @@ class _Sequence(Function):
         return T, B, I, G, H
 
     @classmethod
-    def forward(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse=False, nonlinearity="tanh"):
+    def forward(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse=False, nonlinearity="tanh", steps=None):
+        ctx.steps = steps
+        if steps is not None:
+            return cls._forward_packed(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, nonlinearity, steps)
         T, B, I, G, H = cls._check(x, w_ih, w_hh, b_ih, b_hh, h0, c0, nonlinearity)
         dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
         dt = x.dtype
@@ -569,7 +629,8 @@ class _Sequence(Function):
         loop = _host_loop(dev, "seq_fwd", dt)
         if loop is not None:  # the loop below, in C++
             loop(cls.host_cell, T, B, H, reverse, h0 is None, nonlinearity == "relu", HOST_THREADS,
-                 dev.contiguous(gx), dev.contiguous(w_hh), b_step if cls.host_cell == 1 else None, gh, hs, cs, act)
+                 dev.contiguous(gx), dev.contiguous(w_hh), b_step if cls.host_cell == 1 else None, gh, hs, cs, act,
+                 None)
         else:
             w_hh_t = dev.contiguous(xp.permute_dims(w_hh, (1, 0)))  # once per call, for every step's GEMM
             # per-timestep views, made once (the array API indexes a leading axis as a[t, ...])
@@ -590,6 +651,8 @@ class _Sequence(Function):
 
     @classmethod
     def backward(cls, ctx, d_out, d_hn, d_cn=None):
+        if ctx.steps is not None:
+            return cls._backward_packed(ctx, d_out, d_hn, d_cn)
         x, w_ih, w_hh, act, hs, cs = ctx.saved_tensors
         dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
         need = ctx.needs_input_grad
@@ -605,7 +668,7 @@ class _Sequence(Function):
         if loop is not None:  # the loop below, in C++
             swapped = loop(cls.host_cell, T, B, H, reverse, need[5], ctx.nonlinearity == "relu",
                            HOST_THREADS, dev.contiguous(w_hh), act, hs, cs, dev.contiguous(d_out),
-                           dh, dc, scratch, dgh, None if dgx is dgh else dgx)
+                           dh, dc, scratch, dgh, None if dgx is dgh else dgx, None)
             if swapped:
                 dc, scratch = scratch, dc
         else:
@@ -641,6 +704,8 @@ class _Sequence(Function):
     @classmethod
     def composed(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None):
         """The same sequence from the composed steps (what create_graph differentiates)."""
+        if ctx.steps is not None:
+            return cls._composed_packed(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0)
         T, B = x.shape[0], x.shape[1]
         G, H = w_hh.shape
         gx = x if w_ih is None else x @ w_ih.T
@@ -663,6 +728,167 @@ class _Sequence(Function):
                 h = rnn_step(gx[t], gh, ctx.nonlinearity)
             outs[t] = h
         return (xp.stack(outs, axis=0), h) + ((c,) if cls.has_cell else ())
+
+    # packed batches (nn.utils.rnn): the rows sorted by length, step t running the first
+    # steps.bs[t] rows; x, out and every per-step buffer packed (N rows), the states in their
+    # (T + 1, B, H) slots as above, each step reading and writing only its rows
+    @classmethod
+    def _forward_packed(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, nonlinearity, steps):
+        """forward over a packed batch: x (N, I) (or the projection (N, G)), states (B, H) of the
+        sorted rows; returns (out (N, H) packed, h_n[, c_n]), each final state taken at its own
+        sequence's last step (reverse: first), a length 0's being its initial state."""
+        N, B, T = steps.N, steps.B, steps.T
+        if x.ndim != 2 or x.shape[0] != N:
+            raise ShapeError(f"{cls.name}: packed input must be 2-D (sum of lengths = {N}, features), "
+                             f"got shape {fmt_shape(x.shape)}")
+        _, _, I, G, H = cls._check(_Shaped((max(T, 1), B, x.shape[1]), x.dtype), w_ih, w_hh, b_ih, b_hh, h0, c0,
+                                   nonlinearity)
+        dev, xp = ctx.device, ctx.xp
+        dt = x.dtype
+        bias = cls._input_bias(b_ih, b_hh)
+        if w_ih is not None:  # the packed rows only: no padding projected
+            gx = xp.matmul(x, xp.permute_dims(w_ih, (1, 0)))
+            if bias is not None:
+                gx += bias
+        else:
+            gx = x if bias is None else x + bias
+        hs = xp.empty((T + 1, B, H), dtype=dt)
+        cs = xp.empty((T + 1, B, H), dtype=dt) if cls.has_cell else None
+        first = T if reverse else 0
+        for buf, s in ((hs, h0), (cs, c0)):
+            if buf is not None:
+                buf[first, ...] = 0 if s is None else s
+        act = cls._act_buffer(xp, gx, gx is not x, 1, N, H)
+        act = None if act is None else xp.reshape(act, (N, act.shape[-1]))
+        b_step = cls._step_bias(dev, b_hh, G, dt)
+        ctx.nonlinearity, ctx.reverse = nonlinearity, reverse
+        loop = _host_loop(dev, "seq_fwd", dt)
+        if T and loop is not None:  # the loop below, in C++
+            loop(cls.host_cell, T, B, H, reverse, h0 is None, nonlinearity == "relu", HOST_THREADS,
+                 dev.contiguous(gx), dev.contiguous(w_hh), b_step if cls.host_cell == 1 else None,
+                 xp.empty((B, G), dtype=dt), hs, cs, act, steps.index(dev, "bs"))
+        elif T:
+            cls._packed_loop_forward(ctx, steps, gx, w_hh, b_step, hs, cs, act, h0 is None)
+        ctx.save_for_backward(x if w_ih is not None else None, w_ih, w_hh, act, hs, cs)
+        rows = xp.reshape(hs, ((T + 1) * B, H))
+        out = xp.take(rows, steps.index(dev, "t" if reverse else "t1"), axis=0)
+        return (out,) + tuple(_packed_final(dev, steps, buf, reverse) for buf in ((hs, cs) if cls.has_cell else (hs,)))
+
+    @classmethod
+    def _packed_loop_forward(cls, ctx, steps, gx, w_hh, b_step, hs, cs, act, zero_h0):
+        """The packed forward's loop over time, where no C++ loop runs (rnn.cpp's seq_fwd with bs)."""
+        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        T, reverse = steps.T, ctx.reverse
+        w_hh_t = dev.contiguous(xp.permute_dims(w_hh, (1, 0)))
+        gh = xp.empty((steps.B, w_hh.shape[0]), dtype=gx.dtype)
+        hv, cv = _views(hs), _views(cs)
+        for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
+            p, q = (t + 1, t) if reverse else (t, t + 1)
+            m, o = steps.bs[t], steps.off[t]
+            if reverse and n > 0 and m > steps.bs[t + 1]:
+                k = steps.bs[t + 1]  # the rows whose sequences end here start from their initial state
+                hv[p][k:m, ...] = hv[T][k:m, ...]
+                if cv is not None:
+                    cv[p][k:m, ...] = cv[T][k:m, ...]
+            ghm = gh[:m, ...]
+            if n == 0 and zero_h0:
+                ghm[...] = 0
+            else:
+                xo.matmul(hv[p][:m, ...], w_hh_t, out=ghm)
+            hd = {p: hv[p][:m, ...], q: hv[q][:m, ...]}
+            cd = None if cv is None else {p: cv[p][:m, ...], q: cv[q][:m, ...]}
+            ad = None if act is None else {t: act[o:o + m, ...]}
+            cls._step_forward(ctx, gx[o:o + m, ...], ghm, b_step, hd, cd, ad, t, p, q)
+
+    @classmethod
+    def _backward_packed(cls, ctx, d_out, d_hn, d_cn=None):
+        x, w_ih, w_hh, act, hs, cs = ctx.saved_tensors
+        dev, xp = ctx.device, ctx.xp
+        need, steps, reverse = ctx.needs_input_grad, ctx.steps, ctx.reverse
+        N, B, T = steps.N, steps.B, steps.T
+        G, H = w_hh.shape
+        dt = hs.dtype
+        dgh, dgx = cls._dgate_buffers(xp, 1, N, G, dt)
+        dgh, dgx = (xp.reshape(dgh, (N, G)),) * 2 if dgx is dgh else (xp.reshape(dgh, (N, G)), xp.reshape(dgx, (N, G)))
+        dh = dev.copy(d_hn)
+        dc = dev.copy(d_cn) if cls.has_cell else None
+        scratch = xp.empty((B, H), dtype=dt)
+        loop = _host_loop(dev, "seq_bwd", dt)
+        if T and loop is not None:  # the loop below, in C++
+            loop(cls.host_cell, T, B, H, reverse, need[5], ctx.nonlinearity == "relu", HOST_THREADS,
+                 dev.contiguous(w_hh), act, hs, cs, dev.contiguous(d_out), dh, dc, scratch, dgh,
+                 None if dgx is dgh else dgx, steps.index(dev, "bs"))
+        elif T:
+            cls._packed_loop_backward(ctx, steps, w_hh, act, hs, cs, d_out, dh, dc, scratch, dgh, dgx)
+        # the weight gradients of all timesteps: one GEMM each over the N packed rows
+        h_prev = xp.take(xp.reshape(hs, ((T + 1) * B, H)), steps.index(dev, "t1" if reverse else "t"), axis=0)
+        dw_hh = xp.matmul(xp.permute_dims(dgh, (1, 0)), h_prev) if need[2] else None
+        db_hh = _column_sums(xp, dgh) if need[4] else None
+        if w_ih is None:
+            dx, dw_ih = (dgx if need[0] else None), None
+        else:
+            dx = xp.matmul(dgx, w_ih) if need[0] else None
+            dw_ih = xp.matmul(xp.permute_dims(dgx, (1, 0)), x) if need[1] else None
+        db_ih = cls._input_bias_grad(dev, dgx, dgx is dgh, db_hh, H) if need[3] else None
+        return dx, dw_ih, dw_hh, db_ih, db_hh, (dh if need[5] else None), (dc if need[6] else None)
+
+    @classmethod
+    def _packed_loop_backward(cls, ctx, steps, w_hh, act, hs, cs, d_out, dh, dc, scratch, dgh, dgx):
+        """The packed backward's loop over time, where no C++ loop runs (rnn.cpp's seq_bwd with bs):
+        the rows not running at a step keep their dh and dc."""
+        xo = ctx.device.xp_out
+        T, reverse = steps.T, ctx.reverse
+        hv, cv = _views(hs), _views(cs)
+        for n, t in enumerate(range(T) if reverse else range(T - 1, -1, -1)):
+            p, q = (t + 1, t) if reverse else (t, t + 1)
+            m, o = steps.bs[t], steps.off[t]
+            dhm, sm = dh[:m, ...], scratch[:m, ...]
+            dhm += d_out[o:o + m, ...]
+            hd = {p: hv[p][:m, ...], q: hv[q][:m, ...]}
+            cd = None if cv is None else {p: cv[p][:m, ...], q: cv[q][:m, ...]}
+            ad = None if act is None else {t: act[o:o + m, ...]}
+            dgd = {t: dgh[o:o + m, ...]}
+            dgxd = dgd if dgx is dgh else {t: dgx[o:o + m, ...]}
+            dcm = None if dc is None else dc[:m, ...]
+            cls._step_backward(ctx, ad, hd, cd, dhm, dcm, dgd, dgxd, sm, t, p, q)
+            if dcm is not None:
+                dcm[...] = sm
+            if n == T - 1 and not ctx.needs_input_grad[5]:
+                break
+            xo.matmul(dgd[t], w_hh, out=dhm)
+            if cls.state_skips_weights:
+                dhm += sm
+
+    @classmethod
+    def _composed_packed(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None):
+        """The packed sequence from the composed steps, on Tensors (what create_graph differentiates)."""
+        steps, xp = ctx.steps, ctx.xp
+        B, T, H = steps.B, steps.T, w_hh.shape[1]
+        gx = x if w_ih is None else x @ w_ih.T
+        if b_ih is not None:
+            gx = gx + b_ih
+        h = h0 if h0 is not None else xp.zeros((B, H), dtype=x.dtype)
+        c = (c0 if c0 is not None else xp.zeros((B, H), dtype=x.dtype)) if cls.has_cell else None
+        outs = [None] * T
+        w_t = w_hh.T
+        for t in (range(T - 1, -1, -1) if ctx.reverse else range(T)):
+            m, o = steps.bs[t], steps.off[t]
+            hm = h if m == B else h[:m]
+            gh = hm @ w_t
+            if b_hh is not None:
+                gh = gh + b_hh
+            gx_t = gx[o:o + m]
+            if cls.has_cell:
+                hn, cn = lstm_step(gx_t, gh, c if m == B else c[:m])
+                c = cn if m == B else xp.concat([cn, c[m:]], axis=0)
+            elif cls.gates == 3:
+                hn = gru_step(gx_t, gh, hm)
+            else:
+                hn = rnn_step(gx_t, gh, ctx.nonlinearity)
+            outs[t] = hn
+            h = hn if m == B else xp.concat([hn, h[m:]], axis=0)
+        out = xp.concat(outs, axis=0) if T else xp.zeros((0, H), dtype=x.dtype)
+        return (out, h) + ((c,) if cls.has_cell else ())
 
     # per-kind parts
     @staticmethod
@@ -785,3 +1011,153 @@ class GRUSequence(_Sequence):
         db[:2 * H] = db_hh[:2 * H]
         db[2 * H:] = _column_sums(xp, dgx2[:, 2 * H:])
         return db
+
+
+class LSTMProjSequence(Function):
+    """An LSTM layer with a projection (PyTorch's proj_size, LSTMP) in one direction:
+    h_t = W_hr (o_t * tanh(c_t)), of size P < H; W_hh is (4H, P), c stays of size H.
+
+    apply(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse=False, steps=None): x (T, B, I),
+    or packed (N, I) with steps (PackedSteps) as the other sequence ops; h0 (B, P), c0 (B, H).
+    Returns (out (T, B, P) or (N, P), h_n (B, P), c_n (B, H)). Unpacked, the batch runs as
+    a packed one of equal lengths (time-major rows are that packing). The loop over time runs
+    in C++ on the CPU (rnn.cpp's proj_fwd/proj_bwd, split over threads by rows), in Python
+    elsewhere: per step the recurrent GEMM, the LSTM cell kernel and the projection's GEMM,
+    each way; dW_hr, dW_hh and dW_ih are one GEMM each after the loop."""
+
+    name = "lstm_proj_sequence"
+
+    @classmethod
+    def forward(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse=False, steps=None):
+        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        ctx.shape = tuple(x.shape) if steps is None else None
+        if steps is None:
+            if x.ndim != 3:
+                raise ShapeError(f"{cls.name}: the input must be 3-D (seq_len, batch, input_size), "
+                                 f"got shape {fmt_shape(x.shape)}")
+            steps = PackedSteps([x.shape[0]] * x.shape[1])
+            x = xp.reshape(x, (x.shape[0] * x.shape[1], x.shape[2]))
+        N, B, T = steps.N, steps.B, steps.T
+        G, P = w_hh.shape
+        H = G // 4
+        if x.ndim != 2 or x.shape[0] != N or tuple(w_ih.shape) != (G, x.shape[1]) or tuple(w_hr.shape) != (P, H):
+            raise ShapeError(f"{cls.name}: input {fmt_shape(x.shape)} ({N} rows), weight_ih {fmt_shape(w_ih.shape)}, "
+                             f"weight_hh {fmt_shape(w_hh.shape)} and weight_hr {fmt_shape(w_hr.shape)} do not fit: "
+                             f"want weight_hh (4 * hidden, proj), weight_ih (4 * hidden, input), weight_hr (proj, hidden)")
+        for what, s, n in (("h0", h0, P), ("c0", c0, H)):
+            if s is not None and tuple(s.shape) != (B, n):
+                raise ShapeError(f"{cls.name}: {what} must have shape {fmt_shape((B, n))}, got {fmt_shape(s.shape)}")
+        ctx.steps, ctx.reverse = steps, reverse
+        gx = xp.matmul(x, xp.permute_dims(w_ih, (1, 0)))  # becomes the activations, step by step
+        if b_ih is not None:
+            gx += b_ih + b_hh
+        hs, cs = xp.empty((T + 1, B, P), dtype=x.dtype), xp.empty((T + 1, B, H), dtype=x.dtype)
+        raw = xp.empty((N, H), dtype=x.dtype)  # o tanh(c), before the projection
+        first = T if reverse else 0
+        hs[first, ...] = 0 if h0 is None else h0
+        cs[first, ...] = 0 if c0 is None else c0
+        gh = xp.empty((B, G), dtype=x.dtype)
+        loop = _host_loop(dev, "proj_fwd", x.dtype)
+        if T and loop is not None:  # the loop below, in C++
+            loop(T, B, H, P, reverse, HOST_THREADS, dev.contiguous(w_hh), dev.contiguous(w_hr), gx, gh, hs, cs, raw,
+                 steps.index(dev, "bs"))
+        w_hh_t, w_hr_t = (dev.contiguous(xp.permute_dims(w, (1, 0))) for w in (w_hh, w_hr))
+        hv, cv = _views(hs), _views(cs)
+        for n, t in enumerate(() if loop is not None else range(T - 1, -1, -1) if reverse else range(T)):
+            p, q = (t + 1, t) if reverse else (t, t + 1)
+            m, o = steps.bs[t], steps.off[t]
+            if reverse and n > 0 and m > steps.bs[t + 1]:
+                k = steps.bs[t + 1]
+                hv[p][k:m, ...] = hv[T][k:m, ...]
+                cv[p][k:m, ...] = cv[T][k:m, ...]
+            xo.matmul(hv[p][:m, ...], w_hh_t, out=gh[:m, ...])
+            lstm_forward(dev, gx[o:o + m, ...], gh[:m, ...], cv[p][:m, ...], gx[o:o + m, ...], raw[o:o + m, ...],
+                         cv[q][:m, ...])
+            xo.matmul(raw[o:o + m, ...], w_hr_t, out=hv[q][:m, ...])
+        ctx.save_for_backward(x, w_ih, w_hh, w_hr, gx, hs, cs, raw)
+        out = xp.take(xp.reshape(hs, ((T + 1) * B, P)), steps.index(dev, "t" if reverse else "t1"), axis=0)
+        if ctx.shape is not None:
+            out = xp.reshape(out, (ctx.shape[0], B, P))
+        return (out,) + tuple(_packed_final(dev, steps, buf, reverse) for buf in (hs, cs))
+
+    @classmethod
+    def backward(cls, ctx, d_out, d_hn, d_cn):
+        x, w_ih, w_hh, w_hr, act, hs, cs, raw = ctx.saved_tensors
+        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        need, steps, reverse = ctx.needs_input_grad, ctx.steps, ctx.reverse
+        N, B, T = steps.N, steps.B, steps.T
+        G, P = w_hh.shape
+        H = G // 4
+        if ctx.shape is not None:
+            d_out = xp.reshape(d_out, (N, P))
+        dh, dc = dev.copy(d_hn), dev.copy(d_cn)
+        dhs = xp.empty((N, P), dtype=hs.dtype)  # every step's dh, for dW_hr
+        draw, scratch = xp.empty((B, H), dtype=hs.dtype), xp.empty((B, H), dtype=hs.dtype)
+        dg = xp.empty((N, G), dtype=hs.dtype)
+        loop = _host_loop(dev, "proj_bwd", hs.dtype)
+        if T and loop is not None:  # the loop below, in C++
+            loop(T, B, H, P, reverse, need[6], HOST_THREADS, dev.contiguous(w_hh), dev.contiguous(w_hr), act, cs,
+                 dev.contiguous(d_out), dh, dc, draw, scratch, dhs, dg, steps.index(dev, "bs"))
+        cv = _views(cs)
+        for n, t in enumerate(() if loop is not None else range(T) if reverse else range(T - 1, -1, -1)):
+            p, q = (t + 1, t) if reverse else (t, t + 1)
+            m, o = steps.bs[t], steps.off[t]
+            dhm = dh[:m, ...]
+            dhm += d_out[o:o + m, ...]
+            dhs[o:o + m, ...] = dhm
+            xo.matmul(dhm, w_hr, out=draw[:m, ...])
+            lstm_backward(dev, act[o:o + m, ...], cv[p][:m, ...], cv[q][:m, ...], draw[:m, ...], dc[:m, ...],
+                          dg[o:o + m, ...], scratch[:m, ...])
+            dc[:m, ...] = scratch[:m, ...]
+            if n == T - 1 and not need[6]:
+                break
+            xo.matmul(dg[o:o + m, ...], w_hh, out=dhm)
+        h_prev = xp.take(xp.reshape(hs, ((T + 1) * B, P)), steps.index(dev, "t1" if reverse else "t"), axis=0)
+        tr = (1, 0)
+        dw_hh = xp.matmul(xp.permute_dims(dg, tr), h_prev) if need[2] else None
+        db = _column_sums(xp, dg) if need[3] or need[4] else None
+        dx = xp.matmul(dg, w_ih) if need[0] else None
+        if dx is not None and ctx.shape is not None:
+            dx = xp.reshape(dx, ctx.shape)
+        dw_ih = xp.matmul(xp.permute_dims(dg, tr), x) if need[1] else None
+        dw_hr = xp.matmul(xp.permute_dims(dhs, tr), raw) if need[5] else None
+        return (dx, dw_ih, dw_hh, db if need[3] else None, (dev.copy(db) if need[3] else db) if need[4] else None,
+                dw_hr, dh if need[6] else None, dc if need[7] else None)
+
+    @classmethod
+    def composed(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+        """The same from the composed LSTM step and a matmul, on Tensors (for create_graph)."""
+        steps, xp = ctx.steps, ctx.xp
+        B, T, P, H = steps.B, steps.T, w_hh.shape[1], w_hr.shape[1]
+        if ctx.shape is not None:
+            x = x.reshape(ctx.shape[0] * ctx.shape[1], ctx.shape[2])
+        gx = x @ w_ih.T
+        if b_ih is not None:
+            gx = gx + (b_ih + b_hh)
+        h = h0 if h0 is not None else xp.zeros((B, P), dtype=x.dtype)
+        c = c0 if c0 is not None else xp.zeros((B, H), dtype=x.dtype)
+        outs = [None] * T
+        for t in (range(T - 1, -1, -1) if ctx.reverse else range(T)):
+            m, o = steps.bs[t], steps.off[t]
+            raw, cn = lstm_step(gx[o:o + m], (h if m == B else h[:m]) @ w_hh.T, c if m == B else c[:m])
+            hn = raw @ w_hr.T
+            outs[t] = hn
+            h = hn if m == B else xp.concat([hn, h[m:]], axis=0)
+            c = cn if m == B else xp.concat([cn, c[m:]], axis=0)
+        out = xp.concat(outs, axis=0) if T else xp.zeros((0, P), dtype=x.dtype)
+        if ctx.shape is not None:
+            out = out.reshape(ctx.shape[0], B, P)
+        return out, h, c
+
+
+def _packed_final(dev, steps, buf, reverse):
+    """Each row's state after its own last step (reverse: its first; length 0: its initial
+    state, which a reverse direction keeps in slot T), from the (T + 1, B, n) slots."""
+    xp, T, B = dev.xp, steps.T, steps.B
+    if not reverse:
+        return xp.take(xp.reshape(buf, ((T + 1) * B, buf.shape[2])), steps.index(dev, "last"), axis=0)
+    f = dev.copy(buf[0, ...])
+    k = steps.bs[0] if T else 0
+    if k < B:
+        f[k:, ...] = buf[T, k:, ...]
+    return f

@@ -10,9 +10,10 @@ import math
 
 import numpy as np
 
-from .. import backend as B
-from ..errors import TinygradError, fmt_shape
-from ..tensor import Tensor
+from ... import backend as B
+from ...errors import ShapeError, TinygradError, fmt_shape
+from ...tensor import Tensor, concat
+from . import rnn  # noqa: F401  (nn.utils.rnn, as in PyTorch)
 
 
 class NonFiniteNormError(TinygradError, RuntimeError):
@@ -174,12 +175,11 @@ def clip_grad_value_(parameters, clip_value) -> None:
         t.grad = Tensor._make(g.device.xp.clip(g.data, -c, c), g.device, None, 0)
 
 
-__all__ = ["clip_grad_norm_", "clip_grad_value_", "NonFiniteNormError"]
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "NonFiniteNormError", "parameters_to_vector",
+           "vector_to_parameters"]
 
 
 # ----------------------------------------------------------------------------- parameters as one vector
-from ..errors import ShapeError  # noqa: E402  (here, so this block merges as one piece)
-from ..tensor import concat  # noqa: E402
 
 
 def parameters_to_vector(parameters) -> Tensor:
@@ -226,4 +226,3 @@ def _vector_params(op, parameters, device=None):
     return params
 
 
-__all__ += ["parameters_to_vector", "vector_to_parameters"]
