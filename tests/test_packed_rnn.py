@@ -339,3 +339,33 @@ def test_packed_impls_agree_without_bias(device, kind, extra):
     for other in res[1:]:
         for a, b in zip(res[0], other):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- an embedding into a packed layer
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_a_packed_embedding_folds_into_the_input_projection(kind, batch_first):
+    # pack_padded_sequence(emb(ids)) packs the ids, so the layer sees an embedding lookup and
+    # gathers its input projection from (E W_ih^T)^T: the same outputs and gradients as the
+    # packed rows multiplied out (`* 1.0` hides the lookup from both)
+    rng = np.random.default_rng(3)
+    T, B, V, E, H = 6, 4, 5, 3, 4
+    ids = rng.integers(0, V, (B, T) if batch_first else (T, B))
+    lengths = [6, 2, 0, 4]
+    results = []
+    for hide in (False, True):
+        tg.manual_seed(0)
+        emb = nn.Embedding(V, E, dtype=tg.float64)
+        layer = getattr(nn, kind)(E, H, num_layers=2, bidirectional=True, batch_first=batch_first, dtype=tg.float64)
+        x = emb(tg.tensor(ids))
+        packed = pack_padded_sequence(x * 1.0 if hide else x, lengths, batch_first=batch_first, enforce_sorted=False)
+        if not hide:  # the packed rows are themselves a lookup of the packed ids
+            node = packed.data._ctx
+            assert node.fn.__name__ == "Embedding" and node.inputs[0].shape == (sum(lengths),)
+        out, state = layer(packed)
+        final = state[0] if kind == "LSTM" else state
+        (out.data.sum() + (final * final).sum()).backward()
+        results.append([out.data.numpy(), final.numpy(), emb.weight.grad.numpy()]
+                       + [p.grad.numpy() for p in layer.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

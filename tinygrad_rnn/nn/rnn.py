@@ -257,9 +257,25 @@ def _embedding_lookup(x):
     if node is None or node.fn is not nnops.Embedding or node.retained or node.padding_idx is not None:
         return None
     ids, weight = node.inputs
-    if not isinstance(weight, Tensor) or weight.shape[0] >= x.shape[0] * x.shape[1] or ids.ndim != 2:
+    rows = x.shape[0] * x.shape[1] if x.ndim == 3 else x.shape[0]  # padded (T, B, E) or packed (N, E)
+    if not isinstance(weight, Tensor) or weight.shape[0] >= rows or ids.ndim != x.ndim - 1:
         return None
     return ids, weight
+
+
+def _folded_projection(kind, w_ih, b_ih, b_hh, lookup):
+    """x W_ih^T (+ the input bias) for x = E[ids] straight from an embedding, as a row gather:
+    x W_ih^T = (E W_ih^T)[ids], so the input projection of all timesteps gathers from a (V, G)
+    table, and backward sums d gates into V rows instead of two GEMMs over every row. The same
+    numbers to rounding; used where the table has fewer rows than the sequence."""
+    ids, emb_w = lookup
+    # as (W_ih E^T)^T: W_ih, the large one, then gets a row-major gradient (E W_ih^T hands it a
+    # transposed one, which .grad copies: 0.1 ms a step at (768, 256))
+    table = (w_ih @ emb_w.T).T
+    bias = kind.sequence._input_bias(b_ih, b_hh)
+    if bias is not None:
+        table = table + bias
+    return nnops.Embedding.apply(ids, table)
 
 
 class _RNNBase(Module):
@@ -454,18 +470,7 @@ class _RNNBase(Module):
         if self._impl == "sequence":
             lookup = _embedding_lookup(x) if k < self.num_directions else None
             if lookup is not None:
-                # x = E[ids] straight from an embedding: x W_ih^T = (E W_ih^T)[ids], so the input
-                # projection of all timesteps is a row gather from a (V, G) table, and backward
-                # sums d gates into V rows instead of two GEMMs over T * B rows. The same
-                # numbers to rounding; used where the table has fewer rows than the sequence.
-                ids, emb_w = lookup
-                # as (W_ih E^T)^T: W_ih, the large one, then gets a row-major gradient (E W_ih^T
-                # hands it a transposed one, which .grad copies: 0.1 ms a step at (768, 256))
-                table = (w_ih @ emb_w.T).T
-                bias = kind.sequence._input_bias(b_ih, b_hh)
-                if bias is not None:
-                    table = table + bias
-                gx = nnops.Embedding.apply(ids, table)
+                gx = _folded_projection(kind, w_ih, b_ih, b_hh, lookup)
                 res = kind.sequence.apply(gx, None, w_hh, None, b_hh if kind is _GRU else None, h, c,
                                           reverse=reverse, nonlinearity=nl)
             else:
@@ -564,9 +569,14 @@ class _RNNBase(Module):
         h, c = init[0], (init[1] if kind.has_cell else None)
         w_hr = self._w_hr(k)
         if self._impl == "sequence":
+            lookup = _embedding_lookup(x) if k < self.num_directions and w_hr is None else None
             if w_hr is not None:
                 res = rnnops.LSTMProjSequence.apply(x, w_ih, w_hh, b_ih, b_hh, w_hr, h, c, reverse=reverse,
                                                     steps=steps)
+            elif lookup is not None:
+                gx = _folded_projection(kind, w_ih, b_ih, b_hh, lookup)
+                res = kind.sequence.apply(gx, None, w_hh, None, b_hh if kind is _GRU else None, h, c,
+                                          reverse=reverse, nonlinearity=nl, steps=steps)
             else:
                 res = kind.sequence.apply(x, w_ih, w_hh, b_ih, b_hh, h, c, reverse=reverse, nonlinearity=nl,
                                           steps=steps)

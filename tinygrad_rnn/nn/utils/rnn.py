@@ -168,6 +168,22 @@ def _rows(x, index):
     return out.reshape(tuple(index.shape) + rest)
 
 
+def _packed_lookup(x, positions):
+    """Where x = E[ids] comes straight from an embedding (nothing else watching its gradient),
+    the packed rows as E[packed ids]: the same values and gradients, and the layer sees an
+    embedding lookup it can fold into its input projection (nn.rnn._folded_projection)."""
+    node = x._ctx
+    if node is None or node.fn is not nnops.Embedding or node.retained or node.hooks \
+            or node.padding_idx is not None or x.ndim != 3:
+        return None
+    ids, weight = node.inputs
+    flat = ids.data if isinstance(ids, Tensor) else ids
+    xp = x.device.xp
+    packed_ids = xp.take(xp.reshape(flat, (-1,)), x.device.from_host(np.ascontiguousarray(positions, dtype=np.int64),
+                                                                      B.int64), axis=0)
+    return nnops.Embedding.apply(Tensor._make(packed_ids, x.device, None, 0), weight)
+
+
 def _check_input(op, x, min_dims=2):
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: input must be a Tensor, got {type(x).__name__}")
@@ -207,8 +223,10 @@ def pack_padded_sequence(input, lengths, batch_first=False, enforce_sorted=True)
     bs = _batch_sizes(lens[order])
     t_idx, r_idx = np.nonzero(np.arange(batch)[None, :] < bs[:, None])  # timestep-major, as packed
     rows = order[r_idx]
-    flat = input.reshape((batch * T,) + tuple(input.shape[2:]))
-    data = _rows(flat, rows * T + t_idx if batch_first else t_idx * batch + rows)
+    positions = rows * T + t_idx if batch_first else t_idx * batch + rows
+    data = _packed_lookup(input, positions)
+    if data is None:
+        data = _rows(input.reshape((batch * T,) + tuple(input.shape[2:])), positions)
     dev = input.device
     keep = not enforce_sorted or (lens.size and lens.min() == 0)
     sorted_indices = Tensor(order, device=dev) if keep else None
