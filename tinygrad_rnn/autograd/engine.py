@@ -191,10 +191,9 @@ def run_backward(roots, grads, retain_graph=False, want=None, create_graph=False
     rule runs on them (tensor_xp.GraphRules), so the result can be differentiated again.
     """
     rules = _graph_rules(roots) if create_graph else _ArrayRules
-    call, fit = rules.call, rules.fit
     pending, leaves = {}, {}  # node -> its output gradient(s) so far; leaf -> its gradient so far
     for root, g in zip(roots, grads):
-        _send(pending, leaves, root, rules.seed(g, root))
+        _send(pending, leaves, root, rules.seed(g, root) if create_graph else g)
     order = _topological_order([r._ctx for r in roots if r._ctx is not None])
     if want is not None:
         order = want.prune(order)
@@ -202,19 +201,18 @@ def run_backward(roots, grads, retain_graph=False, want=None, create_graph=False
         grads_in = pending.pop(node, None)
         if grads_in is None:
             continue  # reachable, but no gradient flows into it from the roots
-        if node.inputs is None:
-            raise RuntimeError(f"backward through {node.fn.__name__} a second time: its saved arrays were "
-                               f"freed after the first backward; pass retain_graph=True to the first call")
         if node.out_meta is not None:
             _fill_unused(node, grads_in, rules)
         if node.hooks or node.retained or want is not None:
             grads_in = _observe(node, grads_in, want)
-        in_grads = call(node, grads_in)
+        in_grads = rules.call(node, grads_in)
         if _anomaly is not None:
             _anomaly.check(node, in_grads)
         for inp, g, need in zip(node.inputs, in_grads, node.needs_input_grad):
             if need and g is not None:
-                _send(pending, leaves, inp, fit(g, inp))
+                if create_graph or g.shape != inp.data.shape or g.dtype != inp.data.dtype:
+                    g = rules.fit(g, inp)  # to the input's shape and dtype (undo broadcasting)
+                _send(pending, leaves, inp, g)
         if not retain_graph:  # free what forward saved as soon as it has served
             node.inputs = node.saved_tensors = None
             node.__dict__.clear()
@@ -234,8 +232,7 @@ class _ArrayRules:
         return out if type(out) is tuple else (out,)
 
     @staticmethod
-    def fit(g, inp):
-        """The gradient in its input's shape and dtype."""
+    def fit(g, inp):  # the gradient in its input's shape and dtype
         data = inp.data
         if g.shape != data.shape:
             g = unbroadcast(inp.device.xp, g, data.shape)
@@ -251,7 +248,11 @@ def _send(pending, leaves, t, g):
     if c is None:
         prev = leaves.get(t)  # keyed by identity: Tensor hashes as an object
         leaves[t] = g if prev is None else prev + g
-    elif c.out_meta is None:  # nearly every node has one output: no slot list
+        return
+    if c.inputs is None:
+        raise RuntimeError(f"backward through {c.fn.__name__} a second time: its saved arrays were freed "
+                           f"after the first backward; pass retain_graph=True to the first call")
+    if c.out_meta is None:  # nearly every node has one output: no slot list
         prev = pending.get(c)
         pending[c] = g if prev is None else prev + g
     else:
