@@ -521,7 +521,7 @@ class _RNNBase(Module):
                              f"{int(bs.sum())}")
         order = None if packed.sorted_indices is None else packed.host_sorted_indices()
         batch = packed.batch_size
-        steps = rnnops.PackedSteps([int((bs > r).sum()) for r in range(batch)])
+        steps = rnnops.PackedSteps(rnnops.lengths_of(bs.tolist(), batch))
         states = self._packed_states(hx, batch, order)
         D = self.num_directions
         finals = [[] for _ in states]

@@ -59,6 +59,7 @@ dX = dG_x W_ih, and the biases are column sums of dG.
 """
 from __future__ import annotations
 
+import itertools
 from importlib import resources
 
 from .. import backend, kernels
@@ -488,6 +489,17 @@ def _views(a):
     return None if a is None else [a[t, ...] for t in range(a.shape[0])]
 
 
+def lengths_of(batch_sizes, batch):
+    """The sequences' lengths, in decreasing order, from a packed batch's batch_sizes (a list):
+    row r runs at every step whose batch size is over r."""
+    lengths, t = [], len(batch_sizes)
+    for r in range(batch):
+        while t and batch_sizes[t - 1] <= r:
+            t -= 1
+        lengths.append(t)
+    return lengths
+
+
 class PackedSteps:
     """A packed batch's timesteps (nn.utils.rnn), made once per layer call from the sequences'
     lengths in decreasing order: step t runs the first bs[t] rows, whose packed rows start at
@@ -525,8 +537,10 @@ class PackedSteps:
                 a = dev.from_host(self.bs, backend.int32)
             else:
                 shift = 1 if which == "t1" else 0
+                # ranges, chained: the rows of a step are consecutive slots (a layer call makes these)
                 vals = [n * B + r for r, n in enumerate(self.lengths)] if which == "last" else \
-                    [(t + shift) * B + r for t, m in enumerate(self.bs) for r in range(m)]
+                    list(itertools.chain.from_iterable(range((t + shift) * B, (t + shift) * B + m)
+                                                       for t, m in enumerate(self.bs)))
                 a = dev.from_host(vals, backend.int64)
             self._index[key] = a
         return a
