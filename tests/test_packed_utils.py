@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinygrad_rnn as tg
+from tinygrad_rnn.ops.rnn import PackedSteps, lengths_of
 from tinygrad_rnn.errors import DTypeError, ShapeError
 from tinygrad_rnn.nn.utils.rnn import (PackedSequence, pack_padded_sequence, pack_sequence, pad_packed_sequence,
                                        pad_sequence, unpack_sequence, unpad_sequence)
@@ -147,3 +148,11 @@ def test_bad_inputs():
         pad_packed_sequence(pack_sequence([tg.ones(2, 1)]), total_length=1)
     with pytest.raises(ShapeError, match="at least 2 dimensions"):
         pack_padded_sequence(tg.ones(3), [3])
+
+
+@given(st.lists(st.integers(0, 6), max_size=8))
+def test_the_lengths_come_back_from_the_batch_sizes(lengths):
+    lengths = sorted(lengths, reverse=True)
+    steps = PackedSteps(lengths)
+    assert lengths_of(steps.bs, len(lengths)) == lengths
+    assert steps.bs == [sum(n > t for n in lengths) for t in range(steps.T)]
