@@ -5,6 +5,7 @@ from . import init, utils  # noqa: F401,E402
 from .layers import Dropout, Embedding, Identity, Linear, ReLU, Sigmoid, Tanh  # noqa: F401,E402
 from .minrnn import MinGRU, MinLSTM  # noqa: F401,E402
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: F401,E402
+from .regularization import LockedDropout, embedding_dropout, locked_dropout  # noqa: F401,E402
 from .attention import AdditiveAttention  # noqa: F401,E402
 from .layers import Flatten, LayerNorm  # noqa: F401,E402
 from .activation import ELU, GELU, LeakyReLU, LogSoftmax, SiLU, Softmax  # noqa: F401,E402

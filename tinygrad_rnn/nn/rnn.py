@@ -27,6 +27,7 @@ from ..ops.linalg import MatMul
 from ..tensor import Tensor, concat, stack
 from . import functional as F
 from .module import Module, Parameter
+from .regularization import locked_dropout
 from .utils.rnn import PackedSequence, _rows
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]
@@ -63,6 +64,15 @@ def _reset_uniform(module, hidden_size):
         u = p.device.rand(p.shape, p.dtype)
         p.data = (u * 2.0 - 1.0) * k
         p.grad = None
+
+
+def _check_regularisers(name, weight_dropout, dropout_mode):
+    if isinstance(weight_dropout, bool) or not isinstance(weight_dropout, numbers.Real) \
+            or not 0.0 <= weight_dropout < 1.0:
+        raise ValueError(f"{name}: weight_dropout must be a number in [0, 1), got {weight_dropout!r}")
+    if dropout_mode not in DROPOUT_MODES:
+        raise ValueError(f"{name}: dropout_mode must be one of {', '.join(map(repr, DROPOUT_MODES))}, "
+                         f"got {dropout_mode!r}")
 
 
 def _check_tensor(name, what, t, like):
@@ -222,6 +232,7 @@ def _inverse(order):
 
 # ----------------------------------------------------------------------------- layers
 IMPLS = ("sequence", "step", "composed")
+DROPOUT_MODES = ("elementwise", "locked")
 
 
 class _Kind:
@@ -282,10 +293,13 @@ class _RNNBase(Module):
     kind = _RNN
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, impl="sequence", dtype=None, device=None, *, proj_size=0):
+                 bidirectional=False, impl="sequence", dtype=None, device=None, *, proj_size=0,
+                 weight_dropout=0.0, dropout_mode="elementwise"):
         super().__init__()
         name = type(self).__name__
         _check_sizes(name, input_size, hidden_size)
+        _check_regularisers(name, weight_dropout, dropout_mode)
+        self.weight_dropout, self.dropout_mode = float(weight_dropout), dropout_mode
         if not isinstance(proj_size, numbers.Integral) or isinstance(proj_size, bool) or proj_size < 0:
             raise ValueError(f"{name}: proj_size must be a non-negative integer, got {proj_size!r}")
         if proj_size and self.kind is not _LSTM:
@@ -359,6 +373,27 @@ class _RNNBase(Module):
     def reset_parameters(self):
         _reset_uniform(self, self.hidden_size)
 
+    def _weights(self, k):
+        """Layer and direction k's (w_ih, w_hh, b_ih, b_hh). In training with weight_dropout,
+        w_hh is DropConnected here (AWD-LSTM's WeightDrop): one mask per forward, as this runs
+        once per layer and direction, and the masked weight goes into the sequence op as its
+        w_hh, so the C++/CUDA loop runs as ever and the gradient reaches the raw parameter,
+        whose name (and so the state dict) is unchanged."""
+        p = self._parameters
+        w_ih, w_hh, b_ih, b_hh = (p.get(n) for n in self._flat_names[k])
+        if self.weight_dropout and self.training:
+            w_hh = F.dropout(w_hh, self.weight_dropout, training=True)
+        return w_ih, w_hh, b_ih, b_hh
+
+    def _drop_between(self, x, packed=None):
+        """Dropout between stacked layers on x, (T, B, F) or a packed batch's data (N, F):
+        a new mask per element, or with dropout_mode="locked" one per sequence for all steps."""
+        if self.dropout_mode == "elementwise":
+            return F.dropout(x, self.dropout, training=True)
+        if packed is None:
+            return locked_dropout(x, self.dropout, training=True)
+        return locked_dropout(PackedSequence(x, packed.batch_sizes), self.dropout, training=True).data
+
     def flatten_parameters(self):
         """No-op, for code written against PyTorch (cuDNN's weight packing has no counterpart here)."""
 
@@ -374,6 +409,10 @@ class _RNNBase(Module):
             s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
+            if self.dropout_mode != "elementwise":
+                s += f", dropout_mode='{self.dropout_mode}'"
+        if self.weight_dropout:
+            s += f", weight_dropout={self.weight_dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
         if self.proj_size:
@@ -447,7 +486,7 @@ class _RNNBase(Module):
                     f.append(s)
             layer_in = outs[0] if D == 1 else concat(outs, axis=2)
             if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_in = F.dropout(layer_in, self.dropout, training=True)
+                layer_in = self._drop_between(layer_in)
         output = layer_in
         finals = [stack(f, axis=0) for f in finals]
         if not batched:
@@ -459,8 +498,7 @@ class _RNNBase(Module):
 
     def _direction(self, x, k, init, reverse):
         """One layer in one direction over x (T, B, I): (outputs (T, B, H), [final states])."""
-        p = self._parameters
-        w_ih, w_hh, b_ih, b_hh = (p.get(n) for n in self._flat_names[k])
+        w_ih, w_hh, b_ih, b_hh = self._weights(k)
         kind, nl = self.kind, getattr(self, "nonlinearity", "tanh")
         h, c = init[0], (init[1] if kind.has_cell else None)
         w_hr = self._w_hr(k)
@@ -537,7 +575,7 @@ class _RNNBase(Module):
                     f.append(s if order is None else _rows(s, _inverse(order)))
             layer_in = outs[0] if D == 1 else concat(outs, axis=1)
             if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_in = F.dropout(layer_in, self.dropout, training=True)
+                layer_in = self._drop_between(layer_in, packed)
         finals = [stack(f, axis=0) for f in finals]
         output = PackedSequence(layer_in, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
         return output, (tuple(finals) if self.kind.has_cell else finals[0])
@@ -563,8 +601,7 @@ class _RNNBase(Module):
 
     def _direction_packed(self, x, k, init, reverse, steps):
         """One layer in one direction over packed x (N, I): (outputs (N, H) packed, [final states])."""
-        p = self._parameters
-        w_ih, w_hh, b_ih, b_hh = (p.get(n) for n in self._flat_names[k])
+        w_ih, w_hh, b_ih, b_hh = self._weights(k)
         kind, nl = self.kind, getattr(self, "nonlinearity", "tanh")
         h, c = init[0], (init[1] if kind.has_cell else None)
         w_hr = self._w_hr(k)
@@ -628,15 +665,21 @@ class RNN(_RNNBase):
     goes between layers. Parameters weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k},
     bias_hh_l{k}, and ..._reverse for the backward direction. `impl` picks the
     implementation (see `impl`).
+
+    The AWD-LSTM regularisers, all three kinds, every impl, padded or packed input, training
+    only: weight_dropout=p DropConnects weight_hh_l{k} with one mask per forward;
+    dropout_mode="locked" makes the dropout between layers variational (one mask per
+    sequence, shared across time steps) instead of elementwise.
     """
 
     kind = _RNN
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, impl="sequence", dtype=None, device=None):
+                 dropout=0.0, bidirectional=False, impl="sequence", dtype=None, device=None, *,
+                 weight_dropout=0.0, dropout_mode="elementwise"):
         _check_nonlinearity("RNN", nonlinearity)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, impl,
-                         dtype, device)
+                         dtype, device, weight_dropout=weight_dropout, dropout_mode=dropout_mode)
         self.nonlinearity = nonlinearity
 
 
@@ -659,9 +702,11 @@ class LSTM(_RNNBase):
     kind = _LSTM
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, impl="sequence", dtype=None, device=None):
+                 bidirectional=False, proj_size=0, impl="sequence", dtype=None, device=None, *,
+                 weight_dropout=0.0, dropout_mode="elementwise"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, impl,
-                         dtype, device, proj_size=proj_size)
+                         dtype, device, proj_size=proj_size, weight_dropout=weight_dropout,
+                         dropout_mode=dropout_mode)
 
 
 class GRU(_RNNBase):
