@@ -1,5 +1,8 @@
 """The AWD-LSTM regularisers: DropConnect on the recurrent weights (weight_dropout), locked
 dropout, embedding dropout, weight tying; in the layers, in CharLM and on the command line."""
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +12,9 @@ from hypothesis import strategies as st
 import tinygrad_rnn as tg
 from tinygrad_rnn import kernels, nn
 from tinygrad_rnn.errors import ShapeError
+from tinygrad_rnn.lm import CharLM, TrainConfig, load_model
+from tinygrad_rnn.lm import checkpoint as C
+from tinygrad_rnn.lm.train import TrainError
 from tinygrad_rnn.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tinygrad_rnn.ops import rnn as rnnops
 from tinygrad_rnn.testing import strategies as tgst
@@ -16,6 +22,7 @@ from tinygrad_rnn.testing import strategies as tgst
 F64 = tg.float64
 CPU = tg.get_device("cpu")
 LAYERS = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 rng = np.random.default_rng(0)
 
 
@@ -263,6 +270,166 @@ def test_layer_regulariser_errors():
         nn.GRU(2, 2, weight_dropout=True)
     with pytest.raises(ValueError, match="RNN: dropout_mode must be one of 'elementwise', 'locked', got 'lock'"):
         nn.RNN(2, 2, dropout_mode="lock")
+
+
+# ----------------------------------------------------------------------------- CharLM
+AWD = dict(dropout_input=0.2, dropout_hidden=0.3, dropout_output=0.4, locked_dropout=True, weight_drop=0.3,
+           embed_dropout=0.2, tie_weights=True)
+
+
+def test_charlm_defaults_are_todays_model():
+    m = CharLM(11, hidden=8, layers=2, embed_dim=4, dropout=0.1)
+    assert list(m.state_dict()) == ["embed.weight"] + [f"rnn.{k}" for k in nn.LSTM(4, 8, 2).state_dict()] + [
+        "head.weight", "head.bias"]
+    assert m.rnn.weight_dropout == 0.0 and m.rnn.dropout_mode == "elementwise" and m.rnn.dropout == 0.1
+    assert m.drop_in is None and type(m.drop) is nn.Dropout and m.drop.p == 0.1
+    cfg = m.config()
+    assert cfg["tie_weights"] is False and cfg["dropout_hidden"] is None and cfg["proj_size"] == 0
+
+
+def test_charlm_regularisers_are_off_in_eval():
+    m = CharLM(11, hidden=8, layers=2, embed_dim=8, dtype=F64, **AWD)
+    plain = CharLM(11, hidden=8, layers=2, embed_dim=8, dtype=F64)
+    plain.load_state_dict(m.state_dict())
+    ids = rng.integers(0, 11, (6, 3))
+    tg.manual_seed(0)
+    a = m(ids)[0].numpy()
+    b = m(ids)[0].numpy()
+    assert not np.allclose(a, b)  # in training: new masks each forward
+    m.eval()
+    plain.eval()
+    np.testing.assert_allclose(m(ids)[0].numpy(), plain(ids)[0].numpy(), rtol=1e-12)
+
+
+def test_charlm_gradcheck_through_every_regulariser():
+    m = CharLM(6, hidden=4, layers=2, embed_dim=4, dtype=F64, **AWD)
+    ids = np.array([[0, 1], [2, 5], [4, 4]])
+    params = tuple(m.parameters())
+    assert tg.gradcheck(seeded(13, lambda *p: m(ids)[0]), params, fast_mode=True)
+
+
+def test_tied_weights_share_storage_and_gradient():
+    m = CharLM(9, hidden=6, layers=1, embed_dim=6, dtype=F64, tie_weights=True)
+    assert m.head.weight is m.embed.weight
+    names = [n for n, _ in m.named_parameters()]
+    assert "embed.weight" in names and "head.weight" not in names and len(names) == len(set(names))
+    untied = CharLM(9, hidden=6, layers=1, embed_dim=6, dtype=F64)
+    untied.load_state_dict(m.state_dict())  # both keys there, as in PyTorch's state dict of a tied model
+    ids = rng.integers(0, 9, (5, 2))
+    m.loss(ids, ids)[0].backward()
+    untied.loss(ids, ids)[0].backward()
+    np.testing.assert_allclose(m.embed.weight.grad.numpy(),
+                               untied.embed.weight.grad.numpy() + untied.head.weight.grad.numpy(), rtol=1e-12)
+    opt = tg.optim.SGD(m.parameters(), lr=0.1)
+    assert len(opt.param_groups[0]["params"]) == len(list(untied.parameters())) - 1
+    before = m.embed.weight.numpy()
+    opt.step()
+    assert not np.allclose(before, m.head.weight.numpy())
+
+
+def test_tied_state_dict_round_trip_and_mismatch():
+    m = CharLM(9, hidden=4, layers=2, embed_dim=4, proj_size=0, tie_weights=True)
+    sd = m.state_dict()
+    assert np.array_equal(sd["head.weight"], sd["embed.weight"])
+    other = CharLM(9, hidden=4, layers=2, embed_dim=4, tie_weights=True)
+    other.load_state_dict(sd)
+    assert other.head.weight is other.embed.weight
+    np.testing.assert_array_equal(other.embed.weight.numpy(), sd["embed.weight"])
+    bad = dict(sd, **{"head.weight": sd["head.weight"] + 1})
+    with pytest.raises(nn.StateDictError, match="ties its head to its embedding.*head.weight and embed.weight differ"):
+        other.load_state_dict(bad)
+
+
+def test_tie_with_proj_size():
+    m = CharLM(9, hidden=8, layers=2, embed_dim=3, proj_size=3, tie_weights=True)
+    assert m.rnn.proj_size == 3 and m.head.weight.shape == (9, 3) and m.head.weight is m.embed.weight
+    logits, _ = m(rng.integers(0, 9, (4, 2)))
+    assert logits.shape == (4, 2, 9)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(tie_weights=True), "tie_weights needs a learned embedding"),
+    (dict(embed_dim=5, tie_weights=True), r"embed_dim equal to the last layer's output size \(hidden=8\), got "
+                                          r"embed_dim=5"),
+    (dict(embed_dim=8, proj_size=4, tie_weights=True), r"\(proj_size=4\), got embed_dim=8"),
+    (dict(cell="gru", proj_size=4), "proj_size needs cell 'lstm'"),
+    (dict(cell="mingru", weight_drop=0.2), r"weight_drop needs a cell with hidden-to-hidden weights"),
+    (dict(cell="mingru", layers=2, dropout=0.2, locked_dropout=True), "locked dropout between layers needs"),
+    (dict(embed_dropout=0.1), "embed_dropout needs a learned embedding"),
+    (dict(weight_drop=1.0), r"weight_drop must be a number in \[0, 1\), got 1.0"),
+    (dict(dropout_hidden=-0.1), r"dropout_hidden must be a number in \[0, 1\)"),
+])
+def test_charlm_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match) as e:
+        CharLM(9, **{"hidden": 8, **kwargs})
+    assert str(e.value).startswith("CharLM: ")
+
+
+def test_train_config_validates_the_regularisers():
+    TrainConfig(embed_dim=128, tie_weights=True, weight_drop=0.5, locked_dropout=True).validate()
+    with pytest.raises(TrainError, match=r"weight_drop must be in \[0, 1\).*tie_weights needs embed_dim "
+                                                     r"\(64\) equal to the last layer's output size \(hidden 128\)"):
+        TrainConfig(embed_dim=64, tie_weights=True, weight_drop=1.5).validate()
+    kw = TrainConfig(embed_dim=8, hidden=8, embed_dropout=0.1, tie_weights=True).model_kwargs()
+    assert kw["tie_weights"] is True and kw["embed_dropout"] == 0.1
+    assert CharLM(10, **kw).head.weight is not None
+
+
+# ----------------------------------------------------------------------------- command line
+def run_cli(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "tinygrad_rnn", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+TINY = ["--hidden", "16", "--layers", "2", "--embed-dim", "16", "--seq-len", "8", "--batch", "4",
+        "--progress", "none", "--eval-every", "2"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text("the cat sat on the mat. the dog sat on the log. " * 30, encoding="utf-8")
+    return str(p)
+
+
+def test_cli_trains_and_samples_with_every_regulariser(corpus, tmp_path):
+    run = str(tmp_path / "run")
+    r = run_cli("train", "--data", corpus, *TINY, "--steps", "3", "--out", run, "--dropout-input", "0.1",
+                "--dropout-hidden", "0.2", "--dropout-output", "0.3", "--locked-dropout", "--weight-drop", "0.4",
+                "--embed-dropout", "0.1", "--tie-weights")
+    assert r.returncode == 0, r.stderr
+    model, _, c = load_model(run)
+    assert model.tie_weights and model.head.weight is model.embed.weight and model.locked_dropout
+    assert model.rnn.weight_dropout == 0.4 and model.rnn.dropout_mode == "locked" and model.rnn.dropout == 0.2
+    assert c.meta["config"]["embed_dropout"] == 0.1
+    r = run_cli("sample", run, "--length", "10", "--seed", "1")
+    assert r.returncode == 0 and len(r.stdout.strip()) > 0, r.stderr
+    r = run_cli("train", "--data", corpus, *TINY, "--steps", "4", "--out", run, "--resume")
+    assert r.returncode == 0, r.stderr
+
+
+def test_checkpoint_from_before_the_regularisers_loads(corpus, tmp_path):
+    run = str(tmp_path / "old")
+    r = run_cli("train", "--data", corpus, *TINY, "--steps", "2", "--out", run)
+    assert r.returncode == 0, r.stderr
+    c = C.load(run)
+    meta = dict(c.meta)
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in TrainConfig.REGULARISERS}
+    C.save(c.path, meta=meta, model_state=c.model_state, optim_state=c.optim_state, hidden=c.hidden)
+    model, _, _ = load_model(run)
+    assert not model.tie_weights and model.rnn.weight_dropout == 0.0
+    r = run_cli("sample", run, "--length", "5")
+    assert r.returncode == 0, r.stderr
+
+
+def test_cli_bad_regulariser_arguments(corpus, tmp_path):
+    r = run_cli("train", "--data", corpus, "--weight-drop", "1.5", "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "--weight-drop" in r.stderr and "a number in [0, 1)" in r.stderr
+    r = run_cli("train", "--data", corpus, "--hidden", "16", "--tie-weights", "--steps", "1",
+                "--out", str(tmp_path / "b"))
+    assert r.returncode == 1 and "tie_weights needs a learned embedding (embed_dim)" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 # ----------------------------------------------------------------------------- on every device

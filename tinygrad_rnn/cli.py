@@ -65,6 +65,30 @@ def _train_defaults():
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
+def _add_regularisers(p):
+    """The AWD-LSTM regularisers (Merity et al. 2017), each off by default; docs/charlm.md."""
+    g = p.add_argument_group("regularisers (AWD-LSTM's)")
+    g.add_argument("--dropout-input", type=_dropout, metavar="P",
+                   help="dropout on the recurrent layers' input (AWD's dropouti; default 0)")
+    g.add_argument("--dropout-hidden", type=_dropout, metavar="P",
+                   help="dropout between stacked layers (dropouth; default: --dropout)")
+    g.add_argument("--dropout-output", type=_dropout, metavar="P",
+                   help="dropout before the output layer (default: --dropout)")
+    g.add_argument("--locked-dropout", action="store_true",
+                   help="make the three dropouts above variational: one mask per sequence for all time steps")
+    g.add_argument("--weight-drop", type=_dropout, metavar="P",
+                   help="DropConnect on the hidden-to-hidden weights, one mask per step (wdrop; lstm, gru, rnn; "
+                        "default 0)")
+    g.add_argument("--embed-dropout", type=_dropout, metavar="P",
+                   help="drop whole rows of the embedding (whole characters; dropoute; needs --embed-dim; "
+                        "default 0)")
+    g.add_argument("--tie-weights", action="store_true",
+                   help="the output layer's weight is the embedding matrix (needs --embed-dim equal to "
+                        "--hidden, or to --proj-size)")
+    g.add_argument("--proj-size", type=_nonneg_int, metavar="N",
+                   help="LSTM with projections: each layer's output has N features (default 0: none)")
+
+
 def _add_train(sub):
     from .lm.model import available_cells
     from .lm.train import OPTIMIZERS
@@ -90,6 +114,7 @@ def _add_train(sub):
                         "folds it into its input projection, which makes larger models' steps faster")
     g.add_argument("--dropout", type=_dropout, metavar="P", help=f"dropout (default {d['dropout']})")
     g.add_argument("--dtype", choices=["float32", "float64"], help=f"weights and arithmetic (default {d['dtype']})")
+    _add_regularisers(p)
     g = p.add_argument_group("optimisation")
     g.add_argument("--seq-len", type=_positive_int, metavar="T",
                    help=f"BPTT window: characters per step and row (default {d['seq_len']})")

@@ -16,6 +16,7 @@ from .. import nn
 from ..autograd import no_grad
 from ..nn import functional as F
 from ..nn.layers import Dropout, Embedding, Linear
+from ..nn.regularization import LockedDropout, embedding_dropout
 from ..tensor import Tensor
 from .sample import sample_next
 
@@ -81,6 +82,49 @@ def state_from_host(state, device, dtype=None):
     return Tensor(np.asarray(state), device=device, dtype=dtype)
 
 
+_WEIGHT_DROP_CELLS = ("lstm", "gru", "rnn")  # the layers with a weight_hh to DropConnect
+
+
+def _check_options(cell, rates, embed_dim, proj_size, tie_weights, hidden, locked_between):
+    """CharLM's arguments past the sizes, each problem named in user terms."""
+    for name, p in rates.items():
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"CharLM: {name} must be a number in [0, 1), got {p!r}")
+    if not isinstance(proj_size, int) or isinstance(proj_size, bool) or proj_size < 0:
+        raise ValueError(f"CharLM: proj_size must be a non-negative integer, got {proj_size!r}")
+    if proj_size and cell != "lstm":
+        raise ValueError(f"CharLM: proj_size needs cell 'lstm' (nn.LSTM's projections), not {cell!r}")
+    if rates["weight_drop"] and cell not in _WEIGHT_DROP_CELLS:
+        raise ValueError(f"CharLM: weight_drop needs a cell with hidden-to-hidden weights "
+                         f"({', '.join(_WEIGHT_DROP_CELLS)}), not {cell!r}")
+    if locked_between and cell not in _WEIGHT_DROP_CELLS:
+        raise ValueError(f"CharLM: locked dropout between layers needs cell {', '.join(_WEIGHT_DROP_CELLS)}, "
+                         f"not {cell!r} (its layers have no dropout_mode); set dropout_hidden=0 or use one layer")
+    if rates["embed_dropout"] and not embed_dim:
+        raise ValueError("CharLM: embed_dropout needs a learned embedding (embed_dim); one-hot input has none")
+    if tie_weights:
+        if not embed_dim:
+            raise ValueError("CharLM: tie_weights needs a learned embedding (embed_dim); one-hot input has none")
+        out = proj_size or hidden
+        if embed_dim != out:
+            what = f"proj_size={proj_size}" if proj_size else f"hidden={out}"
+            raise ValueError(f"CharLM: tie_weights needs embed_dim equal to the last layer's output size "
+                             f"({what}), got embed_dim={embed_dim}")
+
+
+def _rnn_options(proj_size, weight_drop, locked_between):
+    """The recurrent layer's AWD arguments, passed only where set, so a layer without them
+    (mingru, minlstm) is built as before."""
+    kw = {}
+    if proj_size:
+        kw["proj_size"] = proj_size
+    if weight_drop:
+        kw["weight_dropout"] = weight_drop
+    if locked_between:
+        kw["dropout_mode"] = "locked"
+    return kw
+
+
 class CharLM(nn.Module):
     """A character-level language model.
 
@@ -89,10 +133,20 @@ class CharLM(nn.Module):
     cell: "lstm", "gru", "rnn" (and "mingru"/"minlstm" where tinygrad_rnn.nn has them).
     embed_dim: size of a learned embedding; None feeds one-hot vectors to the recurrent layer.
     dropout: between stacked recurrent layers and before the head.
+
+    The AWD-LSTM regularisers (keyword-only; their defaults leave the model as without them):
+    dropout_input: dropout on the recurrent layers' input (AWD's dropouti).
+    dropout_hidden, dropout_output: between layers (dropouth) and before the head; None: `dropout`.
+    locked_dropout: these three as variational dropout, one mask per sequence for all time steps.
+    weight_drop: DropConnect on the hidden-to-hidden weights, one mask per forward (lstm, gru, rnn).
+    embed_dropout: drop whole rows of the embedding matrix (whole characters), one mask per forward.
+    tie_weights: the head's weight is the embedding matrix (needs embed_dim == the last layer's
+        output size: hidden, or proj_size). proj_size: an LSTM with projections (nn.LSTM's).
     """
 
     def __init__(self, vocab_size, cell="lstm", hidden=256, layers=2, dropout=0.0, embed_dim=None,
-                 dtype=None, device=None):
+                 dtype=None, device=None, *, proj_size=0, dropout_input=0.0, dropout_hidden=None,
+                 dropout_output=None, locked_dropout=False, weight_drop=0.0, embed_dropout=0.0, tie_weights=False):
         super().__init__()
         vocab = None
         if not isinstance(vocab_size, int):
@@ -100,22 +154,64 @@ class CharLM(nn.Module):
         if vocab_size < 1 or hidden < 1 or layers < 1:
             raise ValueError(f"CharLM: vocab_size, hidden and layers must be positive, got "
                              f"{vocab_size}, {hidden}, {layers}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"CharLM: dropout must be in [0, 1), got {dropout}")
+        rates = {"dropout": dropout, "dropout_input": dropout_input, "weight_drop": weight_drop,
+                 "embed_dropout": embed_dropout,
+                 "dropout_hidden": dropout if dropout_hidden is None else dropout_hidden,
+                 "dropout_output": dropout if dropout_output is None else dropout_output}
+        locked_between = bool(locked_dropout) and layers > 1 and rates["dropout_hidden"] > 0
+        _check_options(cell, rates, embed_dim, proj_size, tie_weights, hidden, locked_between)
         rnn_cls = _cell_class(cell)
         self.vocab = vocab
         self.vocab_size, self.cell, self.hidden, self.layers = vocab_size, cell, hidden, layers
-        self.embed_dim, self.dropout_p = embed_dim, dropout
+        self.embed_dim, self.dropout_p, self.proj_size = embed_dim, dropout, int(proj_size)
+        self.dropout_input, self.dropout_hidden, self.dropout_output = dropout_input, dropout_hidden, dropout_output
+        self.locked_dropout, self.weight_drop, self.embed_dropout = bool(locked_dropout), weight_drop, embed_dropout
+        self.tie_weights = bool(tie_weights)
         kw = {"dtype": dtype, "device": device}
         self.embed = Embedding(vocab_size, embed_dim, **kw) if embed_dim else None
-        self.rnn = rnn_cls(embed_dim or vocab_size, hidden, num_layers=layers, dropout=dropout if layers > 1 else 0.0,
-                           **kw)
-        self.drop = Dropout(dropout)
-        self.head = Linear(hidden, vocab_size, **kw)
+        self.rnn = rnn_cls(embed_dim or vocab_size, hidden, num_layers=layers,
+                           dropout=rates["dropout_hidden"] if layers > 1 else 0.0,
+                           **_rnn_options(proj_size, weight_drop, locked_between), **kw)
+        drop = LockedDropout if locked_dropout else Dropout
+        self.drop_in = drop(dropout_input) if dropout_input else None
+        self.drop = drop(rates["dropout_output"])
+        self.head = Linear(self.proj_size or hidden, vocab_size, **kw)
+        if tie_weights:
+            # one Parameter in both places (listed once, as embed.weight), with the head's
+            # U(-1/sqrt(E), 1/sqrt(E)) start: the embedding's N(0, 1) would give the head
+            # logits of standard deviation ~sqrt(E)/2 at the start
+            self.embed.weight = self.head.weight
 
     def config(self) -> dict:
         return {"vocab_size": self.vocab_size, "cell": self.cell, "hidden": self.hidden, "layers": self.layers,
-                "dropout": self.dropout_p, "embed_dim": self.embed_dim}
+                "dropout": self.dropout_p, "embed_dim": self.embed_dim, "proj_size": self.proj_size,
+                "dropout_input": self.dropout_input, "dropout_hidden": self.dropout_hidden,
+                "dropout_output": self.dropout_output, "locked_dropout": self.locked_dropout,
+                "weight_drop": self.weight_drop, "embed_dropout": self.embed_dropout,
+                "tie_weights": self.tie_weights}
+
+    def state_dict(self):
+        out = super().state_dict()
+        if self.tie_weights:
+            # the shared matrix under both names, as PyTorch's state dict of a tied model has it,
+            # so the dict loads into an untied CharLM, and exports (head.weight) as any other
+            out["head.weight"] = out["embed.weight"].copy()
+        return out
+
+    def load_state_dict(self, state, strict=True):
+        if self.tie_weights and "head.weight" in state:
+            state = dict(state)
+            head = state.pop("head.weight")
+            head = head.numpy() if isinstance(head, Tensor) else np.asarray(head)
+            if "embed.weight" not in state:
+                state["embed.weight"] = head
+            else:
+                emb = state["embed.weight"]
+                emb = emb.numpy() if isinstance(emb, Tensor) else np.asarray(emb)
+                if emb.shape != head.shape or not np.array_equal(emb, head):
+                    raise nn.StateDictError("load_state_dict for CharLM: the model ties its head to its "
+                                            "embedding (one matrix), but head.weight and embed.weight differ")
+        return super().load_state_dict(state, strict)
 
     def extra_repr(self):
         return f"vocab_size={self.vocab_size}, cell={self.cell!r}, hidden={self.hidden}, layers={self.layers}"
@@ -134,8 +230,12 @@ class CharLM(nn.Module):
             ids = Tensor(np.asarray(ids, dtype=np.int64), device=self.device)
         if self.embed is None:
             x = F.one_hot(ids, self.vocab_size, dtype=self.dtype)
+        elif self.embed_dropout and self.training:
+            x = embedding_dropout(self.embed, ids, self.embed_dropout)
         else:
             x = self.embed(ids)
+        if self.drop_in is not None:
+            x = self.drop_in(x)
         out, state = self.rnn(x, state)
         return self.head(self.drop(out)), state
 

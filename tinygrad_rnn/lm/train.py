@@ -65,6 +65,15 @@ class TrainConfig:
     embed_dim: int | None = None
     dropout: float = 0.0
     dtype: str = "float32"             # of the weights and the arithmetic: float32 or float64
+    # the AWD-LSTM regularisers (CharLM's arguments of the same names; these defaults: off)
+    proj_size: int = 0                 # LSTM projections: the last layer's output size, if > 0
+    dropout_input: float = 0.0         # on the recurrent layers' input
+    dropout_hidden: float | None = None  # between layers; None: dropout
+    dropout_output: float | None = None  # before the head; None: dropout
+    locked_dropout: bool = False       # the three above with one mask per sequence for all steps
+    weight_drop: float = 0.0           # DropConnect on the hidden-to-hidden weights
+    embed_dropout: float = 0.0         # whole embedding rows (characters)
+    tie_weights: bool = False          # the head's weight is the embedding matrix
     # optimisation
     seq_len: int = 64
     batch: int = 32
@@ -89,11 +98,15 @@ class TrainConfig:
 
     # what a resumed run must keep (changing them would make it a different run)
     FROZEN = ("data", "max_chars", "val_fraction", "cell", "hidden", "layers", "embed_dim", "dropout",
-              "seq_len", "batch", "optimizer", "lr", "clip", "lr_decay", "seed", "dtype", "schedule", "warmup")
+              "seq_len", "batch", "optimizer", "lr", "clip", "lr_decay", "seed", "dtype", "schedule", "warmup",
+              "proj_size", "dropout_input", "dropout_hidden", "dropout_output", "locked_dropout", "weight_drop",
+              "embed_dropout", "tie_weights")
+    REGULARISERS = ("proj_size", "dropout_input", "dropout_hidden", "dropout_output", "locked_dropout",
+                    "weight_drop", "embed_dropout", "tie_weights")
 
     def model_kwargs(self) -> dict:
         return {"cell": self.cell, "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout,
-                "embed_dim": self.embed_dim}
+                "embed_dim": self.embed_dim, **{k: getattr(self, k) for k in self.REGULARISERS}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -102,6 +115,27 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def _regulariser_problems(self) -> list:
+        out = []
+        for name in ("dropout_input", "dropout_hidden", "dropout_output", "weight_drop", "embed_dropout"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0):
+                out.append(f"{name} must be in [0, 1), got {v!r}")
+        if not isinstance(self.proj_size, int) or isinstance(self.proj_size, bool) or self.proj_size < 0:
+            out.append(f"proj_size must be a non-negative integer, got {self.proj_size!r}")
+        elif self.proj_size and (self.cell != "lstm" or self.proj_size >= self.hidden):
+            out.append(f"proj_size needs cell 'lstm' and a size below hidden ({self.hidden}), got "
+                       f"proj_size={self.proj_size} with cell {self.cell!r}")
+        if self.weight_drop and self.cell not in ("lstm", "gru", "rnn"):
+            out.append(f"weight_drop needs cell lstm, gru or rnn (hidden-to-hidden weights), not {self.cell!r}")
+        for name in ("embed_dropout", "tie_weights"):
+            if getattr(self, name) and not self.embed_dim:
+                out.append(f"{name} needs a learned embedding (embed_dim); one-hot input has none")
+        if self.tie_weights and self.embed_dim and self.embed_dim != (self.proj_size or self.hidden):
+            out.append(f"tie_weights needs embed_dim ({self.embed_dim}) equal to the last layer's output size "
+                       f"({'proj_size' if self.proj_size else 'hidden'} {self.proj_size or self.hidden})")
+        return out
 
     def validate(self) -> None:
         from .model import available_cells
@@ -120,6 +154,7 @@ class TrainConfig:
                 problems.append(f"{name} must be a positive integer, got {v!r}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        problems += self._regulariser_problems()
         if self.dtype not in ("float32", "float64"):
             problems.append(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if not 0.0 < self.val_fraction < 1.0:
