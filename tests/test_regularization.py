@@ -445,3 +445,86 @@ def test_regularisers_on_device(device):
     emb = nn.Embedding(5, 3, dtype=F64, device=device)
     ids = tg.Tensor(np.array([[0, 4], [2, 2]]), device=device)
     assert tg.gradcheck(seeded(3, lambda w: nn.embedding_dropout(emb, ids, 0.5)), [emb.weight])
+
+
+# ----------------------------------------------------------------------------- layer-normalised LSTM
+def _ln(a, g, b=0.0, eps=1e-5):
+    mu = a.mean(-1, keepdims=True)
+    return (a - mu) / np.sqrt(((a - mu) ** 2).mean(-1, keepdims=True) + eps) * g + b
+
+
+def _ln_lstm_reference(m, x, h0, c0):
+    """Ba et al. 2016's LN-LSTM in NumPy, from the equations, layer by layer."""
+    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    P = {k: v for k, v in m.state_dict().items()}
+    hs, cs = [], []
+    for k in range(m.num_layers):
+        h, c, outs = h0[k], c0[k], []
+        for x_t in x:
+            a = (_ln(x_t @ P[f"weight_ih_l{k}"].T, P[f"ln_ih_weight_l{k}"])
+                 + _ln(h @ P[f"weight_hh_l{k}"].T, P[f"ln_hh_weight_l{k}"]) + P[f"bias_l{k}"])
+            i, f, g, o = np.split(a, 4, axis=1)
+            c = sig(f) * c + sig(i) * np.tanh(g)
+            h = sig(o) * np.tanh(_ln(c, P[f"ln_c_weight_l{k}"], P[f"ln_c_bias_l{k}"]))
+            outs.append(h)
+        x = np.stack(outs)
+        hs.append(h)
+        cs.append(c)
+    return x, np.stack(hs), np.stack(cs)
+
+
+def _randomise(m):
+    """Gains and shifts moved off their ones and zeros, so a test sees where each one goes."""
+    for name, p in m.named_parameters():
+        gain = name.startswith("ln_") and "_weight_" in name
+        p.data = p.device.from_host(rng.standard_normal(p.shape) * 0.5 + (1.0 if gain else 0.0), p.dtype)
+
+
+def test_layer_norm_lstm_against_the_equations():
+    m = nn.LayerNormLSTM(3, 5, num_layers=2, dtype=F64)
+    _randomise(m)
+    x, h0, c0 = randn(6, 2, 3), randn(2, 2, 5), randn(2, 2, 5)
+    out, (h, c) = m(x, (h0, c0))
+    want = _ln_lstm_reference(m, x.numpy(), h0.numpy(), c0.numpy())
+    for got, ref in zip((out, h, c), want):
+        np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-12)
+    bf = nn.LayerNormLSTM(3, 5, num_layers=2, batch_first=True, dtype=F64)
+    bf.load_state_dict(m.state_dict())
+    np.testing.assert_allclose(out_of(bf(x.transpose(0, 1), (h0, c0))).numpy(), out.numpy().transpose(1, 0, 2),
+                               rtol=1e-12)
+
+
+def test_layer_norm_lstm_gradcheck_with_its_regularisers():
+    m = nn.LayerNormLSTM(2, 3, num_layers=2, dropout=0.3, dropout_mode="locked", weight_dropout=0.3, dtype=F64)
+    _randomise(m)
+    x, h0, c0 = randn(4, 2, 2), randn(2, 2, 3), randn(2, 2, 3)
+    fn = seeded(8, lambda x, h0, c0, *p: m(x, (h0, c0))[0])
+    assert tg.gradcheck(fn, (x, h0, c0) + tuple(m.parameters()), fast_mode=True)
+    m.eval()
+    plain = nn.LayerNormLSTM(2, 3, num_layers=2, dtype=F64)
+    plain.load_state_dict(m.state_dict())
+    np.testing.assert_array_equal(out_of(m(x)).numpy(), out_of(plain(x)).numpy())
+
+
+def test_layer_norm_lstm_errors():
+    m = nn.LayerNormLSTM(3, 4)
+    with pytest.raises(ShapeError, match=r"LayerNormLSTM: expected input of shape \(seq_len, batch, input_size\) "
+                                         r"with input_size=3, got shape \(5, 2, 2\)"):
+        m(tg.ones(5, 2, 2))
+    with pytest.raises(ShapeError, match=r"LayerNormLSTM: c0 must have shape \(1, 2, 4\).*got \(1, 3, 4\)"):
+        m(tg.ones(5, 2, 3), (tg.zeros(1, 2, 4), tg.zeros(1, 3, 4)))
+    with pytest.raises(TypeError, match="LayerNormLSTM: takes a padded"):
+        m(pack_padded_sequence(tg.ones(2, 1, 3), [2]))
+    with pytest.raises(ValueError, match=r"LayerNormLSTM: weight_dropout must be a number in \[0, 1\)"):
+        nn.LayerNormLSTM(3, 4, weight_dropout=-1)
+    with pytest.raises(ValueError, match="LayerNormLSTM: num_layers must be a positive integer, got 0"):
+        nn.LayerNormLSTM(3, 4, num_layers=0)
+
+
+def test_charlm_with_layer_norm_lstm_and_awd_options():
+    m = CharLM(7, cell="lnlstm", hidden=4, layers=2, embed_dim=4, dtype=F64, **AWD)
+    assert isinstance(m.rnn, nn.LayerNormLSTM) and m.rnn.dropout_mode == "locked" and m.rnn.weight_dropout == 0.3
+    ids = np.array([[0, 1], [2, 6]])
+    assert tg.gradcheck(seeded(4, lambda *p: m(ids)[0]), tuple(m.parameters()), fast_mode=True)
+    out = m.generate([1, 2], length=3, seed=0)
+    assert len(out) == 3

@@ -77,8 +77,8 @@ def _add_regularisers(p):
     g.add_argument("--locked-dropout", action="store_true",
                    help="make the three dropouts above variational: one mask per sequence for all time steps")
     g.add_argument("--weight-drop", type=_dropout, metavar="P",
-                   help="DropConnect on the hidden-to-hidden weights, one mask per step (wdrop; lstm, gru, rnn; "
-                        "default 0)")
+                   help="DropConnect on the hidden-to-hidden weights, one mask per step (wdrop; lstm, gru, rnn, "
+                        "lnlstm; default 0)")
     g.add_argument("--embed-dropout", type=_dropout, metavar="P",
                    help="drop whole rows of the embedding (whole characters; dropoute; needs --embed-dim; "
                         "default 0)")

@@ -28,6 +28,7 @@ CELLS = {
     "rnn": "RNN",
     "mingru": "MinGRU",
     "minlstm": "MinLSTM",
+    "lnlstm": "LayerNormLSTM",
 }
 
 
@@ -82,7 +83,7 @@ def state_from_host(state, device, dtype=None):
     return Tensor(np.asarray(state), device=device, dtype=dtype)
 
 
-_WEIGHT_DROP_CELLS = ("lstm", "gru", "rnn")  # the layers with a weight_hh to DropConnect
+_WEIGHT_DROP_CELLS = ("lstm", "gru", "rnn", "lnlstm")  # the layers with a weight_hh to DropConnect
 
 
 def _check_options(cell, rates, embed_dim, proj_size, tie_weights, hidden, locked_between):
@@ -130,7 +131,8 @@ class CharLM(nn.Module):
 
     vocab_size: the number of characters (an int), or a CharVocab, which `generate` then
         uses to take and return strings.
-    cell: "lstm", "gru", "rnn" (and "mingru"/"minlstm" where tinygrad_rnn.nn has them).
+    cell: "lstm", "gru", "rnn", "lnlstm" (layer-normalised LSTM, composed from ops: slower), and
+        "mingru"/"minlstm" where tinygrad_rnn.nn has them.
     embed_dim: size of a learned embedding; None feeds one-hot vectors to the recurrent layer.
     dropout: between stacked recurrent layers and before the head.
 
@@ -138,7 +140,7 @@ class CharLM(nn.Module):
     dropout_input: dropout on the recurrent layers' input (AWD's dropouti).
     dropout_hidden, dropout_output: between layers (dropouth) and before the head; None: `dropout`.
     locked_dropout: these three as variational dropout, one mask per sequence for all time steps.
-    weight_drop: DropConnect on the hidden-to-hidden weights, one mask per forward (lstm, gru, rnn).
+    weight_drop: DropConnect on the hidden-to-hidden weights, one mask per forward (lstm, gru, rnn, lnlstm).
     embed_dropout: drop whole rows of the embedding matrix (whole characters), one mask per forward.
     tie_weights: the head's weight is the embedding matrix (needs embed_dim == the last layer's
         output size: hidden, or proj_size). proj_size: an LSTM with projections (nn.LSTM's).

@@ -127,8 +127,8 @@ class TrainConfig:
         elif self.proj_size and (self.cell != "lstm" or self.proj_size >= self.hidden):
             out.append(f"proj_size needs cell 'lstm' and a size below hidden ({self.hidden}), got "
                        f"proj_size={self.proj_size} with cell {self.cell!r}")
-        if self.weight_drop and self.cell not in ("lstm", "gru", "rnn"):
-            out.append(f"weight_drop needs cell lstm, gru or rnn (hidden-to-hidden weights), not {self.cell!r}")
+        if self.weight_drop and self.cell not in ("lstm", "gru", "rnn", "lnlstm"):
+            out.append(f"weight_drop needs cell lstm, gru, rnn or lnlstm (hidden-to-hidden weights), not {self.cell!r}")
         for name in ("embed_dropout", "tie_weights"):
             if getattr(self, name) and not self.embed_dim:
                 out.append(f"{name} needs a learned embedding (embed_dim); one-hot input has none")

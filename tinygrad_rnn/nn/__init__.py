@@ -6,6 +6,7 @@ from .layers import Dropout, Embedding, Identity, Linear, ReLU, Sigmoid, Tanh  #
 from .minrnn import MinGRU, MinLSTM  # noqa: F401,E402
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: F401,E402
 from .regularization import LockedDropout, embedding_dropout, locked_dropout  # noqa: F401,E402
+from .lnlstm import LayerNormLSTM  # noqa: F401,E402
 from .attention import AdditiveAttention  # noqa: F401,E402
 from .layers import Flatten, LayerNorm  # noqa: F401,E402
 from .activation import ELU, GELU, LeakyReLU, LogSoftmax, SiLU, Softmax  # noqa: F401,E402
