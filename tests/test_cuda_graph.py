@@ -277,3 +277,22 @@ def test_a_loop_that_fails_during_capture_ends_the_capture(fake):
     with pytest.raises(cuda_fake.CaptureError):
         cache.run(B.get_device("cuda:0"), "k", loop, (a,), ((0, None),), ())
     assert fake.capture is None and not cache.entries
+
+
+def test_the_step_benchmark_runs_both_loops_on_cuda(fake, capsys):
+    """bench/rnn_step.py --device cuda: a runner per loop and their ratio (a tiny smoke run on
+    the fake, not a timing)."""
+    import importlib.util
+    import json
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "rnn_step.py")
+    spec = importlib.util.spec_from_file_location("rnn_step_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--device", "cuda", "--hidden", "8", "--batch", "2", "--seq", "4", "--vocab", "11", "--steps", "2",
+                "--warmup", "0", "--rounds", "1", "--no-torch", "--lengths", "uniform"])
+    recs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith('{"bench": "rnn_step"')]
+    assert {(r["impl"], r["packed"], r["cuda_loop"]) for r in recs} == {
+        ("sequence", p, loop) for p in (True, False) for loop in ("graph", "python")}
+    assert all("python_loop_over_graph_paired" in r for r in recs if r["cuda_loop"] == "graph")
+    assert fake.launches > 0
