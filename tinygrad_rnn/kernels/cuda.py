@@ -63,6 +63,9 @@ class GraphCache:
       heuristics, CuPy's compilation and loading of the cell kernels, and cached constants.
     - Nothing in a loop reads a device value back (a capture cannot: CuPy raises), and what
       the loop returns to Python (the backward's final dc buffer) depends only on the key.
+    The price: per call a copy in and out of what the loop reads and writes (a few times the
+    states' and gates' size, bandwidth-bound), and per entry its buffers, held until it
+    leaves the LRU (`GRAPHS.size`; `GRAPHS.clear()` frees them all).
     """
 
     def __init__(self, size=16):
@@ -82,7 +85,7 @@ class GraphCache:
         import cupy
         xp = device.xp  # the device's GPU current
         alias = tuple(None if a is None else next(j for j, b in enumerate(arrays) if b is a) for a in arrays)
-        full = (key, device.name, alias,
+        full = (key, device.name, device.use_kernels, alias,  # use_kernels: the kernels' graph or the portable one
                 tuple(None if a is None else (tuple(a.shape), str(a.dtype)) for a in arrays))
         entry = self.entries.get(full)
         if entry is not None:
