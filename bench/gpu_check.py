@@ -17,10 +17,13 @@ written to the report:
 4. mpiexec -n 2: two ranks, each on cuda:{local rank} (one GPU: shared, the host-staged
    all-reduce; two or more: NCCL), their all-reduced gradients against the host's mean;
 5. step benchmarks: bench/rnn_step.py at H=128 and 512, B=32 and 256, LSTM, on cuda (with
-   PyTorch's cuDNN layers beside ours when a CUDA PyTorch is importable) and on the cpu.
-   The time loop runs in Python on CUDA (no CUDA graph yet), so there is no second variant;
-6. counts: the kernel launches and device values read back by a CUDA training step, counted
-   on the host through the test suite's stand-in CuPy (tests/cuda_fake.py);
+   PyTorch's cuDNN layers beside ours when a CUDA PyTorch is importable) and on the cpu. On
+   cuda ours runs with the Python loop over time and without it (`--cuda-loop both`: the
+   loop as a replayed CUDA graph, "@graph", against "@python"; python/graph > 1: the graph
+   is faster);
+6. counts: the kernel launches and device values read back by a CUDA training step, with
+   the loop over time as a CUDA graph and as the Python loop, counted on the host through
+   the test suite's stand-in CuPy (tests/cuda_fake.py);
 7. char-LM: `python -m tinygrad_rnn train --device cuda --minutes 0.5` on the default corpus
    (the stdlib's sources); then `sample` from its checkpoint on cuda.
 
@@ -200,7 +203,7 @@ def stages(py, run_dir):
               110, reject=r"^SKIPPED .*: cuda: ", why_rejected="cuda tests were skipped although a GPU is here"),
         Stage("resume", [py, me, "--resume-check", run_dir + "_resume"], 70),
         Stage("mpiexec -n 2", ["mpiexec", "-n", "2", py, me, "--mpi-check"], 40),
-        Stage("bench cuda", bench + ["--device", "cuda"], 55),
+        Stage("bench cuda", bench + ["--device", "cuda", "--cuda-loop", "both"], 70),
         Stage("bench cpu", bench + ["--device", "cpu", "--no-torch"], 50),
         Stage("counts", [py, me, "--counts"], 15),
         # a model sized for a GPU rather than the CPU default (1x128, batch 32)
@@ -277,7 +280,8 @@ def mpi_check(device="cuda"):
 
 def counts(steps=6):
     """Stage 6: launches and reads of lazy CUDA training steps, on the stand-in CuPy (no GPU
-    needed): per step between metrics lines, then the metrics line's read."""
+    needed): per step between metrics lines, with the loop over time as a CUDA graph and as
+    the Python loop (two runs alternating), then the graph run's metrics line's read."""
     _package()
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import tempfile as tf
@@ -292,19 +296,25 @@ def counts(steps=6):
         def setattr(self, o, k, v):
             setattr(o, k, v)
     fake = cuda_fake.install(Patch(), gpus=1)
-    cuda_fake.cuda("cuda:0")
+    dev = cuda_fake.cuda("cuda:0")
+    seq = 32
     with tf.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(hidden=64, layers=2, dropout=0.2, seq_len=32, batch=8, steps=steps, clip=1.0, device="cuda",
+        cfg = TrainConfig(hidden=64, layers=2, dropout=0.2, seq_len=seq, batch=8, steps=steps, clip=1.0, device="cuda",
                           max_chars=50_000, eval_every=1000, log_every=1000)
-        run = Run.start(cfg, tmp)
+        runs = {loop: Run.start(cfg, os.path.join(tmp, loop)) for loop in ("graph", "python")}
         for i in range(steps):
-            k0, r0 = len(fake.log), len(fake.syncs)
-            run.step()
-            launches = sum(what in ("kernel", "matmul") for what, _ in fake.log[k0:])
-            print(f"step {i + 1}: {launches} array calls (kernels, portable form), "
-                  f"{len(fake.syncs) - r0} device values read back")
+            calls, r0 = {}, len(fake.syncs)
+            for loop, run in runs.items():
+                dev.cuda_loop = loop
+                k0 = len(fake.log)
+                run.step()
+                calls[loop] = sum(what in ("kernel", "matmul", "copy", "graph_launch") for what, _ in fake.log[k0:])
+            print(f"step {i + 1}: {calls['graph']} array calls with the loop over time as a CUDA graph, "
+                  f"{calls['python']} with the Python loop ({(calls['python'] - calls['graph']) / seq:.1f} more per "
+                  f"timestep; kernels in their portable form), {len(fake.syncs) - r0} device values read back")
+        dev.cuda_loop = "graph"
         r0 = len(fake.syncs)
-        run.flush()
+        runs["graph"].flush()
         print(f"metrics line: {len(fake.syncs) - r0} read(s) back for the {steps} steps' losses and norms")
     return 0
 

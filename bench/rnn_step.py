@@ -25,6 +25,11 @@ torch ms / ours ms (above 1: we are faster).
     python bench/rnn_step.py --cell gru lstm --hidden 512 --impl sequence step --no-torch
     python bench/rnn_step.py --device cuda --hidden 512 --batch 64 --seq 128
 
+On CUDA each of our runners runs with the sequence ops' loop over time as a replayed CUDA
+graph ("<impl>@graph") and as the Python loop ("<impl>@python"), `--cuda-loop both` (the
+default there; or `graph` or `python` alone); python/graph is the paired ratio of the two
+(above 1: the graph is faster).
+
 Variable lengths (issue 22): `--lengths uniform` draws each sequence's length in 1..seq
 (fixed seed) and times, for every impl, our packed step (pack_padded_sequence, the layer on
 the packed batch, the loss on the real tokens: "<impl>/packed") beside our padded step (the
@@ -78,6 +83,9 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="alternating blocks per library")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--cuda-loop", default="both", choices=["graph", "python", "both"],
+                    help="on CUDA: the sequence ops' loop over time as a CUDA graph, the Python loop, or both "
+                         "side by side (default); ignored on the CPU, whose loop is C++")
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS threads for both libraries (NumPy's through threadpoolctl)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
@@ -150,7 +158,7 @@ def packed_order(lengths, targets):
     return np.concatenate([targets[t, order[lengths[order] > t]] for t in range(int(lengths.max()))])
 
 
-def ours(args, cell, hidden, batch, layers, impl, portable=False, packed=False):
+def ours(args, cell, hidden, batch, layers, impl, portable=False, packed=False, cuda_loop=None):
     import numpy as np
 
     import tinygrad_rnn as tg
@@ -180,6 +188,8 @@ def ours(args, cell, hidden, batch, layers, impl, portable=False, packed=False):
 
     def step():
         dev.use_kernels = kernels  # runners alternate in one process, so each sets its own
+        if cuda_loop:
+            dev.cuda_loop = cuda_loop
         if packed:
             out, _ = rnn(pack_padded_sequence(emb(x), lengths, enforce_sorted=False))
             logits = head(out.data)
@@ -343,11 +353,14 @@ def main(argv=None):
         itertools.product(args.cell, args.hidden, args.batch, args.layers))
     rows = []
     for cell, hidden, batch, layers in configs:
+        loops = cuda_loops(args)
         if args.lengths == "full":
-            runners = {impl: ours(args, cell, hidden, batch, layers, impl) for impl in args.impl}
+            runners = {impl + at: ours(args, cell, hidden, batch, layers, impl, cuda_loop=loop)
+                       for impl in args.impl for at, loop in loops}
         else:  # our packed step beside our padded one
-            runners = {f"{impl}/{how}": ours(args, cell, hidden, batch, layers, impl, packed=how == "packed")
-                       for impl in args.impl for how in ("packed", "padded")}
+            runners = {f"{impl}/{how}{at}": ours(args, cell, hidden, batch, layers, impl, packed=how == "packed",
+                                                 cuda_loop=loop)
+                       for impl in args.impl for how in ("packed", "padded") for at, loop in loops}
         if args.portable:
             runners.update({f"{impl}/numpy": ours(args, cell, hidden, batch, layers, impl, portable=True)
                             for impl in args.impl})
@@ -380,12 +393,15 @@ def main(argv=None):
             is_torch = name.startswith("torch")
             if torch is not None and not is_torch:
                 row["ratio " + name] = paired_ratio(times, torch_reference(name), name)
-            if name.endswith("/packed") and not is_torch:
+            if base(name).endswith("/packed") and not is_torch:
                 row["packed/padded " + name] = paired_ratio(times, name, name.replace("/packed", "/padded"))
+            if name.endswith("@graph") and name.replace("@graph", "@python") in times:
+                row["python/graph " + name] = paired_ratio(times, name.replace("@graph", "@python"), name)
             lib = "torch " + torch.__version__ if is_torch else "tinygrad_rnn"
-            rec = {"bench": "rnn_step", "library": lib, "impl": None if is_torch else name.split("/")[0],
+            rec = {"bench": "rnn_step", "library": lib, "impl": None if is_torch else base(name).split("/")[0],
                    "lengths": args.lengths, "real_tokens": tokens,
-                   "packed": name.endswith("/packed") if args.lengths != "full" else None,
+                   "packed": base(name).endswith("/packed") if args.lengths != "full" else None,
+                   "cuda_loop": name.split("@")[1] if "@" in name else None,
                    "cell_math": None if is_torch else ("portable" if name.endswith("/numpy") else env["cpu_kernels"]),
                    "cell": cell,
                    "hidden": hidden, "batch": batch, "layers": layers, "seq": args.seq, "vocab": args.vocab,
@@ -396,6 +412,8 @@ def main(argv=None):
                 rec["blas_jobs_on"] = blas_pool()
             if "ratio " + name in row:
                 rec["torch_over_ours_paired"] = round(row["ratio " + name], 3)
+            if "python/graph " + name in row:
+                rec["python_loop_over_graph_paired"] = round(row["python/graph " + name], 3)
             if "packed/padded " + name in row:
                 rec["packed_over_padded_paired"] = round(row["packed/padded " + name], 3)
                 rec["mean_length_over_seq"] = round(tokens / (batch * args.seq), 3)
@@ -419,9 +437,12 @@ def main(argv=None):
     if torch is not None:
         head += " | " + " ".join(f"{t + ' ms':>15}" for t in torches)
         head += " | " + " ".join(f"{torch_reference(impl).replace('torch', 't') + '/' + impl:>17}" for impl in names)
-    packed = [n for n in names if n.endswith("/packed")]
+    packed = [n for n in names if base(n).endswith("/packed")]
     if packed:
         head += " | " + " ".join(f"{n + '/padded':>22}" for n in packed) + f" | {'mean len/T':>10}"
+    graphs = [n for n in names if "python/graph " + n in rows[0]] if rows else []
+    if graphs:
+        head += " | " + " ".join(f"{'python/' + n:>22}" for n in graphs)
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -435,12 +456,27 @@ def main(argv=None):
         if packed:
             line += " | " + " ".join(f"{r['packed/padded ' + n]:>22.2f}" for n in packed)
             line += f" | {tokens / (r['batch'] * args.seq):>10.2f}"
+        if graphs:
+            line += " | " + " ".join(f"{r['python/graph ' + n]:>22.2f}" for n in graphs)
         print(line)
 
 
 def torch_reference(name):
     """PyTorch's runner that one of ours is set against: its packed step for our packed one."""
-    return "torch/packed" if name.endswith("/packed") else "torch"
+    return "torch/packed" if base(name).endswith("/packed") else "torch"
+
+
+def base(name):
+    """A runner's name without its CUDA loop ("sequence/packed@graph" -> "sequence/packed")."""
+    return name.split("@")[0]
+
+
+def cuda_loops(args):
+    """(name suffix, cuda_loop) of each of our runners: on CUDA one per loop asked for, else one."""
+    if not args.device.startswith("cuda"):
+        return [("", None)]
+    modes = ["graph", "python"] if args.cuda_loop == "both" else [args.cuda_loop]
+    return [("@" + m, m) for m in modes]
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import re
 import numpy as np
 
 CPU_KERNELS_ENV = "TINYGRAD_RNN_CPU_KERNELS"  # "0": the CPU device's use_kernels starts off
+CUDA_LOOP_ENV = "TINYGRAD_RNN_CUDA_LOOP"  # "python": CUDA devices start with the sequence ops' Python loop
+CUDA_LOOPS = ("graph", "python")
 
 
 # ----------------------------------------------------------------------------- dtypes
@@ -406,6 +408,25 @@ class CUDADevice(Device):
     def xp(self, xp):
         self._xp = xp
 
+    @property
+    def cuda_loop(self):
+        """How the whole-sequence ops run their loop over time here: "graph" (a CUDA graph
+        captured once per shape and replayed: ops/rnn.py, kernels/cuda.py) or "python" (a
+        Python step per timestep, kept to compare). Starts from $TINYGRAD_RNN_CUDA_LOOP, else
+        "graph"; `backend.cuda_loop(device, mode)` changes it within a block."""
+        if self._cuda_loop is None:
+            self.cuda_loop = os.environ.get(CUDA_LOOP_ENV, "graph").strip().lower() or "graph"
+        return self._cuda_loop
+
+    @cuda_loop.setter
+    def cuda_loop(self, mode):
+        if mode not in CUDA_LOOPS:
+            raise ValueError(f"{self.name}: cuda_loop must be one of {', '.join(map(repr, CUDA_LOOPS))} "
+                             f"(also ${CUDA_LOOP_ENV}), got {mode!r}")
+        self._cuda_loop = mode
+
+    _cuda_loop = None
+
     def _activate(self):
         """Make this GPU the current one, if it is not already (see the class docstring)."""
         if self._runtime.getDevice() != self.index:
@@ -528,6 +549,21 @@ def kernels_off(device):
         yield dev
     finally:
         dev.use_kernels = was
+
+
+@contextlib.contextmanager
+def cuda_loop(device, mode):
+    """Within the block, the whole-sequence ops on the CUDA `device` run their loop over time
+    as `mode`: "graph" (captured and replayed) or "python" (one Python step per timestep)."""
+    dev = get_device(device)
+    if dev.kind != "cuda":
+        raise ValueError(f"cuda_loop: {dev.name} is not a CUDA device (the CPU's loop over time is C++)")
+    was = dev.cuda_loop
+    dev.cuda_loop = mode
+    try:
+        yield dev
+    finally:
+        dev.cuda_loop = was
 
 
 @contextlib.contextmanager

@@ -1,8 +1,10 @@
 """Elementwise kernels on CUDA: CuPy's ElementwiseKernel, with cuda_prelude.cuh's math as
 the preamble of every kernel. CuPy compiles each kernel for a dtype at its first call and
-caches it on disk, keyed by the source (prelude included)."""
+caches it on disk, keyed by the source (prelude included). And `GraphCache`: a loop of
+launches (the sequence ops' loop over time) captured once as a CUDA graph and replayed."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from importlib import resources
 
 PRELUDE = resources.files(__package__) / "cuda_prelude.cuh"
@@ -31,3 +33,108 @@ def build(device, family, kernels, preamble=""):
     return {name: cupy.ElementwiseKernel(k.in_params, k.out_params, body(k), f"tinygrad_rnn_{family}_{name}",
                                          preamble=pre)
             for name, k in kernels.items()}
+
+
+# ----------------------------------------------------------------------------- CUDA graphs
+class GraphCache:
+    """Loops over time captured as CUDA graphs and replayed: a bounded LRU of entries, one per
+    key (what the loop does: op, direction, flags, a packed batch's batch sizes) and the
+    shapes, dtypes and aliasing of the arrays it runs on, on the current GPU.
+
+    Why a graph, and these rules (CuPy 14, cupy/cuda/stream.pyx, memory.pyx):
+    - A graph bakes in the pointers of every array its kernels and GEMMs touched, so each
+      entry owns *staging buffers*, allocated once, with the shapes of the call's arrays. A
+      call copies its inputs in (one device-to-device copy each), launches the graph (one
+      call from Python, whatever T is) and copies the outputs back into its own arrays, which
+      stay the caller's (saved for backward, handed out as results) while the next call
+      reuses the staging. Capturing over the call's own arrays with their pointers in the
+      key would never hit: every call allocates new ones.
+    - CuPy captures in relaxed mode, where its memory pool may allocate during capture; but
+      a block the loop frees during capture goes back to the shared pool, which can hand it
+      to another array while the graph still writes it at every replay. So the capture runs
+      with a private `cupy.cuda.MemoryPool` as the allocator, kept alive by the entry and
+      used by nothing else: the loop's temporaries (a transposed weight, the portable cell
+      forms' scratch) get addresses only that graph uses.
+    - The first call of a key runs the loop uncaptured on the staging buffers (its result
+      is that call's), then captures it. That run initialises what must not first happen
+      inside a capture: the cuBLAS handle and its default workspace (cuBLAS before 12.2
+      allocates one with cudaMalloc at first use; PyTorch sets one per handle for this
+      reason, and from 12.2 cuBLAS allocates stream-ordered, which capture records), cuBLAS's
+      heuristics, CuPy's compilation and loading of the cell kernels, and cached constants.
+    - Nothing in a loop reads a device value back (a capture cannot: CuPy raises), and what
+      the loop returns to Python (the backward's final dc buffer) depends only on the key.
+    The price: per call a copy in and out of what the loop reads and writes (a few times the
+    states' and gates' size, bandwidth-bound), and per entry its buffers, held until it
+    leaves the LRU (`GRAPHS.size`; `GRAPHS.clear()` frees them all).
+    """
+
+    def __init__(self, size=16):
+        self.size = size
+        self.entries = OrderedDict()
+        self.captures = 0  # graphs captured
+        self.launches = 0  # graph launches (replays)
+
+    def clear(self):
+        self.entries.clear()
+
+    def run(self, device, key, loop, arrays, copy_in, copy_out):
+        """loop(*arrays) through a graph: arrays a tuple of device arrays or None; copy_in
+        ((i, index or None), ...) the parts of arrays[i] the loop reads (index: a part such
+        as one state slot); copy_out (i, ...) the arrays it writes that the caller keeps.
+        Returns what loop returns (the same for every call of a key)."""
+        import cupy
+        xp = device.xp  # the device's GPU current
+        alias = tuple(None if a is None else next(j for j, b in enumerate(arrays) if b is a) for a in arrays)
+        full = (key, device.name, device.use_kernels, alias,  # use_kernels: the kernels' graph or the portable one
+                tuple(None if a is None else (tuple(a.shape), str(a.dtype)) for a in arrays))
+        entry = self.entries.get(full)
+        if entry is not None:
+            self.entries.move_to_end(full)
+            bufs = entry[0]
+            _copy(arrays, bufs, copy_in)
+            entry[1].launch(stream=cupy.cuda.get_current_stream())
+            self.launches += 1
+            _copy_back(arrays, bufs, copy_out)
+            return entry[2]
+        bufs = []
+        for a, j in zip(arrays, alias):
+            bufs.append(None if a is None else bufs[j] if j < len(bufs) else xp.zeros(a.shape, dtype=a.dtype))
+        bufs = tuple(bufs)
+        _copy(arrays, bufs, copy_in)
+        result = loop(*bufs)  # this call's result, and first-use initialisation outside the capture
+        graph, pool = self._capture(cupy, loop, bufs)
+        self.entries[full] = (bufs, graph, result, pool)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        _copy_back(arrays, bufs, copy_out)
+        return result
+
+    def _capture(self, cupy, loop, bufs):
+        pool = cupy.cuda.MemoryPool()
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream, cupy.cuda.using_allocator(pool.malloc):
+            stream.begin_capture()
+            try:
+                loop(*bufs)
+            except BaseException:
+                stream.end_capture()  # leave capture mode; the error is the loop's
+                raise
+            graph = stream.end_capture()
+        self.captures += 1
+        return graph, pool
+
+
+def _copy(arrays, bufs, parts):
+    for i, index in parts:
+        if index is None:
+            bufs[i][...] = arrays[i]
+        else:
+            bufs[i][index] = arrays[i][index]
+
+
+def _copy_back(arrays, bufs, which):
+    for i in which:
+        arrays[i][...] = bufs[i]
+
+
+GRAPHS = GraphCache()

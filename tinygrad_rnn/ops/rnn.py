@@ -66,6 +66,7 @@ from .. import backend, kernels
 from ..autograd import Function
 from ..errors import DTypeError, ShapeError, fmt_shape
 from ..kernels import HostCode, Kernel
+from ..kernels import cuda as cuda_kernels
 
 # ----------------------------------------------------------------------------- kernels
 # Each cell's math as elementwise kernels (kernels.Kernel), which the device builds: CuPy on
@@ -478,6 +479,42 @@ def _host_loop(dev, name, dt):
     return ks.get(name)
 
 
+def _time_loop(ctx, key, loop, arrays, parts):
+    """loop(*arrays): a sequence op's loop over time on its buffers (a tuple of arrays or None).
+    On a CUDA device in cuda_loop "graph" mode it runs as a CUDA graph captured once per key
+    (what the loop does: op, direction, flags, a packed batch's batch sizes) and shapes, and
+    replayed (kernels/cuda.py's GraphCache): one launch from Python per call, not a few a
+    timestep. parts = (what the loop reads: ((i, index or None), ...), what the caller
+    keeps of what it writes: (i, ...)), the copies in and out of the graph's own buffers.
+
+    Packed batches are keyed by their batch sizes, the graph running exactly the packed
+    loop: a padded batch is the packed one of equal lengths, so one mechanism serves both,
+    and a graph per distinct batch_sizes costs nothing where they repeat (a char-LM's fixed
+    T, bucketed or fixed datasets, evaluation). Running the full batch every step with the
+    finished rows masked would make one graph per (T, B) but does T * B rows of work where
+    packing does N, and needs masking kernels of its own in both directions; where every
+    batch has new lengths, the LRU misses and each call pays the Python loop and a capture
+    (measure with bench/rnn_step.py --cuda-loop both; set cuda_loop "python" there)."""
+    dev = ctx.device
+    if dev.kind == "cuda" and dev.cuda_loop == "graph":
+        present = lambda i: arrays[i] is not None  # noqa: E731
+        copy_in = tuple((i, index) for i, index in parts[0] if present(i))
+        copy_out = tuple(i for i in parts[1] if present(i))
+        return cuda_kernels.GRAPHS.run(dev, key, loop, arrays, copy_in, copy_out)
+    return loop(*arrays)
+
+
+def _forward_parts(first):
+    """_time_loop's parts of a forward (gx, w_hh, b_step, hs, cs, act): the initial states in
+    slot `first`; out come every state and activation."""
+    return ((0, None), (1, None), (2, None), (3, (first,)), (4, (first,))), (3, 4, 5)
+
+
+# a backward's (w_hh, act, hs, cs, d_out, dh, dc, scratch, dgh, dgx): in come the saved
+# buffers and the final states' gradients; out the d gates and the initial states' gradients
+_BACKWARD_PARTS = (tuple((i, None) for i in range(7)), (5, 6, 7, 8, 9))
+
+
 def _column_sums(xp, a):
     """a (N, G) summed over its rows, as a matrix-vector product: on BLAS's threads, and on
     (2048, 768) float32 25% faster than NumPy's sum (0.20 against 0.27 ms; a strided block of
@@ -611,7 +648,7 @@ class _Sequence(Function):
         if steps is not None:
             return cls._forward_packed(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, nonlinearity, steps)
         T, B, I, G, H = cls._check(x, w_ih, w_hh, b_ih, b_hh, h0, c0, nonlinearity)
-        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        dev, xp = ctx.device, ctx.xp
         dt = x.dtype
         bias = cls._input_bias(b_ih, b_hh)
         if w_ih is not None:  # one GEMM for all timesteps, into an array this op owns
@@ -638,25 +675,17 @@ class _Sequence(Function):
                 cs[first, ...] = c0
         act = cls._act_buffer(xp, gx, owned, T, B, H)
         b_step = cls._step_bias(dev, b_hh, G, dt)
-        ctx.nonlinearity = nonlinearity
-        gh = xp.empty((B, G), dtype=dt)
+        ctx.nonlinearity, ctx.reverse = nonlinearity, reverse
         loop = _host_loop(dev, "seq_fwd", dt)
         if loop is not None:  # the loop below, in C++
             loop(cls.host_cell, T, B, H, reverse, h0 is None, nonlinearity == "relu", HOST_THREADS,
-                 dev.contiguous(gx), dev.contiguous(w_hh), b_step if cls.host_cell == 1 else None, gh, hs, cs, act,
-                 None)
+                 dev.contiguous(gx), dev.contiguous(w_hh), b_step if cls.host_cell == 1 else None,
+                 xp.empty((B, G), dtype=dt), hs, cs, act, None)
         else:
-            w_hh_t = dev.contiguous(xp.permute_dims(w_hh, (1, 0)))  # once per call, for every step's GEMM
-            # per-timestep views, made once (the array API indexes a leading axis as a[t, ...])
-            hv, cv, gxv, av = _views(hs), _views(cs), _views(gx), _views(act)
-            for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
-                p, q = (t + 1, t) if reverse else (t, t + 1)  # previous and new state's slot
-                if n == 0 and h0 is None:
-                    gh[...] = 0
-                else:
-                    xo.matmul(hv[p], w_hh_t, out=gh)
-                cls._step_forward(ctx, gxv[t], gh, b_step, hv, cv, av, t, p, q)
-        ctx.reverse = reverse
+            zero_h0 = h0 is None
+            _time_loop(ctx, ("fwd", cls.name, reverse, nonlinearity, zero_h0, None),
+                       lambda *a: cls._padded_loop_forward(ctx, zero_h0, *a),
+                       (gx, w_hh, b_step, hs, cs, act), _forward_parts(first))
         ctx.save_for_backward(x if w_ih is not None else None, w_ih, w_hh, act, hs, cs)
         last = 0 if reverse else T
         out = hs[:T, ...] if reverse else hs[1:, ...]
@@ -664,11 +693,28 @@ class _Sequence(Function):
         return (out,) + finals
 
     @classmethod
+    def _padded_loop_forward(cls, ctx, zero_h0, gx, w_hh, b_step, hs, cs, act):
+        """The forward's loop over time, where no C++ loop runs (rnn.cpp's seq_fwd)."""
+        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        T, reverse = gx.shape[0], ctx.reverse
+        w_hh_t = dev.contiguous(xp.permute_dims(w_hh, (1, 0)))  # once per call, for every step's GEMM
+        gh = xp.empty((gx.shape[1], w_hh.shape[0]), dtype=gx.dtype)
+        # per-timestep views, made once (the array API indexes a leading axis as a[t, ...])
+        hv, cv, gxv, av = _views(hs), _views(cs), _views(gx), _views(act)
+        for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
+            p, q = (t + 1, t) if reverse else (t, t + 1)  # previous and new state's slot
+            if n == 0 and zero_h0:
+                gh[...] = 0
+            else:
+                xo.matmul(hv[p], w_hh_t, out=gh)
+            cls._step_forward(ctx, gxv[t], gh, b_step, hv, cv, av, t, p, q)
+
+    @classmethod
     def backward(cls, ctx, d_out, d_hn, d_cn=None):
         if ctx.steps is not None:
             return cls._backward_packed(ctx, d_out, d_hn, d_cn)
         x, w_ih, w_hh, act, hs, cs = ctx.saved_tensors
-        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        dev, xp = ctx.device, ctx.xp
         need = ctx.needs_input_grad
         reverse = ctx.reverse
         T, B = hs.shape[0] - 1, hs.shape[1]
@@ -686,19 +732,11 @@ class _Sequence(Function):
             if swapped:
                 dc, scratch = scratch, dc
         else:
-            hv, cv, av, dghv, dov = (_views(a) for a in (hs, cs, act, dgh, d_out))
-            dgxv = dghv if dgx is dgh else _views(dgx)
-            for n, t in enumerate(range(T) if reverse else range(T - 1, -1, -1)):
-                p, q = (t + 1, t) if reverse else (t, t + 1)
-                dh += dov[t]
-                cls._step_backward(ctx, av, hv, cv, dh, dc, dghv, dgxv, scratch, t, p, q)
-                if cls.has_cell:  # scratch got dc_{t-1}; dc's buffer is free for the next step
-                    dc, scratch = scratch, dc
-                if n == T - 1 and not need[5]:
-                    break  # dh0 is not wanted: skip the last recurrent GEMM
-                xo.matmul(dghv[t], w_hh, out=dh)
-                if cls.state_skips_weights:  # the GRU's dh' z, in scratch
-                    dh += scratch
+            swapped = _time_loop(ctx, ("bwd", cls.name, reverse, ctx.nonlinearity, need[5], None),
+                                 lambda *a: cls._padded_loop_backward(ctx, need[5], *a),
+                                 (w_hh, act, hs, cs, d_out, dh, dc, scratch, dgh, dgx), _BACKWARD_PARTS)
+            if swapped:
+                dc, scratch = scratch, dc
         # the weight gradients of all timesteps: one GEMM each over T * B rows
         dgh2 = xp.reshape(dgh, (T * B, G))
         h_prev = hs[1:, ...] if reverse else hs[:T, ...]
@@ -714,6 +752,27 @@ class _Sequence(Function):
         dh0 = dh if need[5] else None
         dc0 = dc if need[6] else None
         return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0
+
+    @classmethod
+    def _padded_loop_backward(cls, ctx, need_dh0, w_hh, act, hs, cs, d_out, dh, dc, scratch, dgh, dgx):
+        """The backward's loop over time, where no C++ loop runs (rnn.cpp's seq_bwd); returns
+        whether dc_0 ended in scratch's buffer (the two swap every step)."""
+        xo = ctx.device.xp_out
+        T, reverse, swapped = hs.shape[0] - 1, ctx.reverse, False
+        hv, cv, av, dghv, dov = (_views(a) for a in (hs, cs, act, dgh, d_out))
+        dgxv = dghv if dgx is dgh else _views(dgx)
+        for n, t in enumerate(range(T) if reverse else range(T - 1, -1, -1)):
+            p, q = (t + 1, t) if reverse else (t, t + 1)
+            dh += dov[t]
+            cls._step_backward(ctx, av, hv, cv, dh, dc, dghv, dgxv, scratch, t, p, q)
+            if cls.has_cell:  # scratch got dc_{t-1}; dc's buffer is free for the next step
+                dc, scratch, swapped = scratch, dc, not swapped
+            if n == T - 1 and not need_dh0:
+                break  # dh0 is not wanted: skip the last recurrent GEMM
+            xo.matmul(dghv[t], w_hh, out=dh)
+            if cls.state_skips_weights:  # the GRU's dh' z, in scratch
+                dh += scratch
+        return swapped
 
     @classmethod
     def composed(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None):
@@ -782,7 +841,10 @@ class _Sequence(Function):
                  dev.contiguous(gx), dev.contiguous(w_hh), b_step if cls.host_cell == 1 else None,
                  xp.empty((B, G), dtype=dt), hs, cs, act, steps.index(dev, "bs"))
         elif T:
-            cls._packed_loop_forward(ctx, steps, gx, w_hh, b_step, hs, cs, act, h0 is None)
+            zero_h0 = h0 is None
+            _time_loop(ctx, ("fwd", cls.name, reverse, nonlinearity, zero_h0, tuple(steps.bs)),
+                       lambda *a: cls._packed_loop_forward(ctx, steps, *a, zero_h0),
+                       (gx, w_hh, b_step, hs, cs, act), _forward_parts(first))
         ctx.save_for_backward(x if w_ih is not None else None, w_ih, w_hh, act, hs, cs)
         rows = xp.reshape(hs, ((T + 1) * B, H))
         out = xp.take(rows, steps.index(dev, "t" if reverse else "t1"), axis=0)
@@ -833,7 +895,9 @@ class _Sequence(Function):
                  dev.contiguous(w_hh), act, hs, cs, dev.contiguous(d_out), dh, dc, scratch, dgh,
                  None if dgx is dgh else dgx, steps.index(dev, "bs"))
         elif T:
-            cls._packed_loop_backward(ctx, steps, w_hh, act, hs, cs, d_out, dh, dc, scratch, dgh, dgx)
+            _time_loop(ctx, ("bwd", cls.name, reverse, ctx.nonlinearity, need[5], tuple(steps.bs)),
+                       lambda *a: cls._packed_loop_backward(ctx, steps, *a),
+                       (w_hh, act, hs, cs, d_out, dh, dc, scratch, dgh, dgx), _BACKWARD_PARTS)
         # the weight gradients of all timesteps: one GEMM each over the N packed rows
         h_prev = xp.take(xp.reshape(hs, ((T + 1) * B, H)), steps.index(dev, "t1" if reverse else "t"), axis=0)
         dw_hh = xp.matmul(xp.permute_dims(dgh, (1, 0)), h_prev) if need[2] else None
@@ -1043,7 +1107,7 @@ class LSTMProjSequence(Function):
 
     @classmethod
     def forward(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse=False, steps=None):
-        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        dev, xp = ctx.device, ctx.xp
         ctx.shape = tuple(x.shape) if steps is None else None
         if steps is None:
             if x.ndim != 3:
@@ -1070,24 +1134,16 @@ class LSTMProjSequence(Function):
         first = T if reverse else 0
         hs[first, ...] = 0 if h0 is None else h0
         cs[first, ...] = 0 if c0 is None else c0
-        gh = xp.empty((B, G), dtype=x.dtype)
         loop = _host_loop(dev, "proj_fwd", x.dtype)
         if T and loop is not None:  # the loop below, in C++
-            loop(T, B, H, P, reverse, HOST_THREADS, dev.contiguous(w_hh), dev.contiguous(w_hr), gx, gh, hs, cs, raw,
-                 steps.index(dev, "bs"))
-        w_hh_t, w_hr_t = (dev.contiguous(xp.permute_dims(w, (1, 0))) for w in (w_hh, w_hr))
-        hv, cv = _views(hs), _views(cs)
-        for n, t in enumerate(() if loop is not None else range(T - 1, -1, -1) if reverse else range(T)):
-            p, q = (t + 1, t) if reverse else (t, t + 1)
-            m, o = steps.bs[t], steps.off[t]
-            if reverse and n > 0 and m > steps.bs[t + 1]:
-                k = steps.bs[t + 1]
-                hv[p][k:m, ...] = hv[T][k:m, ...]
-                cv[p][k:m, ...] = cv[T][k:m, ...]
-            xo.matmul(hv[p][:m, ...], w_hh_t, out=gh[:m, ...])
-            lstm_forward(dev, gx[o:o + m, ...], gh[:m, ...], cv[p][:m, ...], gx[o:o + m, ...], raw[o:o + m, ...],
-                         cv[q][:m, ...])
-            xo.matmul(raw[o:o + m, ...], w_hr_t, out=hv[q][:m, ...])
+            loop(T, B, H, P, reverse, HOST_THREADS, dev.contiguous(w_hh), dev.contiguous(w_hr), gx,
+                 xp.empty((B, G), dtype=x.dtype), hs, cs, raw, steps.index(dev, "bs"))
+        elif T:
+            # (gx, w_hh, w_hr, hs, cs, raw): in the projection, weights and initial states; out
+            # the activations (written over gx), the states and o tanh(c)
+            _time_loop(ctx, ("fwd", cls.name, reverse, tuple(steps.bs)), lambda *a: cls._loop_forward(ctx, *a),
+                       (gx, w_hh, w_hr, hs, cs, raw),
+                       (((0, None), (1, None), (2, None), (3, (first,)), (4, (first,))), (0, 3, 4, 5)))
         ctx.save_for_backward(x, w_ih, w_hh, w_hr, gx, hs, cs, raw)
         out = xp.take(xp.reshape(hs, ((T + 1) * B, P)), steps.index(dev, "t" if reverse else "t1"), axis=0)
         if ctx.shape is not None:
@@ -1097,7 +1153,7 @@ class LSTMProjSequence(Function):
     @classmethod
     def backward(cls, ctx, d_out, d_hn, d_cn):
         x, w_ih, w_hh, w_hr, act, hs, cs, raw = ctx.saved_tensors
-        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        dev, xp = ctx.device, ctx.xp
         need, steps, reverse = ctx.needs_input_grad, ctx.steps, ctx.reverse
         N, B, T = steps.N, steps.B, steps.T
         G, P = w_hh.shape
@@ -1112,20 +1168,13 @@ class LSTMProjSequence(Function):
         if T and loop is not None:  # the loop below, in C++
             loop(T, B, H, P, reverse, need[6], HOST_THREADS, dev.contiguous(w_hh), dev.contiguous(w_hr), act, cs,
                  dev.contiguous(d_out), dh, dc, draw, scratch, dhs, dg, steps.index(dev, "bs"))
-        cv = _views(cs)
-        for n, t in enumerate(() if loop is not None else range(T) if reverse else range(T - 1, -1, -1)):
-            p, q = (t + 1, t) if reverse else (t, t + 1)
-            m, o = steps.bs[t], steps.off[t]
-            dhm = dh[:m, ...]
-            dhm += d_out[o:o + m, ...]
-            dhs[o:o + m, ...] = dhm
-            xo.matmul(dhm, w_hr, out=draw[:m, ...])
-            lstm_backward(dev, act[o:o + m, ...], cv[p][:m, ...], cv[q][:m, ...], draw[:m, ...], dc[:m, ...],
-                          dg[o:o + m, ...], scratch[:m, ...])
-            dc[:m, ...] = scratch[:m, ...]
-            if n == T - 1 and not need[6]:
-                break
-            xo.matmul(dg[o:o + m, ...], w_hh, out=dhm)
+        elif T:
+            # (w_hh, w_hr, act, cs, d_out, dh, dc, draw, scratch, dhs, dg): in the saved buffers and
+            # the final states' gradients; out the initial states' gradients, every dh and d gates
+            _time_loop(ctx, ("bwd", cls.name, reverse, need[6], tuple(steps.bs)),
+                       lambda *a: cls._loop_backward(ctx, need[6], *a),
+                       (w_hh, w_hr, act, cs, d_out, dh, dc, draw, scratch, dhs, dg),
+                       (tuple((i, None) for i in range(7)), (5, 6, 9, 10)))
         h_prev = xp.take(xp.reshape(hs, ((T + 1) * B, P)), steps.index(dev, "t1" if reverse else "t"), axis=0)
         tr = (1, 0)
         dw_hh = xp.matmul(xp.permute_dims(dg, tr), h_prev) if need[2] else None
@@ -1137,6 +1186,46 @@ class LSTMProjSequence(Function):
         dw_hr = xp.matmul(xp.permute_dims(dhs, tr), raw) if need[5] else None
         return (dx, dw_ih, dw_hh, db if need[3] else None, (dev.copy(db) if need[3] else db) if need[4] else None,
                 dw_hr, dh if need[6] else None, dc if need[7] else None)
+
+    @staticmethod
+    def _loop_forward(ctx, gx, w_hh, w_hr, hs, cs, raw):
+        """The forward's loop over time, where no C++ loop runs (rnn.cpp's proj_fwd)."""
+        dev, xp, xo = ctx.device, ctx.xp, ctx.device.xp_out
+        steps, reverse, T = ctx.steps, ctx.reverse, ctx.steps.T
+        w_hh_t, w_hr_t = (dev.contiguous(xp.permute_dims(w, (1, 0))) for w in (w_hh, w_hr))
+        gh = xp.empty((steps.B, w_hh.shape[0]), dtype=gx.dtype)
+        hv, cv = _views(hs), _views(cs)
+        for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
+            p, q = (t + 1, t) if reverse else (t, t + 1)
+            m, o = steps.bs[t], steps.off[t]
+            if reverse and n > 0 and m > steps.bs[t + 1]:
+                k = steps.bs[t + 1]
+                hv[p][k:m, ...] = hv[T][k:m, ...]
+                cv[p][k:m, ...] = cv[T][k:m, ...]
+            xo.matmul(hv[p][:m, ...], w_hh_t, out=gh[:m, ...])
+            lstm_forward(dev, gx[o:o + m, ...], gh[:m, ...], cv[p][:m, ...], gx[o:o + m, ...], raw[o:o + m, ...],
+                         cv[q][:m, ...])
+            xo.matmul(raw[o:o + m, ...], w_hr_t, out=hv[q][:m, ...])
+
+    @staticmethod
+    def _loop_backward(ctx, need_dh0, w_hh, w_hr, act, cs, d_out, dh, dc, draw, scratch, dhs, dg):
+        """The backward's loop over time, where no C++ loop runs (rnn.cpp's proj_bwd)."""
+        dev, xo = ctx.device, ctx.device.xp_out
+        steps, reverse, T = ctx.steps, ctx.reverse, ctx.steps.T
+        cv = _views(cs)
+        for n, t in enumerate(range(T) if reverse else range(T - 1, -1, -1)):
+            p, q = (t + 1, t) if reverse else (t, t + 1)
+            m, o = steps.bs[t], steps.off[t]
+            dhm = dh[:m, ...]
+            dhm += d_out[o:o + m, ...]
+            dhs[o:o + m, ...] = dhm
+            xo.matmul(dhm, w_hr, out=draw[:m, ...])
+            lstm_backward(dev, act[o:o + m, ...], cv[p][:m, ...], cv[q][:m, ...], draw[:m, ...], dc[:m, ...],
+                          dg[o:o + m, ...], scratch[:m, ...])
+            dc[:m, ...] = scratch[:m, ...]
+            if n == T - 1 and not need_dh0:
+                break
+            xo.matmul(dg[o:o + m, ...], w_hh, out=dhm)
 
     @classmethod
     def composed(cls, ctx, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
