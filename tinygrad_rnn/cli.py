@@ -103,7 +103,8 @@ def _add_train(sub):
                    "(default 1: constant)")
     g.add_argument("--schedule", choices=["constant", "cosine", "step", "exp", "onecycle"],
                    help="learning-rate schedule over the --steps of the run: cosine to 0, step (halved each "
-                   "quarter), exp (to 1%%), onecycle (PyTorch's OneCycleLR, max_lr = --lr) "
+                   "quarter), exp (to 1%%), onecycle (PyTorch's OneCycleLR, max_lr = --lr); with --minutes and no "
+                   "--steps, the run measures its step time and fixes the steps that fit "
                    f"(default {d['schedule']})")
     g.add_argument("--warmup", type=_nonneg_int, metavar="N",
                    help="N steps of linear warm-up to --lr before the schedule (default 0)")
@@ -113,7 +114,10 @@ def _add_train(sub):
     g = p.add_argument_group("budget (totals for the run; with neither, 2 minutes; with both, whichever "
                              "comes first, e.g. a schedule over --steps capped at --minutes)")
     g.add_argument("--steps", type=_positive_int, metavar="N", help="train until step N")
-    g.add_argument("--minutes", type=_positive_float, metavar="M", help="train for M minutes of wall time")
+    g.add_argument("--minutes", type=_positive_float, metavar="M",
+                   help="train for M minutes of wall time; with a --schedule and no --steps, the number of steps "
+                   "is fixed after 40 steps from their measured time, so that the schedule, the evaluations and "
+                   "the final one end inside M minutes (recorded in the checkpoint for --resume)")
     g = p.add_argument_group("running")
     g.add_argument("--device", type=_device, help=f"cpu, cuda or cuda:N (default {d['device']})")
     g.add_argument("--out", metavar="DIR", help="run directory for checkpoint.npz and metrics.jsonl "
@@ -123,8 +127,9 @@ def _add_train(sub):
     g.add_argument("--eval-every", type=_positive_int, metavar="N",
                    help=f"validation loss (and a checkpoint) every N steps (default {d['eval_every']})")
     g.add_argument("--eval-chars", type=_nonneg_int, metavar="N",
-                   help="score only the first N characters of validation text at the periodic "
-                   "evaluations, to save time with large models (default: all; the final evaluation "
+                   help="the periodic evaluations estimate the validation loss from N characters, in 32 "
+                   "windows spread evenly over the validation text (the same at every evaluation; logged as "
+                   "val~ ... est.), to save time with large models (default: all; the final evaluation "
                    "always scores all)")
     g.add_argument("--sample-every", type=_positive_int, metavar="N",
                    help="print a short sample every N steps (default: with each evaluation)")
