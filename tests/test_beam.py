@@ -152,3 +152,18 @@ def test_sample_command_refuses_beam_with_sampling_options(run_dir, capsys):
         assert f"sample: --beam searches for the likeliest continuation; {extra[0]} is for sampling" in err
     assert main(["sample", run_dir, "--length-norm", "0.6"]) == 2
     assert "sample: --length-norm and --stop go with --beam" in capsys.readouterr().err
+
+
+def test_beam_search_on_a_cuda_device_matches_the_cpu(monkeypatch):
+    # CuPy stood in for (tests/cuda_fake.py): the state's rows are reordered on the device
+    import cuda_fake
+    cpu = _model("lstm", 4, 6)
+    state = {k: v.copy() for k, v in cpu.state_dict().items()}
+    cuda_fake.install(monkeypatch, gpus=1)
+    cuda_fake.cuda("cuda:0")
+    gpu = CharLM(4, cell="lstm", hidden=6, layers=2, dtype="float64", device="cuda")
+    gpu.load_state_dict(state)
+    want = cpu.beam_search([1, 2], 5, 6)
+    got = gpu.beam_search([1, 2], 5, 6)
+    assert [g[2] for g in got] == [w[2] for w in want]
+    np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], rtol=1e-12)

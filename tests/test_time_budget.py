@@ -218,3 +218,16 @@ def test_periodic_evaluations_say_they_are_estimates(tmp_path, corpus_file):
     whole = T.Run.start(_cfg(corpus_file, steps=4, warmup=0, eval_chars=None), str(tmp_path / "c"))
     vl, n, est = whole.estimate_val()
     assert not est and n > 0 and (vl, n) == whole.evaluate()
+
+
+def test_a_budget_run_on_a_cuda_device_fixes_its_steps(tmp_path, corpus_file, monkeypatch):
+    # CuPy stood in for: the lazy steps' losses are read (flush) before and after the timed steps
+    import cuda_fake
+    cuda_fake.install(monkeypatch, gpus=1)
+    cuda_fake.cuda("cuda:0")
+    FakeClock(monkeypatch)
+    lines = []
+    res = _train(_cfg(corpus_file, device="cuda", minutes=1.5 / 60), tmp_path / "a", lines)
+    n = C.load(tmp_path / "a" / "checkpoint.npz").meta["config"]["schedule_steps"]
+    assert res.step == n and len(res.losses) == n
+    assert any(s.startswith(f"schedule fixed at {n} steps from 10.0 ms/step") for s in lines)

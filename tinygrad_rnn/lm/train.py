@@ -90,7 +90,8 @@ class TrainConfig:
 
     # what a resumed run must keep (changing them would make it a different run)
     FROZEN = ("data", "max_chars", "val_fraction", "cell", "hidden", "layers", "embed_dim", "dropout",
-              "seq_len", "batch", "optimizer", "lr", "clip", "lr_decay", "seed", "dtype", "schedule", "warmup", "schedule_steps")
+              "seq_len", "batch", "optimizer", "lr", "clip", "lr_decay", "seed", "dtype", "schedule", "warmup",
+              "schedule_steps")
 
     def model_kwargs(self) -> dict:
         return {"cell": self.cell, "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout,
@@ -941,7 +942,8 @@ class _SchedulePlan:
         t = run.side_seconds
         run.save()
         t_save = run.side_seconds - t
-        per_step = (step_s + t_eval / cfg.eval_every + t_sample * cfg.sample_length / (cfg.sample_every or cfg.eval_every)
+        per_step = (step_s + t_eval / cfg.eval_every
+                    + t_sample * cfg.sample_length / (cfg.sample_every or cfg.eval_every)
                     + t_save / (cfg.save_every or cfg.eval_every))
         ending = t_final + t_sample * self.final_sample_length + 2 * t_save  # this checkpoint's rewrite, the last
         left = cfg.minutes * 60 - run.elapsed()
