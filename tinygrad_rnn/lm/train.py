@@ -490,6 +490,7 @@ class Run:
         self.lazy = self.device.reads_sync
         self._pending = []  # (step, loss, clipping norm or None): device scalars not read yet
         self.side_seconds = 0.0  # spent in evaluations, samples and checkpoints (not steps): _SchedulePlan
+        self.reserve_s = 0.0  # what the end of the run will take once the steps stop (priced by _SchedulePlan)
         self._windows = None  # the periodic estimate's rows of validation (estimate_val), made once
         if saved is not None:
             self._restore(saved)
@@ -591,7 +592,7 @@ class Run:
         cfg = self.cfg
         spent = (cfg.steps is not None and self.step_count >= cfg.steps) or \
             (cfg.schedule_steps is not None and self.step_count >= cfg.schedule_steps) or \
-            (cfg.minutes is not None and self.elapsed() >= cfg.minutes * 60)
+            (cfg.minutes is not None and self.elapsed() + self.reserve_s >= cfg.minutes * 60)
         # one decision for all ranks (their clocks differ), taken once per step
         return bool(dist.all_reduce_scalar(int(spent), op="max")) if self.world.size > 1 else spent
 
@@ -883,7 +884,9 @@ class _SchedulePlan:
     the final sample and the last checkpoint all end inside --minutes, less MARGIN of what is
     left for the step time's wobble. The number goes into the config (schedule_steps), which
     the checkpoint holds, so a resumed run follows the same schedule; --minutes still stops
-    the run if it runs over. The measured steps are training steps: at the schedule's starting
+    the run if it runs over, early enough to leave the time the end of the run was priced at
+    (a run whose steps slow down ends a few steps short of its schedule, not after
+    --minutes). The measured steps are training steps: at the schedule's starting
     rate (exactly the schedule's where --warmup covers them)."""
 
     SKIP, MEASURE, MARGIN = 10, 30, 0.03
@@ -909,7 +912,7 @@ class _SchedulePlan:
             return False
         run.flush()
         step_s = (run.clock() - self.t0 - (run.side_seconds - self.side0)) / self.MEASURE
-        n, costs = self._fit(step_s, stop)
+        n, costs, run.reserve_s = self._fit(step_s, stop)
         cfg = run.cfg
         prog.write(f"schedule fixed at {max(n, cfg.warmup + 1)} steps from {step_s * 1000:.1f} ms/step measured "
                    f"over {self.MEASURE} steps ({costs}), to end inside {cfg.minutes:g} minutes")
@@ -952,7 +955,7 @@ class _SchedulePlan:
             n = int(dist.all_reduce_scalar(n, op="min"))
         costs = (f"evaluation {t_eval:.2f} s every {cfg.eval_every} steps, final evaluation ~{t_final:.2f} s, "
                  f"checkpoint {t_save:.2f} s")
-        return n, costs
+        return n, costs, ending
 
 
 def _final_evaluation(run, result, speed, stop, echo):
