@@ -128,7 +128,8 @@ def _add_train(sub):
                    "(default 1: constant)")
     g.add_argument("--schedule", choices=["constant", "cosine", "step", "exp", "onecycle"],
                    help="learning-rate schedule over the --steps of the run: cosine to 0, step (halved each "
-                   "quarter), exp (to 1%%), onecycle (PyTorch's OneCycleLR, max_lr = --lr) "
+                   "quarter), exp (to 1%%), onecycle (PyTorch's OneCycleLR, max_lr = --lr); with --minutes and no "
+                   "--steps, the run measures its step time and fixes the steps that fit "
                    f"(default {d['schedule']})")
     g.add_argument("--warmup", type=_nonneg_int, metavar="N",
                    help="N steps of linear warm-up to --lr before the schedule (default 0)")
@@ -138,7 +139,10 @@ def _add_train(sub):
     g = p.add_argument_group("budget (totals for the run; with neither, 2 minutes; with both, whichever "
                              "comes first, e.g. a schedule over --steps capped at --minutes)")
     g.add_argument("--steps", type=_positive_int, metavar="N", help="train until step N")
-    g.add_argument("--minutes", type=_positive_float, metavar="M", help="train for M minutes of wall time")
+    g.add_argument("--minutes", type=_positive_float, metavar="M",
+                   help="train for M minutes of wall time; with a --schedule and no --steps, the number of steps "
+                   "is fixed after 40 steps from their measured time, so that the schedule, the evaluations and "
+                   "the final one end inside M minutes (recorded in the checkpoint for --resume)")
     g = p.add_argument_group("running")
     g.add_argument("--device", type=_device, help=f"cpu, cuda or cuda:N (default {d['device']})")
     g.add_argument("--out", metavar="DIR", help="run directory for checkpoint.npz and metrics.jsonl "
@@ -148,8 +152,9 @@ def _add_train(sub):
     g.add_argument("--eval-every", type=_positive_int, metavar="N",
                    help=f"validation loss (and a checkpoint) every N steps (default {d['eval_every']})")
     g.add_argument("--eval-chars", type=_nonneg_int, metavar="N",
-                   help="score only the first N characters of validation text at the periodic "
-                   "evaluations, to save time with large models (default: all; the final evaluation "
+                   help="the periodic evaluations estimate the validation loss from N characters, in 32 "
+                   "windows spread evenly over the validation text (the same at every evaluation; logged as "
+                   "val~ ... est.), to save time with large models (default: all; the final evaluation "
                    "always scores all)")
     g.add_argument("--sample-every", type=_positive_int, metavar="N",
                    help="print a short sample every N steps (default: with each evaluation)")
@@ -193,7 +198,7 @@ def _add_sample(sub):
     g.add_argument("--prompt-file", metavar="PATH", default=None, help="continue the text of this UTF-8 file "
                    "(a prompt of many lines)")
     p.add_argument("--length", type=_nonneg_int, default=500, help="characters to generate (default 500)")
-    p.add_argument("--temperature", type=_nonneg_float, default=0.8,
+    p.add_argument("--temperature", type=_nonneg_float, default=None,
                    help="<1 sharper, >1 wilder, 0 greedy (default 0.8)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the K likeliest characters")
     p.add_argument("--top-p", type=_top_p, default=None, metavar="P",
@@ -201,8 +206,36 @@ def _add_sample(sub):
     p.add_argument("--num-samples", type=_positive_int, default=1, metavar="N",
                    help="N samples (with --seed S, the seeds S, S+1, ...), each under a header line")
     p.add_argument("--seed", type=_nonneg_int, default=None, help="make the sample reproducible")
+    g = p.add_argument_group("beam search (instead of sampling)")
+    g.add_argument("--beam", type=_positive_int, default=None, metavar="K",
+                   help="the likeliest continuation a beam of K hypotheses finds (1: greedy), written at the end; "
+                   "ranks by the model's log-probabilities, so it takes no --temperature, --top-k, --top-p or --seed")
+    g.add_argument("--stop", default=None, metavar="CHAR",
+                   help="a character that ends a hypothesis (\\n for a newline)")
+    g.add_argument("--length-norm", type=_nonneg_float, default=None, metavar="ALPHA",
+                   help="rank hypotheses ended by --stop by log P / ((5 + length) / 6)^ALPHA, GNMT's length "
+                   "penalty (default 0: the plain log-probability; without --stop all have the same length)")
     p.add_argument("--device", type=_device, default="cpu", help="(default cpu)")
     p.set_defaults(func=cmd_sample)
+
+
+def _beam_options(args):
+    """The beam-search keywords of generate, or {} to sample; refuses options of the other kind."""
+    if args.beam is None:
+        if args.length_norm is not None or args.stop is not None:
+            raise _UsageError("sample: --length-norm and --stop go with --beam")
+        return {}
+    given = {"--temperature": args.temperature, "--top-k": args.top_k, "--top-p": args.top_p, "--seed": args.seed,
+             "--num-samples": None if args.num_samples == 1 else args.num_samples}
+    for flag, v in given.items():
+        if v is not None:
+            raise _UsageError(f"sample: --beam searches for the likeliest continuation; {flag} is for sampling")
+    stop = args.stop
+    if stop is not None:
+        stop = {"\\n": "\n", "\\t": "\t"}.get(stop, stop)
+        if len(stop) != 1:
+            raise _UsageError(f"sample: --stop takes one character, got {args.stop!r}")
+    return {"beam": args.beam, "length_norm": args.length_norm or 0.0, "stop": stop}
 
 
 def cmd_sample(args):
@@ -212,6 +245,11 @@ def cmd_sample(args):
     prompt, what = args.prompt, "--prompt"
     if args.prompt_file is not None:
         prompt, what = read_text_file(args.prompt_file), f"--prompt-file {args.prompt_file}"
+    beam = _beam_options(args)
+    sampling = {} if beam else {"temperature": 0.8 if args.temperature is None else args.temperature,
+                                "top_k": args.top_k, "top_p": args.top_p}
+    if beam and beam["stop"] is not None and beam["stop"] not in vocab:
+        raise _UserError(f"--stop {args.stop!r}: the model has never seen that character")
     out = sys.stdout
 
     def stream(ch):  # as it is drawn: a long --length shows its progress
@@ -224,8 +262,8 @@ def cmd_sample(args):
         out.write(prompt)
         out.flush()
         try:
-            model.generate(prompt, args.length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                           seed=None if args.seed is None else args.seed + k, stream=stream)
+            model.generate(prompt, args.length, seed=None if args.seed is None else args.seed + k, stream=stream,
+                           **sampling, **beam)
         except UnknownCharError as e:
             raise _UserError(f"{what}: {e} of this checkpoint") from None
         out.write("\n")

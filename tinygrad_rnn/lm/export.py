@@ -30,6 +30,8 @@ def export_safetensors(checkpoint, out_path) -> dict:
         from safetensors.numpy import save_file
     except ImportError:
         raise ExportError("export needs the safetensors package: pip install -e '.[export]'") from None
+    out_path = os.fspath(out_path)
+    _check_destination(out_path)
     model, vocab, c = load_model(checkpoint)
     cfg = c.meta["config"]
     cell = cfg["cell"]
@@ -41,8 +43,25 @@ def export_safetensors(checkpoint, out_path) -> dict:
             "embed_dim": "" if not cfg.get("embed_dim") else str(cfg["embed_dim"]),
             "dropout": str(cfg.get("dropout", 0.0)), "vocab": json.dumps(list(vocab.chars)),
             "format": "tinygrad_rnn.charlm"}
-    out_path = os.fspath(out_path)
     tmp = out_path + ".tmp"
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, out_path)  # never a half-written file at out_path
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, out_path)  # never a half-written file at out_path
+    except Exception as e:  # OSError, or safetensors' own SafetensorError for the same causes
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ExportError(f"{out_path}: cannot write it ({type(e).__name__}: {e})") from None
     return meta
+
+
+def _check_destination(out_path):
+    """The causes of a failed write a user can fix, said before the checkpoint is even read."""
+    if not out_path.endswith(".safetensors"):
+        raise ExportError(f"{out_path}: the file name must end in .safetensors (export writes safetensors)")
+    folder = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(folder):
+        raise ExportError(f"{out_path}: the directory {folder} does not exist")
+    if os.path.isdir(out_path):
+        raise ExportError(f"{out_path}: is a directory")
+    if not os.access(folder, os.W_OK):
+        raise ExportError(f"{out_path}: the directory {folder} is not writable")

@@ -18,7 +18,7 @@ from ..nn import functional as F
 from ..nn.layers import Dropout, Embedding, Linear
 from ..nn.regularization import LockedDropout, embedding_dropout
 from ..tensor import Tensor
-from .sample import sample_next
+from .sample import BeamSearch, log_softmax_rows, sample_next
 
 # cell name -> class name in tinygrad_rnn.nn. A new recurrent layer with nn.GRU's
 # forward contract (forward(x, h0) -> (output, h_n)) is one line here.
@@ -249,7 +249,8 @@ class CharLM(nn.Module):
                                                                  device=self.device)
         return F.cross_entropy(logits.reshape(T * Bn, V), t.reshape(T * Bn)), state
 
-    def generate(self, prompt="", length=200, temperature=1.0, top_k=None, seed=None, top_p=None, stream=None):
+    def generate(self, prompt="", length=200, temperature=1.0, top_k=None, seed=None, top_p=None, stream=None,
+                 beam=None, length_norm=0.0, stop=None):
         """Continue `prompt` by `length` sampled characters (returns only the continuation).
 
         The prompt runs through the network once; then each sampled character is fed back
@@ -260,10 +261,20 @@ class CharLM(nn.Module):
         stream, if given, is called with each new character (or id) as soon as it is drawn.
         The prompt may be a string (with a vocabulary) or a sequence of ids; the result is
         of the same kind. An empty prompt starts from a newline (or id 0).
+
+        beam=K searches instead of sampling: the most likely continuation that a beam of K
+        hypotheses finds (beam_search), given to stream at the end; K=1 is greedy. It ranks by
+        the model's own log-probabilities, so temperature, top_k and top_p are refused with it.
+        stop (a character, or an id) ends a hypothesis early, and length_norm (GNMT's alpha)
+        then weighs the ended ones by length.
         """
         if length < 0:
             raise ValueError(f"generate: length must be non-negative, got {length}")
         as_text = isinstance(prompt, str)
+        if beam is not None and (temperature != 1.0 or top_k is not None or top_p is not None):
+            raise ValueError(f"generate: beam search (beam={beam}) ranks continuations by the model's "
+                             f"log-probabilities; temperature ({temperature}), top_k ({top_k}) and top_p ({top_p}) "
+                             f"are for sampling: leave them at 1.0, None and None")
         if as_text:
             if self.vocab is None:
                 raise ValueError("generate: a text prompt needs a model built with a CharVocab; pass ids instead")
@@ -276,6 +287,16 @@ class CharLM(nn.Module):
                 ids = np.zeros(1, dtype=np.int64)
             if ids.min() < 0 or ids.max() >= self.vocab_size:
                 raise ValueError(f"generate: prompt ids must be in [0, {self.vocab_size})")
+        if beam is not None:
+            if as_text and stop is not None:
+                if not isinstance(stop, str) or len(stop) != 1:
+                    raise ValueError(f"generate: stop must be one character, got {stop!r}")
+                stop = int(self.vocab.encode(stop)[0])
+            found = self.beam_search(ids, length, beam, length_norm, stop)
+            out = found[0][2] if found else []
+            for i in out if stream is not None else ():
+                stream(self.vocab.decode([i]) if as_text else i)
+            return self.vocab.decode(out) if as_text else out
         rng = np.random.default_rng(seed)
         was_training = self.training
         self.eval()
@@ -293,3 +314,35 @@ class CharLM(nn.Module):
         finally:
             self.train(was_training)
         return self.vocab.decode(out) if as_text else out
+
+    def beam_search(self, ids, length, width, length_norm=0.0, stop=None):
+        """Beam search for the likeliest continuation of the prompt ids, up to `length` ids:
+        every kept hypothesis as (normalised score, log-probability, ids), the best first
+        (sample.BeamSearch says how they are kept and ranked). The live hypotheses are the
+        batch of one forward per character, each carrying its own recurrent state, which is
+        reordered along the batch as hypotheses are kept or dropped. Under no_grad, in eval mode."""
+        search = BeamSearch(width, length_norm, stop)
+        if length == 0:
+            return []
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1, 1)
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                logits, state = self(ids)
+                for t in range(length):
+                    chosen = search.step(log_softmax_rows(logits[-1].numpy()))
+                    if chosen is None or t == length - 1:
+                        break
+                    parents, nxt = chosen
+                    logits, state = self(nxt.reshape(1, -1), _take_rows(state, parents))
+        finally:
+            self.train(was_training)
+        return search.results()
+
+
+def _take_rows(state, rows):
+    """The recurrent state (layers, batch, hidden), or a tuple of them, at these batch rows."""
+    if isinstance(state, (tuple, list)):
+        return type(state)(_take_rows(s, rows) for s in state)
+    return state[:, rows]

@@ -34,7 +34,7 @@ from .. import nn
 from ..nn.utils import NonFiniteNormError, clip_grad_norm_
 from .. import optim as optim_mod
 from ..autograd import no_grad
-from ..text import BPTTStream, CharVocab, DataError, load_corpus
+from ..text import BPTTStream, CharVocab, DataError, batchify, load_corpus
 from ..nn import functional as F
 from . import checkpoint as ckpt
 from .model import CharLM, detach_state, state_from_host, state_to_host
@@ -87,6 +87,7 @@ class TrainConfig:
     # budget: totals for the run (a resumed run counts what it did before)
     steps: int | None = None
     minutes: float | None = None
+    schedule_steps: int | None = None  # the steps a --minutes run fixed for its schedule (see _SchedulePlan)
     # where and how often
     device: str = "cpu"
     eval_every: int = 200
@@ -100,7 +101,7 @@ class TrainConfig:
     FROZEN = ("data", "max_chars", "val_fraction", "cell", "hidden", "layers", "embed_dim", "dropout",
               "seq_len", "batch", "optimizer", "lr", "clip", "lr_decay", "seed", "dtype", "schedule", "warmup",
               "proj_size", "dropout_input", "dropout_hidden", "dropout_output", "locked_dropout", "weight_drop",
-              "embed_dropout", "tie_weights")
+              "embed_dropout", "tie_weights", "schedule_steps")
     REGULARISERS = ("proj_size", "dropout_input", "dropout_hidden", "dropout_output", "locked_dropout",
                     "weight_drop", "embed_dropout", "tie_weights")
 
@@ -148,7 +149,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 problems.append(f"{name} must be a positive integer, got {v!r}")
-        for name in ("embed_dim", "steps", "max_chars", "sample_every", "save_every", "eval_chars"):
+        for name in ("embed_dim", "steps", "max_chars", "sample_every", "save_every", "eval_chars", "schedule_steps"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 problems.append(f"{name} must be a positive integer, got {v!r}")
@@ -165,9 +166,10 @@ class TrainConfig:
             problems.append(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        elif self.schedule != "constant" and self.steps is None:
-            problems.append(f"schedule {self.schedule!r} needs a number of steps (--steps): it is a function of "
-                            f"the step, over the whole run")
+        elif self.schedule != "constant" and self.steps is None and self.minutes is None \
+                and self.schedule_steps is None:
+            problems.append(f"schedule {self.schedule!r} needs a number of steps (--steps) or a time budget "
+                            f"(--minutes) to fit its steps into: it is a function of the step, over the whole run")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             problems.append(f"warmup must be a non-negative integer, got {self.warmup!r}")
         elif self.steps is not None and self.warmup >= self.steps:
@@ -196,22 +198,30 @@ def lr_factor(cfg):
     """step -> the factor on the learning rate at that step (0-based): --warmup w steps rising
     linearly, (t + 1) / (w + 1), then --schedule over the remaining steps (lr_scheduler's formulas):
     cosine to 0; step halves it at each quarter; exp falls to 1% by the end; onecycle is
-    OneCycleLR with max_lr = --lr. None for a constant rate without warm-up."""
+    OneCycleLR with max_lr = --lr. None for a constant rate without warm-up.
+
+    The run's length is cfg.schedule_steps where a time budget fixed it, else cfg.steps. While
+    neither is known (a --minutes run still measuring its step time) the factor after the
+    warm-up is the schedule's starting value, which every schedule's formula gives whatever
+    its length."""
     from ..optim import lr_scheduler as L
     if cfg.schedule == "constant" and not cfg.warmup:
         return None
     w = cfg.warmup
-    span = (cfg.steps - w) if cfg.steps is not None else None
+    total = cfg.schedule_steps if cfg.schedule_steps is not None else cfg.steps
+    span = (total - w) if total is not None else None
     o = _OneGroup()
+    n = span if span is not None else 1000  # only its value at 0 is used, the same for any length
     main = {"constant": lambda: L.LambdaLR(o, lambda t: 1.0),
-            "cosine": lambda: L.CosineAnnealingLR(o, T_max=span),
-            "step": lambda: L.StepLR(o, step_size=max(1, span // 4), gamma=0.5),
-            "exp": lambda: L.ExponentialLR(o, gamma=0.01 ** (1.0 / span)),
-            "onecycle": lambda: L.OneCycleLR(o, max_lr=1.0, total_steps=span + 1)}[cfg.schedule]()
+            "cosine": lambda: L.CosineAnnealingLR(o, T_max=n),
+            "step": lambda: L.StepLR(o, step_size=max(1, n // 4), gamma=0.5),
+            "exp": lambda: L.ExponentialLR(o, gamma=0.01 ** (1.0 / n)),
+            "onecycle": lambda: L.OneCycleLR(o, max_lr=1.0, total_steps=n + 1)}[cfg.schedule]()
+    after = (lambda t: main.lr_at(t)[0]) if span is not None else (lambda t, f0=main.lr_at(0)[0]: f0)
     if not w:
-        return lambda t: main.lr_at(t)[0]
+        return after
     warm = L.LinearLR(_OneGroup(), start_factor=1.0 / (w + 1), end_factor=1.0, total_iters=w)  # (t + 1) / (w + 1)
-    return lambda t: warm.lr_at(t)[0] if t < w else main.lr_at(t - w)[0]
+    return lambda t: warm.lr_at(t)[0] if t < w else after(t - w)
 
 
 def make_optimizer(name, params, lr):
@@ -233,22 +243,56 @@ def evaluate(model, ids, batch=32, seq_len=128, should_stop=None):
     """
     ids = np.asarray(ids)
     batch = max(1, min(batch, len(ids) // 128))
-    stream = BPTTStream(ids, batch, seq_len)
+    return _score_rows(model, batchify(ids, batch), 0, seq_len, should_stop)
+
+
+def spread_windows(n, chars, rows=32, context=64):
+    """Where the periodic validation estimate reads a validation text of n ids: `rows` windows
+    of `length` predicted characters (rows * length >= chars), evenly spaced from the start of
+    the text to its end, each read after the `context` characters before it (run through the
+    model, not scored), so that its first characters are predicted with the context they have
+    in the text rather than from a cold state. Returns (the windows' first positions, length),
+    or None where the windows would leave nothing out (then score the whole text)."""
+    rows = max(1, min(rows, chars))
+    length = -(-chars // rows)
+    span = n - 1 - context  # the positions that can be predicted after a full context
+    if rows * length >= span:
+        return None
+    gap = span - length  # the last window ends at the text's last character
+    starts = [context + (i * gap) // (rows - 1) if rows > 1 else context for i in range(rows)]
+    return starts, length
+
+
+def evaluate_windows(model, ids, starts, length, context=64, seq_len=128, should_stop=None):
+    """evaluate() over the windows of spread_windows: (mean nats/char, chars scored), or (None, n)."""
+    ids = np.asarray(ids)
+    rows = np.stack([ids[s - context:s + length + 1] for s in starts])
+    return _score_rows(model, rows, context, seq_len, should_stop)
+
+
+def _score_rows(model, rows, skip, seq_len, should_stop):
+    """The mean cross-entropy of predicting rows[:, t + 1] from rows[:, :t + 1] for t >= skip
+    (the first `skip` positions only carry the state), each row from a zero state, read in
+    windows of seq_len in eval mode under no_grad, the rows shared out over MPI ranks."""
     n, r = dist.world_size(), dist.rank()
-    mine = slice(batch * r // n, batch * (r + 1) // n)
+    B, W = rows.shape
+    mine = rows[B * r // n:B * (r + 1) // n]
+    starts = ([0] if skip else []) + list(range(skip, W - 1, seq_len))
     was_training = model.training
     model.eval()
     total, count, state, stopped = 0.0, 0, None, False
     try:
         with no_grad():
-            for x, y in stream.epoch_windows():
+            for a, b in zip(starts, starts[1:] + [W - 1]):
                 if should_stop is not None and should_stop():
                     stopped = True
                     break
-                x, y = x[:, mine], y[:, mine]
-                if x.shape[1] == 0:  # more ranks than rows
+                if mine.shape[0] == 0:  # more ranks than rows
                     continue
+                x, y = np.ascontiguousarray(mine[:, a:b].T), np.ascontiguousarray(mine[:, a + 1:b + 1].T)
                 logits, state = model(x, state)
+                if a < skip:
+                    continue
                 T, Bn, V = logits.shape
                 loss = F.cross_entropy(logits.reshape(T * Bn, V), y.reshape(-1), reduction="sum")
                 total += float(loss.item())
@@ -437,6 +481,8 @@ class Run:
     the steps a reader expects: Run.start or Run.resume, step(), evaluate(), save().
     train() drives it: the budget, progress lines, metrics, samples and checkpoints."""
 
+    clock = staticmethod(time.perf_counter)  # the run's wall clock (tests give it a fake one)
+
     def __init__(self, cfg: TrainConfig, out_dir: str, saved=None, echo=print):
         self.cfg, self.out_dir, self.echo = cfg, out_dir, echo
         self.ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
@@ -477,9 +523,12 @@ class Run:
         # reads them all at once (flush): one synchronisation per metrics line, not ~8 a step
         self.lazy = self.device.reads_sync
         self._pending = []  # (step, loss, clipping norm or None): device scalars not read yet
+        self.side_seconds = 0.0  # spent in evaluations, samples and checkpoints (not steps): _SchedulePlan
+        self.reserve_s = 0.0  # what the end of the run will take once the steps stop (priced by _SchedulePlan)
+        self._windows = None  # the periodic estimate's rows of validation (estimate_val), made once
         if saved is not None:
             self._restore(saved)
-        self.t_start = time.perf_counter()
+        self.t_start = self.clock()
         self._spent = self._budget_spent()
 
     # ------------------------------------------------------------------ start or resume
@@ -571,12 +620,13 @@ class Run:
 
     # ------------------------------------------------------------------ the steps
     def elapsed(self):
-        return self.elapsed_before + time.perf_counter() - self.t_start
+        return self.elapsed_before + self.clock() - self.t_start
 
     def _budget_spent(self):
         cfg = self.cfg
         spent = (cfg.steps is not None and self.step_count >= cfg.steps) or \
-            (cfg.minutes is not None and self.elapsed() >= cfg.minutes * 60)
+            (cfg.schedule_steps is not None and self.step_count >= cfg.schedule_steps) or \
+            (cfg.minutes is not None and self.elapsed() + self.reserve_s >= cfg.minutes * 60)
         # one decision for all ranks (their clocks differ), taken once per step
         return bool(dist.all_reduce_scalar(int(spent), op="max")) if self.world.size > 1 else spent
 
@@ -675,17 +725,41 @@ class Run:
             self.losses.append(lv)
         return lv
 
+    def _side(self, fn, *args, **kw):
+        t = self.clock()
+        try:
+            return fn(*args, **kw)
+        finally:
+            self.side_seconds += self.clock() - t
+
     def evaluate(self, ids=None, should_stop=None):
         """(mean loss in nats/char, chars scored) over ids (default: all of validation)."""
-        return evaluate(self.model, self.corpus.val if ids is None else ids, EVAL_BATCH, should_stop=should_stop)
+        return self._side(evaluate, self.model, self.corpus.val if ids is None else ids, EVAL_BATCH,
+                          should_stop=should_stop)
+
+    def estimate_val(self, should_stop=None):
+        """The periodic validation: (mean loss, chars scored, whether it is an estimate). With
+        --eval-chars, windows spread evenly over the whole validation text (spread_windows),
+        the same ones at every evaluation; without, or where they would cover it, all of it."""
+        val, chars = self.corpus.val, self.cfg.eval_chars
+        if self._windows is None:
+            self._windows = (chars is not None and spread_windows(len(val), chars, EVAL_BATCH, EVAL_CONTEXT)) or ()
+        if not self._windows:
+            return (*self.evaluate(should_stop=should_stop), False)
+        starts, length = self._windows
+        vl, n = self._side(evaluate_windows, self.model, val, starts, length, EVAL_CONTEXT, should_stop=should_stop)
+        return vl, n, True
 
     def sample(self, length, seed):
-        return self.model.generate("", length, temperature=0.8, seed=seed)
+        return self._side(self.model.generate, "", length, temperature=0.8, seed=seed)
 
     def save(self):
         """Write the checkpoint (atomically, by rank 0 alone): under MPI it holds what every
         rank needs, the whole batch's hidden state and each rank's random state."""
         self.flush()  # a NaN still on the device must stop the run before it reaches a checkpoint
+        self._side(self._save)
+
+    def _save(self):
         hidden, rng_state = state_to_host(self.state), self.device.get_rng_state()
         if self.world.size > 1:  # collective: every rank hands its rows and random state to rank 0
             hiddens = self.world.comm.gather(hidden, root=0)
@@ -722,6 +796,8 @@ class Run:
         budget = []
         if cfg.steps is not None:
             budget.append(f"{cfg.steps} steps")
+        if cfg.schedule_steps is not None:
+            budget.append(f"the {cfg.schedule_steps} steps the time budget fixed for the schedule")
         if cfg.minutes is not None:
             budget.append(f"{cfg.minutes:g} minutes")
         self.echo(("resuming at step %d; " % self.step_count if resumed else "") + "budget: " + " or ".join(budget)
@@ -729,6 +805,7 @@ class Run:
 
 
 EVAL_BATCH = 32
+EVAL_CONTEXT = 64  # characters read before each window of the periodic estimate, unscored
 
 
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False, echo=print,
@@ -745,13 +822,14 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
     run.describe(resumed=resume)
     result = TrainResult("done", run.step_count, out_dir, run.ckpt_path)
     result.losses = run.losses  # filled by each step, or by run.flush() where steps keep them on the device
-    prog = _Progress(cfg.steps, run.step_count, progress, echo)
+    prog = _Progress(cfg.steps or cfg.schedule_steps, run.step_count, progress, echo)
+    plan = _SchedulePlan(run, final_sample_length) if _SchedulePlan.needed(cfg) else None
     with _StopFlag(prog.write) as local_stop:
         def stop():  # Ctrl-C in any rank stops them all, after the same step
             s = local_stop()
             return bool(dist.all_reduce_scalar(int(s), op="max")) if run.world.size > 1 else s
         try:
-            speed = _run_steps(run, prog, result, stop, local_stop)
+            speed = _run_steps(run, prog, result, stop, local_stop, plan)
         finally:
             prog.close()
         interrupted = stop()
@@ -771,7 +849,7 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool 
     return result
 
 
-def _run_steps(run, prog, result, stop, local_stop):
+def _run_steps(run, prog, result, stop, local_stop, plan=None):
     """Step until the budget is spent or a stop is asked for, with the progress display, the
     metrics lines (and evaluations), samples and checkpoints along the way. Returns the
     tokens and seconds of this invocation's steps, for the average speed."""
@@ -782,9 +860,9 @@ def _run_steps(run, prog, result, stop, local_stop):
     run_tokens, run_train_time = 0, 0.0
     main = dist.is_main()
     while not run.out_of_budget() and not stop():
-        t0 = time.perf_counter()
+        t0 = run.clock()
         lv, tokens = run.step()
-        dt = time.perf_counter() - t0
+        dt = run.clock() - t0
         step = run.step_count
         window_tokens += tokens
         window_time += dt
@@ -800,6 +878,8 @@ def _run_steps(run, prog, result, stop, local_stop):
             prog.write("--- sample ---\n" + run.sample(cfg.sample_length, [cfg.seed, step]) + "\n---")
         if step % save_every == 0 and not run.out_of_budget():
             run.save()
+        if plan is not None and plan.after_step(prog, stop):
+            plan = None
     return run_tokens, run_train_time
 
 
@@ -809,16 +889,107 @@ def _log_metrics(run, prog, step, tok_s, is_eval, stop):
     cfg = run.cfg
     run.flush()
     rec = {"step": step, "train_loss": run.window.take(), "val_loss": None, "val_bpc": None,
-           "tok_s": tok_s, "elapsed": round(run.elapsed(), 3), "tokens": run.tokens_seen}
+           "tok_s": tok_s, "elapsed": round(run.elapsed(), 3), "tokens": run.tokens_seen,
+           "lr": run.opt.param_groups[0]["lr"]}
     if is_eval and not run.out_of_budget():
-        val_ids = run.corpus.val if cfg.eval_chars is None else run.corpus.val[:cfg.eval_chars]
-        vl, _ = run.evaluate(val_ids, should_stop=stop)
+        vl, n, est = run.estimate_val(should_stop=stop)
         if vl is not None:
-            rec["val_loss"], rec["val_bpc"] = vl, vl / LN2
-            prog.write(f"step {step}: train loss {rec['train_loss']:.4f} | val loss {vl:.4f} nats"
+            # an estimate says so, in the log and in the metrics: the final line scores all of validation
+            rec["val_loss"], rec["val_bpc"], rec["val_chars"], rec["val_estimate"] = vl, vl / LN2, n, est
+            what = f"val~ {vl:.4f} nats (est., {_kchars(n)} chars)" if est else f"val loss {vl:.4f} nats"
+            prog.write(f"step {step}: train loss {rec['train_loss']:.4f} | {what}"
                        f" = {vl / LN2:.4f} bits/char | {tok_s:,.0f} tok/s")
     if dist.is_main():
         _write_metrics(run.metrics_path, rec)
+
+
+def _kchars(n):
+    return f"{n / 1000:.0f}k" if n >= 10000 else f"{n:,}"
+
+
+class _SchedulePlan:
+    """--minutes without --steps under a schedule: the run fixes its number of steps itself.
+
+    The first SKIP steps of the invocation (kernel builds, warm caches) are not timed; the next
+    MEASURE are, in wall time less what evaluations, samples and checkpoints took among them.
+    Then one periodic evaluation, one sample and one checkpoint are timed, the final evaluation
+    of all of validation is priced from the periodic one by the characters it reads, and the
+    steps are fixed so that the steps, the periodic work at its cadence, the final evaluation,
+    the final sample and the last checkpoint all end inside --minutes, less MARGIN of what is
+    left for the step time's wobble. The number goes into the config (schedule_steps), which
+    the checkpoint holds, so a resumed run follows the same schedule; --minutes still stops
+    the run if it runs over, early enough to leave the time the end of the run was priced at
+    (a run whose steps slow down ends a few steps short of its schedule, not after
+    --minutes). The measured steps are training steps: at the schedule's starting
+    rate (exactly the schedule's where --warmup covers them)."""
+
+    SKIP, MEASURE, MARGIN = 10, 30, 0.03
+
+    @staticmethod
+    def needed(cfg):
+        return cfg.schedule != "constant" and cfg.steps is None and cfg.schedule_steps is None \
+            and cfg.minutes is not None
+
+    def __init__(self, run, final_sample_length):
+        self.run, self.final_sample_length = run, final_sample_length
+        self.first = run.step_count
+        self.t0 = self.side0 = None
+
+    def after_step(self, prog, stop):
+        """Called after each step's evaluation, sample and checkpoint; True once the steps are fixed."""
+        run = self.run
+        k = run.step_count - self.first
+        if k == self.SKIP:
+            run.flush()  # on a GPU: the steps so far are finished before the clock starts
+            self.t0, self.side0 = run.clock(), run.side_seconds
+        if k < self.SKIP + self.MEASURE:
+            return False
+        run.flush()
+        step_s = (run.clock() - self.t0 - (run.side_seconds - self.side0)) / self.MEASURE
+        n, costs, run.reserve_s = self._fit(step_s, stop)
+        cfg = run.cfg
+        prog.write(f"schedule fixed at {max(n, cfg.warmup + 1)} steps from {step_s * 1000:.1f} ms/step measured "
+                   f"over {self.MEASURE} steps ({costs}), to end inside {cfg.minutes:g} minutes")
+        if n <= cfg.warmup:  # the schedule needs a step after its warm-up
+            prog.write(f"note: {cfg.minutes:g} minutes fit only {n} steps, not more than --warmup {cfg.warmup}: "
+                       f"--minutes will stop the run before its schedule ends")
+        cfg.schedule_steps = max(n, cfg.warmup + 1)
+        run.lr_factor = lr_factor(cfg)
+        run._spent = run._budget_spent()
+        if prog.bar is not None:
+            prog.bar.total = cfg.schedule_steps
+            prog.bar.refresh()
+        run.save()  # the fixed number is in the checkpoint from now on
+        return True
+
+    def _fit(self, step_s, stop):
+        """(the number of steps, a line on the costs) from the measured step time."""
+        run, cfg = self.run, self.run.cfg
+        t = run.side_seconds
+        _, est_chars, _ = run.estimate_val(should_stop=stop)
+        t_eval = run.side_seconds - t
+        if run._windows:  # priced by the characters read, the windows' unscored context included
+            est_chars = len(run._windows[0]) * (EVAL_CONTEXT + run._windows[1])
+        t_final = t_eval * len(run.corpus.val) / max(1, est_chars)
+        t_sample = 0.0
+        if dist.is_main():  # samples come with the evaluations, or at --sample-every
+            t = run.side_seconds
+            run.sample(cfg.sample_length, [cfg.seed, run.step_count, 2])
+            t_sample = (run.side_seconds - t) / cfg.sample_length  # per character
+        t = run.side_seconds
+        run.save()
+        t_save = run.side_seconds - t
+        per_step = (step_s + t_eval / cfg.eval_every
+                    + t_sample * cfg.sample_length / (cfg.sample_every or cfg.eval_every)
+                    + t_save / (cfg.save_every or cfg.eval_every))
+        ending = t_final + t_sample * self.final_sample_length + 2 * t_save  # this checkpoint's rewrite, the last
+        left = cfg.minutes * 60 - run.elapsed()
+        n = run.step_count + max(0, int((left * (1 - self.MARGIN) - ending) // per_step))
+        if run.world.size > 1:  # one schedule for all ranks (their clocks differ)
+            n = int(dist.all_reduce_scalar(n, op="min"))
+        costs = (f"evaluation {t_eval:.2f} s every {cfg.eval_every} steps, final evaluation ~{t_final:.2f} s, "
+                 f"checkpoint {t_save:.2f} s")
+        return n, costs, ending
 
 
 def _final_evaluation(run, result, speed, stop, echo):
