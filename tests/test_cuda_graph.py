@@ -1,7 +1,8 @@
 """The sequence ops' loop over time on CUDA as a captured CUDA graph (kernels/cuda.py's
 GraphCache, ops/rnn.py's _time_loop), on the host with CuPy stood in for (tests/cuda_fake.py,
 whose stream capture records operations and replays them at launch). Graph mode against the
-Python loop, capture counts, launches per call, the switch, and the fake's capture model."""
+Python loop, capture counts (a key's first call runs the plain loop, its second captures, the
+later ones replay), launches per call, the switch, and the fake's capture model."""
 import numpy as np
 import pytest
 
@@ -63,60 +64,113 @@ CASES = [(kind, lengths, reverse) for kind in KINDS for lengths in (None, [4, 3,
 @pytest.mark.parametrize("dtype", [tg.float64, tg.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("kind, lengths, reverse", CASES)
 def test_graph_mode_equals_the_python_loop(fake, kind, lengths, reverse, dtype):
-    """A replayed call (the second: the first runs uncaptured, then captures) gives the same
-    outputs, final states and gradients as the Python loop, bit for bit: the same operations
-    on the same numbers, only launched from a graph. The second call's inputs differ from the
-    first's, so the replay computes on the contents of its launch, not of the capture."""
+    """A replayed call (the third: the first runs the plain loop, the second runs uncaptured on
+    the staging, then captures) gives the same outputs, final states and gradients as the
+    Python loop, bit for bit: the same operations on the same numbers, only launched from a
+    graph. The third call's inputs differ from the second's, so the replay computes on the
+    contents of its launch, not of the capture."""
     np_dt = np.float64 if dtype is tg.float64 else np.float32
     rng = np.random.default_rng(1)
     T = 4 if lengths is None else lengths[0]
-    first, second = (_inputs(kind, rng, T, 3, lengths, np_dt) for _ in range(2))
-    _run(kind, "graph", first, lengths, reverse, dtype, seed=5)
+    first, second, third = (_inputs(kind, rng, T, 3, lengths, np_dt) for _ in range(3))
+    _run(kind, "graph", first, lengths, reverse, dtype, seed=4)
+    assert fake.captures == 0  # a first sighting: the plain loop
+    _run(kind, "graph", second, lengths, reverse, dtype, seed=5)
     captured = fake.captures
-    assert captured == 2  # the forward's loop and the backward's
-    got = _run(kind, "graph", second, lengths, reverse, dtype, seed=6)
+    assert captured == 2 and fake.launches == 0  # the forward's loop and the backward's
+    got = _run(kind, "graph", third, lengths, reverse, dtype, seed=6)
     assert fake.captures == captured and fake.launches == 2  # replayed, not captured again
-    want = _run(kind, "python", second, lengths, reverse, dtype, seed=6)
+    want = _run(kind, "python", third, lengths, reverse, dtype, seed=6)
     assert fake.captures == captured
     assert len(got) == len(want)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
 
 
-def test_the_first_call_of_a_shape_is_right_too(fake):
+def test_the_first_and_second_calls_of_a_shape_are_right_too(fake):
+    """The first (the plain loop on the caller's arrays) and the second (the loop on the
+    staging, whose result is that call's, then the capture)."""
     rng = np.random.default_rng(2)
-    a = _inputs("GRU", rng, 5, 2, None, np.float64)
-    got = _run("GRU", "graph", a, None, False, tg.float64, seed=1)
-    want = _run("GRU", "python", a, None, False, tg.float64, seed=1)
-    for g, w in zip(got, want):
-        np.testing.assert_array_equal(g, w)
+    for captures in (0, 2):
+        a = _inputs("GRU", rng, 5, 2, None, np.float64)
+        got = _run("GRU", "graph", a, None, False, tg.float64, seed=1)
+        assert fake.captures == captures and fake.launches == 0
+        want = _run("GRU", "python", a, None, False, tg.float64, seed=1)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
 
 
 def test_a_new_shape_or_packing_captures_anew(fake):
     rng = np.random.default_rng(3)
-    _run("LSTM", "graph", _inputs("LSTM", rng, 4, 3, None, np.float64), None, False, tg.float64, 1)
-    assert fake.captures == 2
-    _run("LSTM", "graph", _inputs("LSTM", rng, 5, 3, None, np.float64), None, False, tg.float64, 1)
-    assert fake.captures == 4  # T differs
-    _run("LSTM", "graph", _inputs("LSTM", rng, 4, 3, None, np.float64), None, True, tg.float64, 1)
-    assert fake.captures == 6  # the direction differs
-    _run("LSTM", "graph", _inputs("LSTM", rng, 4, 3, None, np.float32), None, False, tg.float32, 1)
-    assert fake.captures == 8  # the dtype differs
-    _run("LSTM", "graph", _inputs("LSTM", rng, 0, 0, [4, 2, 1], np.float64), [4, 2, 1], False, tg.float64, 1)
-    assert fake.captures == 10
-    _run("LSTM", "graph", _inputs("LSTM", rng, 0, 0, [4, 3, 1], np.float64), [4, 3, 1], False, tg.float64, 1)
-    assert fake.captures == 12  # the batch sizes differ
-    _run("LSTM", "graph", _inputs("LSTM", rng, 0, 0, [4, 2, 1], np.float64), [4, 2, 1], False, tg.float64, 1)
-    _run("LSTM", "graph", _inputs("LSTM", rng, 4, 3, None, np.float64), None, False, tg.float64, 1)
-    assert fake.captures == 12  # seen before: replayed
+
+    def twice(T, lengths, reverse, dtype):
+        """Two calls of a key: the first runs plainly, the second captures its two loops."""
+        np_dt = np.float64 if dtype is tg.float64 else np.float32
+        before = fake.captures
+        _run("LSTM", "graph", _inputs("LSTM", rng, T, 3, lengths, np_dt), lengths, reverse, dtype, 1)
+        assert fake.captures == before
+        _run("LSTM", "graph", _inputs("LSTM", rng, T, 3, lengths, np_dt), lengths, reverse, dtype, 1)
+        return fake.captures - before
+
+    assert twice(4, None, False, tg.float64) == 2
+    assert twice(5, None, False, tg.float64) == 2  # T differs
+    assert twice(4, None, True, tg.float64) == 2  # the direction differs
+    assert twice(4, None, False, tg.float32) == 2  # the dtype differs
+    assert twice(0, [4, 2, 1], False, tg.float64) == 2
+    assert twice(0, [4, 3, 1], False, tg.float64) == 2  # the batch sizes differ
+    assert twice(0, [4, 2, 1], False, tg.float64) == 0  # seen before: replayed, both calls
+    assert twice(4, None, False, tg.float64) == 0
+    assert fake.captures == 12 and fake.launches == 8
+
+
+def test_batch_sizes_never_seen_again_capture_nothing_and_run_as_the_python_loop(fake):
+    """Training on sequences of random lengths: every batch's batch sizes are new, so a graph
+    would never be replayed. Each call runs the plain loop on its own arrays: the same
+    allocations, kernels, GEMMs and copies, in the same order, as the Python loop, and the
+    same numbers; nothing is staged or captured."""
+    rng = np.random.default_rng(10)
+    batches = ([5, 5, 1], [5, 4, 2], [5, 3, 3], [5, 4, 1], [5, 2, 2], [5, 3, 1])
+    assert len({tuple(rnnops.PackedSteps(n).bs) for n in batches}) == len(batches)
+    for lengths in batches:
+        a = _inputs("LSTM", rng, 0, 0, lengths, np.float32)
+        k0 = len(fake.log)
+        got = _run("LSTM", "graph", a, lengths, False, tg.float32, 1)
+        k1 = len(fake.log)
+        want = _run("LSTM", "python", a, lengths, False, tg.float32, 1)
+        assert fake.log[k0:k1] == fake.log[k1:]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    assert fake.captures == 0 and fake.launches == 0 and not cuda_kernels.GRAPHS.entries
+    assert len(cuda_kernels.GRAPHS.seen) == 2 * len(batches)  # each batch's forward and backward
+
+
+def test_a_key_seen_twice_is_captured_then_replayed_among_new_ones(fake):
+    """Batch sizes [4, 3, 1] come back among new ones: captured at their second call, replayed
+    at their third, each call equal to the Python loop, and the replay launches fewer."""
+    rng = np.random.default_rng(11)
+    calls = []
+    for lengths, captures, launches in (([4, 3, 1], 0, 0), ([4, 2, 2], 0, 0), ([4, 3, 1], 2, 0),
+                                        ([4, 4, 1], 0, 0), ([4, 3, 1], 0, 2)):
+        a = _inputs("GRU", rng, 0, 0, lengths, np.float64)
+        c0, l0, k0 = fake.captures, fake.launches, len(fake.log)
+        got = _run("GRU", "graph", a, lengths, True, tg.float64, 2)
+        assert (fake.captures - c0, fake.launches - l0) == (captures, launches), lengths
+        k1 = len(fake.log)
+        want = _run("GRU", "python", a, lengths, True, tg.float64, 2)
+        calls.append([sum(what in ("kernel", "matmul", "copy", "graph_launch") for what, _ in fake.log[i:j])
+                      for i, j in ((k0, k1), (k1, len(fake.log)))])
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    assert calls[0][0] == calls[0][1] and calls[4][0] < calls[4][1]
 
 
 def _launches(fake, kind, T, lengths, mode):
     """Python-level launches (kernels, GEMMs, copies, graph launches) of a forward and backward
-    after a first call of the same shape."""
+    after two calls of the same shape (in graph mode: the plain loop, then the capture)."""
     rng = np.random.default_rng(4)
     a = _inputs(kind, rng, T, 3, lengths, np.float32)
-    _run(kind, mode, a, lengths, False, tg.float32, 1)
+    for _ in range(2):
+        _run(kind, mode, a, lengths, False, tg.float32, 1)
     before = len(fake.log)
     _run(kind, mode, a, lengths, False, tg.float32, 1)
     return sum(what in ("kernel", "matmul", "copy", "graph_launch") for what, _ in fake.log[before:])
@@ -145,7 +199,7 @@ def test_the_switch_from_the_environment(monkeypatch):
         rnnops.RNNSequence.apply(x, w_ih, w_hh, b_ih, b_hh, h0, None)
     assert fake.captures == 0 and fake.launches == 0
     dev.cuda_loop = "graph"
-    for _ in range(2):
+    for _ in range(3):  # the plain loop, the capture, a replay
         rnnops.RNNSequence.apply(x, w_ih, w_hh, b_ih, b_hh, h0, None)
     assert fake.captures == 1 and fake.launches == 1
 
@@ -185,19 +239,38 @@ def test_the_cpu_path_captures_nothing():
         out = KINDS[kind][0].apply(*args, steps=steps)
         out[0].sum().backward()
     assert cuda_kernels.GRAPHS.captures == before and not cuda_kernels.GRAPHS.entries
+    assert not cuda_kernels.GRAPHS.seen
+
+
+def _rnn(rng, T):
+    _run("RNN_TANH", "graph", _inputs("RNN_TANH", rng, T, 2, None, np.float64), None, False, tg.float64, 1)
 
 
 def test_the_cache_is_bounded(fake, monkeypatch):
     monkeypatch.setattr(cuda_kernels.GRAPHS, "size", 3)
     rng = np.random.default_rng(7)
     for T in (2, 3, 4, 5):
-        _run("RNN_TANH", "graph", _inputs("RNN_TANH", rng, T, 2, None, np.float64), None, False, tg.float64, 1)
-    assert len(cuda_kernels.GRAPHS.entries) == 3
-    captures = fake.captures
-    _run("RNN_TANH", "graph", _inputs("RNN_TANH", rng, 5, 2, None, np.float64), None, False, tg.float64, 1)
-    assert fake.captures == captures  # the most recent stayed
-    _run("RNN_TANH", "graph", _inputs("RNN_TANH", rng, 2, 2, None, np.float64), None, False, tg.float64, 1)
-    assert fake.captures == captures + 2  # the oldest went
+        _rnn(rng, T)
+        _rnn(rng, T)
+    assert fake.captures == 8 and len(cuda_kernels.GRAPHS.entries) == 3
+    _rnn(rng, 5)
+    assert fake.captures == 8 and fake.launches == 2  # the most recent stayed
+    _rnn(rng, 2)
+    assert fake.captures == 8 and fake.launches == 2  # the oldest went, and was forgotten: a first sighting
+    _rnn(rng, 2)
+    assert fake.captures == 10
+
+
+def test_the_keys_seen_once_are_bounded_too(fake, monkeypatch):
+    monkeypatch.setattr(cuda_kernels.GRAPHS, "size", 1)  # 4 keys seen once: two calls' forward and backward
+    rng = np.random.default_rng(9)
+    for T in (2, 3, 4):
+        _rnn(rng, T)
+    assert len(cuda_kernels.GRAPHS.seen) == 4 and fake.captures == 0
+    _rnn(rng, 2)
+    assert fake.captures == 0  # the oldest went: a first sighting again
+    _rnn(rng, 4)
+    assert fake.captures == 2 and len(cuda_kernels.GRAPHS.entries) == 1  # remembered: captured
 
 
 def test_a_graph_on_cuda_1_runs_on_gpu_1(monkeypatch):
@@ -205,7 +278,7 @@ def test_a_graph_on_cuda_1_runs_on_gpu_1(monkeypatch):
     cuda_fake.cuda("cuda:1")
     rng = np.random.default_rng(8)
     a = _inputs("GRU", rng, 3, 2, None, np.float64)
-    for _ in range(2):
+    for _ in range(3):
         x, w_ih, w_hh, b_ih, b_hh, h0 = (tg.tensor(v, dtype=tg.float64, device="cuda:1") for v in a)
         B.get_device("cuda:0").xp  # GPU 0 current, as another op might leave it
         rnnops.GRUSequence.apply(x, w_ih, w_hh, b_ih, b_hh, h0, None)
@@ -271,9 +344,10 @@ def test_a_loop_that_fails_during_capture_ends_the_capture(fake):
 
     def loop(x):
         calls.append(1)
-        if len(calls) == 2:  # the capture
+        if len(calls) == 3:  # the capture (the first call ran plainly, the second on the staging)
             float(x[0])
 
+    cache.run(B.get_device("cuda:0"), "k", loop, (a,), ((0, None),), ())
     with pytest.raises(cuda_fake.CaptureError):
         cache.run(B.get_device("cuda:0"), "k", loop, (a,), ((0, None),), ())
     assert fake.capture is None and not cache.entries
@@ -289,7 +363,8 @@ def test_the_step_benchmark_runs_both_loops_on_cuda(fake, capsys):
     spec = importlib.util.spec_from_file_location("rnn_step_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.main(["--device", "cuda", "--hidden", "8", "--batch", "2", "--seq", "4", "--vocab", "11", "--steps", "2",
+    # three steps: a graph runner's first runs the plain loop, its second captures, its third replays
+    bench.main(["--device", "cuda", "--hidden", "8", "--batch", "2", "--seq", "4", "--vocab", "11", "--steps", "3",
                 "--warmup", "0", "--rounds", "1", "--no-torch", "--lengths", "uniform"])
     recs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith('{"bench": "rnn_step"')]
     assert {(r["impl"], r["packed"], r["cuda_loop"]) for r in recs} == {

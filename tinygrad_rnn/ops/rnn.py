@@ -482,10 +482,11 @@ def _host_loop(dev, name, dt):
 def _time_loop(ctx, key, loop, arrays, parts):
     """loop(*arrays): a sequence op's loop over time on its buffers (a tuple of arrays or None).
     On a CUDA device in cuda_loop "graph" mode it runs as a CUDA graph captured once per key
-    (what the loop does: op, direction, flags, a packed batch's batch sizes) and shapes, and
-    replayed (kernels/cuda.py's GraphCache): one launch from Python per call, not a few a
-    timestep. parts = (what the loop reads: ((i, index or None), ...), what the caller
-    keeps of what it writes: (i, ...)), the copies in and out of the graph's own buffers.
+    (what the loop does: op, direction, flags, a packed batch's batch sizes) and shapes, at
+    the key's second call (the first runs the plain loop), and replayed from the third
+    (kernels/cuda.py's GraphCache): one launch from Python per call, not a few a timestep.
+    parts = (what the loop reads: ((i, index or None), ...), what the caller keeps of what it
+    writes: (i, ...)), the copies in and out of the graph's own buffers.
 
     Packed batches are keyed by their batch sizes, the graph running exactly the packed
     loop: a padded batch is the packed one of equal lengths, so one mechanism serves both,
@@ -493,8 +494,9 @@ def _time_loop(ctx, key, loop, arrays, parts):
     T, bucketed or fixed datasets, evaluation). Running the full batch every step with the
     finished rows masked would make one graph per (T, B) but does T * B rows of work where
     packing does N, and needs masking kernels of its own in both directions; where every
-    batch has new lengths, the LRU misses and each call pays the Python loop and a capture
-    (measure with bench/rnn_step.py --cuda-loop both; set cuda_loop "python" there)."""
+    batch has new lengths, no key comes back, so none is captured and each call costs what
+    the Python loop does (a key met twice pays one extra loop and a capture at its second
+    call; measure with bench/rnn_step.py --cuda-loop both)."""
     dev = ctx.device
     if dev.kind == "cuda" and dev.cuda_loop == "graph":
         present = lambda i: arrays[i] is not None  # noqa: E731
