@@ -16,6 +16,9 @@ import json
 import math
 import os
 import sys
+import time
+
+_IMPORTED = time.perf_counter()  # process_age's fallback where /proc is not there
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -168,9 +171,22 @@ def _add_train(sub):
     p.set_defaults(func=cmd_train)
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux's /proc: interpreter start-up and imports
+    included), or since this module was imported where /proc is not there."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - _IMPORTED
+
+
 def cmd_train(args):
     from .lm.train import TrainConfig, train
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "startup_s")}
     out = given.pop("out", os.path.join("runs", "charlm"))
     resume = given.pop("resume", False)
     overwrite = given.pop("overwrite", False)
@@ -185,7 +201,8 @@ def cmd_train(args):
     if "steps" not in given and "minutes" not in given and not resume:
         fields["minutes"] = DEFAULT_MINUTES
     cfg = TrainConfig(**fields)
-    result = train(cfg, out, resume=resume, overwrite=overwrite, progress=progress, explicit=set(given))
+    result = train(cfg, out, resume=resume, overwrite=overwrite, progress=progress, explicit=set(given),
+                   startup_s=getattr(args, "startup_s", 0.0))
     return EXIT_INTERRUPTED if result.status == "interrupted" else 0
 
 
@@ -462,6 +479,9 @@ def main(argv=None) -> int:
     from .lm.train import TrainError
     parser = build_parser()
     args = parser.parse_args(argv)
+    # as a command (python -m tinygrad_rnn, tinygrad-rnn: argv from sys.argv) a --minutes budget is
+    # the whole process's wall time; main([...]) called from Python counts from here
+    args.startup_s = process_age() if argv is None else 0.0
     prog = f"{parser.prog} {args.command}"
     from .backend import hold_freed_memory
     hold_freed_memory()  # this process is ours: keep freed buffers for the next step

@@ -809,15 +809,20 @@ EVAL_CONTEXT = 64  # characters read before each window of the periodic estimate
 
 
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False, echo=print,
-          progress: str = "auto", final_sample_length: int = 300, explicit=()) -> TrainResult:
+          progress: str = "auto", final_sample_length: int = 300, explicit=(), startup_s: float = 0.0) -> TrainResult:
     """Train (or, with resume, continue) a CharLM as `cfg` says, writing into out_dir:
     checkpoint.npz and metrics.jsonl. `explicit` names the config fields the caller set:
     a resumed run takes every other field from the checkpoint, and refuses changes to
-    those that shape the model, the data or the optimizer (TrainConfig.FROZEN)."""
+    those that shape the model, the data or the optimizer (TrainConfig.FROZEN).
+    startup_s: seconds spent before this call (the command line: since its process
+    started), counted against --minutes with the time train() spends reading the corpus
+    and building the model, so a budget is the whole invocation's wall time."""
     out_dir = os.fspath(out_dir)
     if not dist.is_main():  # under MPI, rank 0 alone prints and writes metrics
         echo, progress = (lambda *a, **k: None), "none"
+    called = Run.clock()
     run = Run.resume(cfg, out_dir, explicit, echo) if resume else Run.start(cfg, out_dir, overwrite, echo)
+    run.t_start = called - max(0.0, startup_s)
     cfg = run.cfg
     run.describe(resumed=resume)
     result = TrainResult("done", run.step_count, out_dir, run.ckpt_path)
@@ -923,7 +928,7 @@ class _SchedulePlan:
     --minutes). The measured steps are training steps: at the schedule's starting
     rate (exactly the schedule's where --warmup covers them)."""
 
-    SKIP, MEASURE, MARGIN = 10, 30, 0.03
+    SKIP, MEASURE, MARGIN = 20, 100, 0.03
 
     @staticmethod
     def needed(cfg):
