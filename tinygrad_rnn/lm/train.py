@@ -928,7 +928,7 @@ class _SchedulePlan:
     --minutes). The measured steps are training steps: at the schedule's starting
     rate (exactly the schedule's where --warmup covers them)."""
 
-    SKIP, MEASURE, MARGIN = 20, 100, 0.03
+    SKIP, MEASURE, MARGIN = 20, 100, 0.01
 
     @staticmethod
     def needed(cfg):
