@@ -407,13 +407,16 @@ def test_host_loops_match_the_python_loop(case, dt, threads):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"array {k}")
 
 
-def _threaded_layer_results(cls, dt, threads, T=9, B=29):
+def _threaded_layer_results(cls, dt, threads, T=9, B=29, lengths=None):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(rnnops, "HOST_THREADS", threads)
         tg.manual_seed(0)
         m = cls(7, 37, num_layers=2, bidirectional=True, dtype=dt)
         x = tg.randn(T, B, 7, dtype=dt, requires_grad=True)
-        out, _ = m(x)
+        if lengths is None:
+            out, _ = m(x)
+        else:
+            out = m(tg.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data
         (out * out).sum().backward()
         return [out.numpy(), x.grad.numpy()] + [p.grad.numpy() for p in m.parameters()]
 
@@ -428,6 +431,18 @@ def test_the_host_loops_results_do_not_depend_on_the_thread_count(cpu_kernels_on
     one = _threaded_layer_results(cls, dt, 1, B=B)
     for threads in (0, 2, 3, 7):
         for k, (a, b) in enumerate(zip(one, _threaded_layer_results(cls, dt, threads, B=B))):
+            assert np.array_equal(a, b), f"{threads} threads, array {k}"
+
+
+@needs_host_loops
+@pytest.mark.parametrize("cls", [tg.nn.LSTM, tg.nn.GRU, tg.nn.RNN])
+def test_the_packed_host_loops_results_do_not_depend_on_the_thread_count(cpu_kernels_on, cls):
+    # a packed batch's steps run every row count from 29 down to 1, so the GEMM's row blocks
+    # take every size (tg_pgemm evens them out) and the threads' row cuts fall anywhere
+    lengths = np.random.default_rng(3).permutation(np.arange(29) % 10)
+    one = _threaded_layer_results(cls, tg.float64, 1, lengths=lengths)
+    for threads in (0, 2, 3, 5):
+        for k, (a, b) in enumerate(zip(one, _threaded_layer_results(cls, tg.float64, threads, lengths=lengths))):
             assert np.array_equal(a, b), f"{threads} threads, array {k}"
 
 
@@ -504,10 +519,10 @@ def _lstm_loops(T=5, B=9, H=40, seed=0):
     rng = np.random.default_rng(seed)
     gx, w = rng.standard_normal((T, B, 4 * H)), rng.standard_normal((4 * H, H)) * 0.2  # W_hh
     hs, cs, act = np.zeros((T + 1, B, H)), np.zeros((T + 1, B, H)), np.empty((T, B, 4 * H))
-    ks["seq_fwd"](2, T, B, H, 0, 1, 0, 0, gx, w, None, np.empty((B, 4 * H)), hs, cs, act, None)
+    ks["seq_fwd"](2, T, B, H, 0, 1, 0, 0, gx, w, None, np.empty((B, 4 * H)), hs, cs, act, None, None)
     dh, dc, dgh = np.zeros((B, H)), np.zeros((B, H)), np.empty((T, B, 4 * H))
     ks["seq_bwd"](2, T, B, H, 0, 1, 0, 0, w, act, hs, cs, rng.standard_normal((T, B, H)),
-                  dh, dc, np.empty((B, H)), dgh, None, None)
+                  dh, dc, np.empty((B, H)), dgh, None, None, None)
     return hs, dh
 
 
@@ -573,15 +588,15 @@ def test_blas_keeps_its_own_threads_when_told(tmp_path):
 def test_host_function_argument_errors(cpu_kernels_on):
     loop = rnnops.device_kernels(CPU)["seq_fwd"]
     a = np.zeros((2, 3))
-    with pytest.raises(TypeError, match=r"host function rnn\.seq_fwd: takes 16 arguments, got 2"):
+    with pytest.raises(TypeError, match=r"host function rnn\.seq_fwd: takes 17 arguments, got 2"):
         loop(0, a)
-    args = [0, 1, 2, 3, 0, 1, 0, 0, a, a, None, a, a, None, None, None]
+    args = [0, 1, 2, 3, 0, 1, 0, 0, a, a, None, a, a, None, None, None, None]
     with pytest.raises(DTypeError, match=r"argument w_hh must be a row-major float64 NumPy array, got float32"):
         loop(*args[:9], a.astype(np.float32), *args[10:])
     with pytest.raises(DTypeError, match=r"argument gh must be a row-major float64"):
         loop(*args[:11], np.zeros((3, 2)).T, *args[12:])
     with pytest.raises(DTypeError, match=r"argument bs must be a contiguous int32 NumPy array, got int64"):
-        loop(*args[:15], np.zeros(2, dtype=np.int64))
+        loop(*args[:15], np.zeros(2, dtype=np.int64), None)
 
 
 @needs_cxx

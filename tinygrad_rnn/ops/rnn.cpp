@@ -84,7 +84,7 @@ static seq_split seq_plan(int threads, int B, int H) {
 // forward: gh <- h_p W_hh^T (zeros at the first step without h0), then the cell
 template <typename T>
 static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, const T* gx,
-                   const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act, const int* bs) {
+                   const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act, const int* bs, T* pk) {
   const seq_dims d(cell, B, H);
   const seq_steps st(bs, T_, B);
   const int gates = d.gates;
@@ -133,6 +133,9 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
           else rnn_tanh_fwd_impl<T>(gx_t + b * G + j0, ghr + b * G + j0, hq + b * H + j0, j1 - j0);
         }
       }
+      if (pk != nullptr)  // the output at its packed rows, while it is in cache (no gather after)
+        for (ptrdiff_t b = 0; b < mt; ++b)
+          std::memcpy(pk + (st.off[t] + r0 + b) * H + j0, hq + b * H + j0, sizeof(T) * (j1 - j0));
       if (bs != nullptr && reverse && t > 0) {
         // the rows whose sequences end at t - 1 start there (backwards) from their initial
         // state, kept in slot T: into slot t, where step t - 1 reads its previous state
@@ -154,7 +157,7 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
 template <typename T>
 static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, const T* w_hh,
                    const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch,
-                   T* dgh, T* dgx, const int* bs) {
+                   T* dgh, T* dgx, const int* bs, T* pk) {
   const seq_dims d(cell, B, H);
   const seq_steps st(bs, T_, B);
   const ptrdiff_t n = d.n, G = d.G, A = d.A;
@@ -182,6 +185,9 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
       const ptrdiff_t mt = st.active(t, r0, m);  // the rows not running keep their dh and dc
       const ptrdiff_t tr = st.off[t] + r0;  // this step's first row in (T, B, ...) or packed buffers
       const T* dout_t = d_out + tr * H;
+      if (pk != nullptr)  // the previous states at their packed rows, for dW_hh's one GEMM after
+        for (ptrdiff_t b = 0; b < mt; ++b)
+          std::memcpy(pk + (tr + b) * H + j0, hs + p * n + (r0 + b) * H + j0, sizeof(T) * (j1 - j0));
       for (ptrdiff_t b = 0; b < mt; ++b)
         for (ptrdiff_t j = j0; j < j1; ++j) dhr[b * H + j] += dout_t[b * H + j];
       T* dg_t = dgh + tr * G;

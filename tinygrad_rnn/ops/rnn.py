@@ -141,10 +141,10 @@ KERNELS = {
 # step costs there. Each cell's functions share one parameter list, unused pointers null.
 HOST = HostCode(resources.files(__package__) / "rnn.cpp", {
     "seq_fwd": "int cell, int T_, int B, int H, int reverse, int zero_h0, int relu, int threads, "
-               "const T* gx, const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act, const int* bs",
+               "const T* gx, const T* w_hh, const T* b_step, T* gh, T* hs, T* cs, T* act, const int* bs, T* pk",
     "seq_bwd": "int cell, int T_, int B, int H, int reverse, int need_dh0, int relu, int threads, "
                "const T* w_hh, const T* act, const T* hs, const T* cs, const T* d_out, T* dh, T* dc, T* scratch, "
-               "T* dgh, T* dgx, const int* bs",
+               "T* dgh, T* dgx, const int* bs, T* pk",
     # LSTMProjSequence's loops (an LSTM with projections; always packed steps)
     "proj_fwd": "int T_, int B, int H, int P, int reverse, int threads, const T* w_hh, const T* w_hr, T* gx, "
                 "T* gh, T* hs, T* cs, T* raw, const int* bs",
@@ -682,7 +682,7 @@ class _Sequence(Function):
         if loop is not None:  # the loop below, in C++
             loop(cls.host_cell, T, B, H, reverse, h0 is None, nonlinearity == "relu", HOST_THREADS,
                  dev.contiguous(gx), dev.contiguous(w_hh), b_step if cls.host_cell == 1 else None,
-                 xp.empty((B, G), dtype=dt), hs, cs, act, None)
+                 xp.empty((B, G), dtype=dt), hs, cs, act, None, None)
         else:
             zero_h0 = h0 is None
             _time_loop(ctx, ("fwd", cls.name, reverse, nonlinearity, zero_h0, None),
@@ -730,7 +730,7 @@ class _Sequence(Function):
         if loop is not None:  # the loop below, in C++
             swapped = loop(cls.host_cell, T, B, H, reverse, need[5], ctx.nonlinearity == "relu",
                            HOST_THREADS, dev.contiguous(w_hh), act, hs, cs, dev.contiguous(d_out),
-                           dh, dc, scratch, dgh, None if dgx is dgh else dgx, None)
+                           dh, dc, scratch, dgh, None if dgx is dgh else dgx, None, None)
             if swapped:
                 dc, scratch = scratch, dc
         else:
@@ -838,18 +838,20 @@ class _Sequence(Function):
         b_step = cls._step_bias(dev, b_hh, G, dt)
         ctx.nonlinearity, ctx.reverse = nonlinearity, reverse
         loop = _host_loop(dev, "seq_fwd", dt)
-        if T and loop is not None:  # the loop below, in C++
+        out = None
+        if T and loop is not None:  # the loop below, in C++, which also writes the packed output
+            out = xp.empty((N, H), dtype=dt)
             loop(cls.host_cell, T, B, H, reverse, h0 is None, nonlinearity == "relu", HOST_THREADS,
                  dev.contiguous(gx), dev.contiguous(w_hh), b_step if cls.host_cell == 1 else None,
-                 xp.empty((B, G), dtype=dt), hs, cs, act, steps.index(dev, "bs"))
+                 xp.empty((B, G), dtype=dt), hs, cs, act, steps.index(dev, "bs"), out)
         elif T:
             zero_h0 = h0 is None
             _time_loop(ctx, ("fwd", cls.name, reverse, nonlinearity, zero_h0, tuple(steps.bs)),
                        lambda *a: cls._packed_loop_forward(ctx, steps, *a, zero_h0),
                        (gx, w_hh, b_step, hs, cs, act), _forward_parts(first))
         ctx.save_for_backward(x if w_ih is not None else None, w_ih, w_hh, act, hs, cs)
-        rows = xp.reshape(hs, ((T + 1) * B, H))
-        out = xp.take(rows, steps.index(dev, "t" if reverse else "t1"), axis=0)
+        if out is None:
+            out = xp.take(xp.reshape(hs, ((T + 1) * B, H)), steps.index(dev, "t" if reverse else "t1"), axis=0)
         return (out,) + tuple(_packed_final(dev, steps, buf, reverse) for buf in ((hs, cs) if cls.has_cell else (hs,)))
 
     @classmethod
@@ -892,16 +894,19 @@ class _Sequence(Function):
         dc = dev.copy(d_cn) if cls.has_cell else None
         scratch = xp.empty((B, H), dtype=dt)
         loop = _host_loop(dev, "seq_bwd", dt)
-        if T and loop is not None:  # the loop below, in C++
+        h_prev = None
+        if T and loop is not None:  # the loop below, in C++, which also packs each step's previous states
+            h_prev = xp.empty((N, H), dtype=dt) if need[2] else None
             loop(cls.host_cell, T, B, H, reverse, need[5], ctx.nonlinearity == "relu", HOST_THREADS,
                  dev.contiguous(w_hh), act, hs, cs, dev.contiguous(d_out), dh, dc, scratch, dgh,
-                 None if dgx is dgh else dgx, steps.index(dev, "bs"))
+                 None if dgx is dgh else dgx, steps.index(dev, "bs"), h_prev)
         elif T:
             _time_loop(ctx, ("bwd", cls.name, reverse, ctx.nonlinearity, need[5], tuple(steps.bs)),
                        lambda *a: cls._packed_loop_backward(ctx, steps, *a),
                        (w_hh, act, hs, cs, d_out, dh, dc, scratch, dgh, dgx), _BACKWARD_PARTS)
         # the weight gradients of all timesteps: one GEMM each over the N packed rows
-        h_prev = xp.take(xp.reshape(hs, ((T + 1) * B, H)), steps.index(dev, "t1" if reverse else "t"), axis=0)
+        if h_prev is None and need[2]:
+            h_prev = xp.take(xp.reshape(hs, ((T + 1) * B, H)), steps.index(dev, "t1" if reverse else "t"), axis=0)
         dw_hh = xp.matmul(xp.permute_dims(dgh, (1, 0)), h_prev) if need[2] else None
         db_hh = _column_sums(xp, dgh) if need[4] else None
         if w_ih is None:
