@@ -351,7 +351,7 @@ static void tg_pack(ptrdiff_t K, ptrdiff_t N, const T* W, ptrdiff_t ldw, T* Wp, 
 // For fewer than 5 rows GCC folds W's loads into the FMAs, one 64-byte load per FMA, and the
 // block runs at half speed, load-bound (4 rows: as slow as 8); held in registers, each load
 // feeds 2R FMAs (measured on Zen 4: 4 rows 40 -> 21 us for a (256, 1024) W, 3 rows 32 -> 18).
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__AVX__)  // the vectors fit one register (32 bytes: AVX; 64: AVX-512)
 #define TG_IN_REGISTERS(a, b) __asm__("" : "+v"(a), "+v"(b))
 #else
 #define TG_IN_REGISTERS(a, b) ((void)0)
