@@ -67,6 +67,38 @@ struct seq_steps {
     return k == nt ? B : r;
   }
   int rows(int t) const { return bs == nullptr ? B : bs[t]; }
+  // Packed, split by rows on several threads: each step's running rows are split evenly anew
+  // (a barrier a step). With fixed rows (cut: each thread's rows' lengths even) one thread
+  // keeps up to a long row's steps more than the others and the last steps run on one
+  // thread: 5% of the loop's time at B=32, lengths 1..64, on 2 threads.
+  bool resplit(bool by_rows, int nt) const { return by_rows && bs != nullptr && nt > 1; }
+  // thread id's rows at step t: r0 .. r0 + mt - 1
+  void mine(int t, const seq_split& me, bool resplit_, int id, int nt, ptrdiff_t& r0, ptrdiff_t& mt) const {
+    if (resplit_) {
+      r0 = (ptrdiff_t)rows(t) * id / nt;
+      mt = (ptrdiff_t)rows(t) * (id + 1) / nt - r0;
+    } else if (me.by_rows && bs != nullptr) {
+      r0 = cut(id, nt);
+      mt = active(t, r0, cut(id + 1, nt) - r0);
+    } else {
+      r0 = me.r0;
+      mt = active(t, r0, me.r1 - me.r0);
+    }
+  }
+  // reverse, packed: thread id's share of the rows whose sequences end at step t - 1 (rows(t)
+  // .. rows(t - 1) - 1), which step t hands their initial states
+  void starting(int t, const seq_split& me, bool resplit_, int id, int nt, ptrdiff_t& lo, ptrdiff_t& hi) const {
+    const ptrdiff_t a = rows(t), b = rows(t - 1);
+    if (resplit_) {
+      lo = a + (b - a) * id / nt;
+      hi = a + (b - a) * (id + 1) / nt;
+      return;
+    }
+    ptrdiff_t r0, m;
+    if (me.by_rows) { r0 = cut(id, nt); m = cut(id + 1, nt) - r0; } else { r0 = me.r0; m = me.r1 - me.r0; }
+    lo = a > r0 ? a : r0;
+    hi = r0 + active(t - 1, r0, m);
+  }
   // of thread rows r0 .. r0 + m - 1, how many step t runs
   ptrdiff_t active(int t, ptrdiff_t r0, ptrdiff_t m) const {
     const ptrdiff_t a = rows(t) - r0;
@@ -100,18 +132,19 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
     }
     seq_split me = plan;
     me.at(id, nt, B, H, tg_pk<T>::L);
-    if (plan.by_rows && bs != nullptr) { me.r0 = st.cut(id, nt); me.r1 = st.cut(id + 1, nt); }
-    const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
+    const ptrdiff_t j0 = me.j0, j1 = me.j1;
+    const bool resplit = st.resplit(plan.by_rows, nt);
     tg_packed<T> own;  // by units: this thread's columns of W_hh^T
     if (!plan.by_rows) {
       for (int g = 0; g < gates; ++g) own.add(g * H + j0, j1 - j0);
       own.pack(H, w_hh, H, true);
     }
     const tg_packed<T>& W = plan.by_rows ? shared : own;
-    T* ghr = gh + r0 * G;
     for (int s = 0; s < T_; ++s) {
       TG_STEP(s);
-      const ptrdiff_t mt = st.active(t, r0, m);  // this step's rows of this thread's
+      ptrdiff_t r0, mt;  // this step's rows of this thread's: r0 .. r0 + mt - 1
+      st.mine(t, me, resplit, id, nt, r0, mt);
+      T* ghr = gh + r0 * G;
       const T* hp = hs + p * n + r0 * H;
       T* hq = hs + q * n + r0 * H;
       if (s == 0 && zero_h0) {
@@ -139,13 +172,15 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
       if (bs != nullptr && reverse && t > 0) {
         // the rows whose sequences end at t - 1 start there (backwards) from their initial
         // state, kept in slot T: into slot t, where step t - 1 reads its previous state
-        const ptrdiff_t lo = st.rows(t) > r0 ? st.rows(t) : r0, hi = r0 + st.active(t - 1, r0, m);
+        ptrdiff_t lo, hi;
+        st.starting(t, me, resplit, id, nt, lo, hi);
         for (ptrdiff_t b = lo; b < hi; ++b) {
           std::memcpy(hs + t * n + b * H + j0, hs + T_ * n + b * H + j0, sizeof(T) * (j1 - j0));
           if (cell == 2) std::memcpy(cs + t * n + b * H + j0, cs + T_ * n + b * H + j0, sizeof(T) * (j1 - j0));
         }
       }
-      if (!plan.by_rows && nt > 1) bar.wait();  // every unit's h_q, before the next GEMM reads it
+      // every unit's h_q (resplit: every row's), before the next GEMM reads it
+      if ((!plan.by_rows && nt > 1) || resplit) bar.wait();
     }
   };
   tg_parallel(plan.n, work);
@@ -172,17 +207,24 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
     }
     seq_split me = plan;
     me.at(id, nt, B, H, tg_pk<T>::L);
-    if (plan.by_rows && bs != nullptr) { me.r0 = st.cut(id, nt); me.r1 = st.cut(id + 1, nt); }
-    const ptrdiff_t r0 = me.r0, m = me.r1 - me.r0, j0 = me.j0, j1 = me.j1;
+    const ptrdiff_t j0 = me.j0, j1 = me.j1;
+    const bool resplit = st.resplit(plan.by_rows, nt);
     tg_packed<T> own;  // by units: this thread's columns of W_hh
     if (!plan.by_rows) { own.add(j0, j1 - j0); own.pack(G, w_hh, H); }
     const tg_packed<T>& W = plan.by_rows ? shared : own;
-    T* dhr = dh + r0 * H;
+    ptrdiff_t r0, mt;
+    st.mine(0, me, false, id, nt, r0, mt);
+    T* dhr = dh + r0 * H;  // fixed rows: dc and scratch trade places at every step (unpacked)
     T* dcr = dc == nullptr ? nullptr : dc + r0 * H;
     T* sr = scratch + r0 * H;
     for (int s = 0; s < T_; ++s) {
       TG_BACK(s);
-      const ptrdiff_t mt = st.active(t, r0, m);  // the rows not running keep their dh and dc
+      st.mine(t, me, resplit, id, nt, r0, mt);  // the rows not running keep their dh and dc
+      if (resplit) {
+        dhr = dh + r0 * H;
+        dcr = dc == nullptr ? nullptr : dc + r0 * H;
+        sr = scratch + r0 * H;
+      }
       const ptrdiff_t tr = st.off[t] + r0;  // this step's first row in (T, B, ...) or packed buffers
       const T* dout_t = d_out + tr * H;
       if (pk != nullptr)  // the previous states at their packed rows, for dW_hh's one GEMM after
@@ -214,6 +256,7 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
       if (cell == 1)
         for (ptrdiff_t b = 0; b < mt; ++b)
           for (ptrdiff_t j = j0; j < j1; ++j) dhr[b * H + j] += sr[b * H + j];
+      if (resplit) bar.wait();  // every row's dh and dc, before the next step's threads take theirs
     }
   };
   tg_parallel(plan.n, work);
