@@ -133,6 +133,44 @@ def test_packed_sequence_op_gradcheck(device, kind, reverse):
     assert tg.gradgradcheck(f, args, fast_mode=True)
 
 
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "proj"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_packed_sequence_op_in_the_batchs_order(device, kind, reverse):
+    """With an order (the batch came unsorted) the op takes h0/c0 and gives h_n/c_n in the
+    batch's original order: the same numbers as the sorted op with the states permuted by
+    hand, and its gradients (first and second) check out."""
+    lengths, order = [3, 2, 2, 0], [2, 0, 3, 1]  # sorted row r is the batch's row order[r]
+    sorted_steps, steps = rnnops.PackedSteps(lengths), rnnops.PackedSteps(lengths, order=order)
+    rng = np.random.default_rng(4)
+    P = 3
+    if kind == "proj":
+        op, G = rnnops.LSTMProjSequence, 4 * H
+        shapes = [(steps.N, I), (G, I), (G, P), (G,), (G,), (P, H), (4, P), (4, H)]
+    else:
+        op = {"RNN": rnnops.RNNSequence, "LSTM": rnnops.LSTMSequence, "GRU": rnnops.GRUSequence}[kind]
+        G = op.gates * H
+        shapes = [(steps.N, I), (G, I), (G, H), (G,), (G,), (4, H)] + ([(4, H)] if op.has_cell else [])
+    args = [f64(rng.standard_normal(s) * 0.5, device, True) for s in shapes]
+    n_states = 2 if kind in ("LSTM", "proj") else 1
+
+    def f(*a, steps=steps):
+        return op.apply(*a, *([None] if kind in ("RNN", "GRU") else []), reverse=reverse, steps=steps)
+
+    got = f(*args)
+    inv = np.argsort(order)
+    by_hand = f(*args[:-n_states], *[f64(s.numpy()[order], device) for s in args[-n_states:]], steps=sorted_steps)
+    np.testing.assert_allclose(got[0].numpy(), by_hand[0].numpy(), rtol=1e-12, atol=1e-14)
+    for a, b in zip(got[1:], by_hand[1:]):
+        np.testing.assert_allclose(a.numpy(), b.numpy()[inv], rtol=1e-12, atol=1e-14)
+    assert tg.gradcheck(f, args)
+    assert tg.gradgradcheck(f, args, fast_mode=True)
+
+
+def test_packed_steps_order_must_be_a_permutation():
+    with pytest.raises(ValueError, match=r"packed steps: order must be a permutation of the 3 rows, got \[0, 0, 2\]"):
+        rnnops.PackedSteps([2, 1, 1], order=[0, 0, 2])
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_packed_double_backward_against_composed(device, kind):
     """A gradient penalty through a packed bidirectional layer: the sequence op's second

@@ -224,12 +224,6 @@ class GRUCell(_Cell):
         return out if batched else out.squeeze(0)
 
 
-def _inverse(order):
-    inv = order.copy()
-    inv[order] = range(order.shape[0])
-    return inv
-
-
 # ----------------------------------------------------------------------------- layers
 IMPLS = ("sequence", "step", "composed")
 DROPOUT_MODES = ("elementwise", "locked")
@@ -559,8 +553,9 @@ class _RNNBase(Module):
                              f"{int(bs.sum())}")
         order = None if packed.sorted_indices is None else packed.host_sorted_indices()
         batch = packed.batch_size
-        steps = rnnops.PackedSteps(rnnops.lengths_of(bs.tolist(), batch))
-        states = self._packed_states(hx, batch, order)
+        # the states stay in the batch's order: the steps reorder them (order: the sorted rows')
+        steps = rnnops.PackedSteps(rnnops.lengths_of(bs.tolist(), batch), order)
+        states = self._packed_states(hx, batch)
         D = self.num_directions
         finals = [[] for _ in states]
         layer_in = data
@@ -572,7 +567,7 @@ class _RNNBase(Module):
                                                    d == 1, steps)
                 outs.append(out)
                 for f, s in zip(finals, last):
-                    f.append(s if order is None else _rows(s, _inverse(order)))
+                    f.append(s)
             layer_in = outs[0] if D == 1 else concat(outs, axis=1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_in = self._drop_between(layer_in, packed)
@@ -580,8 +575,8 @@ class _RNNBase(Module):
         output = PackedSequence(layer_in, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
         return output, (tuple(finals) if self.kind.has_cell else finals[0])
 
-    def _packed_states(self, hx, batch, order):
-        """The initial states as lists of L*D (B, H) tensors of the sorted rows (or None)."""
+    def _packed_states(self, hx, batch):
+        """The initial states as lists of L*D (B, H) tensors, in the batch's order (or None)."""
         name, w = type(self).__name__, self.weight_ih_l0
         what = ("h0", "c0") if self.kind.has_cell else ("h0",)
         if hx is None:
@@ -596,11 +591,12 @@ class _RNNBase(Module):
                 raise ShapeError(f"{name}: {label} must have shape {fmt_shape(want)} (num_layers * num_directions, "
                                  f"batch, {'proj_size' if label == 'h0' and self.proj_size else 'hidden_size'}) "
                                  f"for a packed batch of {batch}, got {fmt_shape(s.shape)}")
-            out.append([p if order is None else _rows(p, order) for p in s.unbind(0)])
+            out.append(list(s.unbind(0)))
         return out
 
     def _direction_packed(self, x, k, init, reverse, steps):
-        """One layer in one direction over packed x (N, I): (outputs (N, H) packed, [final states])."""
+        """One layer in one direction over packed x (N, I): (outputs (N, H) packed, [final states]),
+        the states in the batch's order (the sequence ops reorder them themselves)."""
         w_ih, w_hh, b_ih, b_hh = self._weights(k)
         kind, nl = self.kind, getattr(self, "nonlinearity", "tanh")
         h, c = init[0], (init[1] if kind.has_cell else None)
@@ -619,6 +615,9 @@ class _RNNBase(Module):
                                           steps=steps)
             return res[0], list(res[1:])
         B, H = steps.B, self.hidden_size
+        order = steps.order
+        if order is not None:  # the sorted rows' states
+            h, c = (None if s is None else _rows(s, order) for s in (h, c))
         step, bias, b_step = kind.composed, b_ih, b_hh
         if self._impl == "step":
             step = kind.cell
@@ -645,7 +644,13 @@ class _RNNBase(Module):
             if c is not None:
                 c = cn if m == B else concat([cn, c[m:]], axis=0)
         out = concat(outs, axis=0) if outs else self._zeros((0, self._h_size))
-        return out, ([h, c] if kind.has_cell else [h])
+        last = [h, c] if kind.has_cell else [h]
+        if order is None:
+            return out, last
+        inv = [0] * B
+        for r, i in enumerate(order):
+            inv[i] = r
+        return out, [_rows(s, inv) for s in last]
 
     def _zeros(self, shape):
         w = self.weight_ih_l0

@@ -543,12 +543,20 @@ class PackedSteps:
     """A packed batch's timesteps (nn.utils.rnn), made once per layer call from the sequences'
     lengths in decreasing order: step t runs the first bs[t] rows, whose packed rows start at
     off[t] (N in all). The sequence ops take it as `steps=`; the index arrays they gather
-    with are made on each device once, when first asked for."""
+    with are made on each device once, when first asked for.
 
-    def __init__(self, lengths):
+    `order`, where the batch came unsorted, is the sorted rows' original indices (a
+    PackedSequence's sorted_indices): the ops then take the initial states and give the final
+    states (and their gradients) in the batch's original order, reordering them with the
+    gathers they make anyway."""
+
+    def __init__(self, lengths, order=None):
         lengths = [int(n) for n in lengths]
         if any(n < 0 for n in lengths) or any(a < b for a, b in zip(lengths, lengths[1:])):
             raise ValueError(f"packed steps: lengths must be non-negative and in decreasing order, got {lengths}")
+        self.order = None if order is None else [int(i) for i in order]
+        if self.order is not None and sorted(self.order) != list(range(len(lengths))):
+            raise ValueError(f"packed steps: order must be a permutation of the {len(lengths)} rows, got {self.order}")
         self.lengths, self.B, self.T = tuple(lengths), len(lengths), (lengths[0] if lengths else 0)
         self.bs, k = [], self.B
         for t in range(self.T):
@@ -567,19 +575,25 @@ class PackedSteps:
     def index(self, dev, which):
         """On dev: "bs" (int32, for the C++ loops); the int64 rows of the (T + 1) * B state slots
         holding each packed row's step: "t" (slot t), "t1" (slot t + 1), "last" (each row's
-        slot after its last step: its length)."""
+        slot after its last step: its length; in the original order where there is one);
+        "order" and "inv" (int64: the order and its inverse, where there is one)."""
         key = (dev.name, which)
         a = self._index.get(key)
         if a is None:
             B = self.B
             if which == "bs":
                 a = dev.from_host(self.bs, backend.int32)
+            elif which in ("order", "inv", "last"):
+                inv = list(range(B))
+                for r, i in enumerate(self.order or ()):
+                    inv[i] = r
+                vals = {"order": self.order, "inv": inv, "last": [self.lengths[r] * B + r for r in inv]}[which]
+                a = dev.from_host(vals, backend.int64)
             else:
                 shift = 1 if which == "t1" else 0
                 # ranges, chained: the rows of a step are consecutive slots (a layer call makes these)
-                vals = [n * B + r for r, n in enumerate(self.lengths)] if which == "last" else \
-                    list(itertools.chain.from_iterable(range((t + shift) * B, (t + shift) * B + m)
-                                                       for t, m in enumerate(self.bs)))
+                vals = list(itertools.chain.from_iterable(range((t + shift) * B, (t + shift) * B + m)
+                                                          for t, m in enumerate(self.bs)))
                 a = dev.from_host(vals, backend.int64)
             self._index[key] = a
         return a
@@ -832,7 +846,7 @@ class _Sequence(Function):
         first = T if reverse else 0
         for buf, s in ((hs, h0), (cs, c0)):
             if buf is not None:
-                buf[first, ...] = 0 if s is None else s
+                buf[first, ...] = 0 if s is None else (s if steps.order is None else _sorted_rows(dev, steps, s))
         act = cls._act_buffer(xp, gx, gx is not x, 1, N, H)
         act = None if act is None else xp.reshape(act, (N, act.shape[-1]))
         b_step = cls._step_bias(dev, b_hh, G, dt)
@@ -890,8 +904,8 @@ class _Sequence(Function):
         dt = hs.dtype
         dgh, dgx = cls._dgate_buffers(xp, 1, N, G, dt)
         dgh, dgx = (xp.reshape(dgh, (N, G)),) * 2 if dgx is dgh else (xp.reshape(dgh, (N, G)), xp.reshape(dgx, (N, G)))
-        dh = dev.copy(d_hn)
-        dc = dev.copy(d_cn) if cls.has_cell else None
+        dh = _sorted_rows(dev, steps, d_hn)
+        dc = _sorted_rows(dev, steps, d_cn) if cls.has_cell else None
         scratch = xp.empty((B, H), dtype=dt)
         loop = _host_loop(dev, "seq_bwd", dt)
         h_prev = None
@@ -915,7 +929,9 @@ class _Sequence(Function):
             dx = xp.matmul(dgx, w_ih) if need[0] else None
             dw_ih = xp.matmul(xp.permute_dims(dgx, (1, 0)), x) if need[1] else None
         db_ih = cls._input_bias_grad(dev, dgx, dgx is dgh, db_hh, H) if need[3] else None
-        return dx, dw_ih, dw_hh, db_ih, db_hh, (dh if need[5] else None), (dc if need[6] else None)
+        dh0 = _original_order(dev, steps, dh) if need[5] else None
+        dc0 = _original_order(dev, steps, dc) if need[6] else None
+        return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0
 
     @classmethod
     def _packed_loop_backward(cls, ctx, steps, w_hh, act, hs, cs, d_out, dh, dc, scratch, dgh, dgx):
@@ -952,8 +968,8 @@ class _Sequence(Function):
         gx = x if w_ih is None else x @ w_ih.T
         if b_ih is not None:
             gx = gx + b_ih
-        h = h0 if h0 is not None else xp.zeros((B, H), dtype=x.dtype)
-        c = (c0 if c0 is not None else xp.zeros((B, H), dtype=x.dtype)) if cls.has_cell else None
+        h = _composed_sorted(ctx, h0) if h0 is not None else xp.zeros((B, H), dtype=x.dtype)
+        c = (_composed_sorted(ctx, c0) if c0 is not None else xp.zeros((B, H), dtype=x.dtype)) if cls.has_cell else None
         outs = [None] * T
         w_t = w_hh.T
         for t in (range(T - 1, -1, -1) if ctx.reverse else range(T)):
@@ -973,7 +989,7 @@ class _Sequence(Function):
             outs[t] = hn
             h = hn if m == B else xp.concat([hn, h[m:]], axis=0)
         out = xp.concat(outs, axis=0) if T else xp.zeros((0, H), dtype=x.dtype)
-        return (out, h) + ((c,) if cls.has_cell else ())
+        return (out, _composed_original(ctx, h)) + ((_composed_original(ctx, c),) if cls.has_cell else ())
 
     # per-kind parts
     @staticmethod
@@ -1139,8 +1155,8 @@ class LSTMProjSequence(Function):
         hs, cs = xp.empty((T + 1, B, P), dtype=x.dtype), xp.empty((T + 1, B, H), dtype=x.dtype)
         raw = xp.empty((N, H), dtype=x.dtype)  # o tanh(c), before the projection
         first = T if reverse else 0
-        hs[first, ...] = 0 if h0 is None else h0
-        cs[first, ...] = 0 if c0 is None else c0
+        hs[first, ...] = 0 if h0 is None else (h0 if steps.order is None else _sorted_rows(dev, steps, h0))
+        cs[first, ...] = 0 if c0 is None else (c0 if steps.order is None else _sorted_rows(dev, steps, c0))
         loop = _host_loop(dev, "proj_fwd", x.dtype)
         if T and loop is not None:  # the loop below, in C++
             loop(T, B, H, P, reverse, HOST_THREADS, dev.contiguous(w_hh), dev.contiguous(w_hr), gx,
@@ -1167,7 +1183,7 @@ class LSTMProjSequence(Function):
         H = G // 4
         if ctx.shape is not None:
             d_out = xp.reshape(d_out, (N, P))
-        dh, dc = dev.copy(d_hn), dev.copy(d_cn)
+        dh, dc = _sorted_rows(dev, steps, d_hn), _sorted_rows(dev, steps, d_cn)
         dhs = xp.empty((N, P), dtype=hs.dtype)  # every step's dh, for dW_hr
         draw, scratch = xp.empty((B, H), dtype=hs.dtype), xp.empty((B, H), dtype=hs.dtype)
         dg = xp.empty((N, G), dtype=hs.dtype)
@@ -1192,7 +1208,8 @@ class LSTMProjSequence(Function):
         dw_ih = xp.matmul(xp.permute_dims(dg, tr), x) if need[1] else None
         dw_hr = xp.matmul(xp.permute_dims(dhs, tr), raw) if need[5] else None
         return (dx, dw_ih, dw_hh, db if need[3] else None, (dev.copy(db) if need[3] else db) if need[4] else None,
-                dw_hr, dh if need[6] else None, dc if need[7] else None)
+                dw_hr, _original_order(dev, steps, dh) if need[6] else None,
+                _original_order(dev, steps, dc) if need[7] else None)
 
     @staticmethod
     def _loop_forward(ctx, gx, w_hh, w_hr, hs, cs, raw):
@@ -1244,8 +1261,8 @@ class LSTMProjSequence(Function):
         gx = x @ w_ih.T
         if b_ih is not None:
             gx = gx + (b_ih + b_hh)
-        h = h0 if h0 is not None else xp.zeros((B, P), dtype=x.dtype)
-        c = c0 if c0 is not None else xp.zeros((B, H), dtype=x.dtype)
+        h = _composed_sorted(ctx, h0) if h0 is not None else xp.zeros((B, P), dtype=x.dtype)
+        c = _composed_sorted(ctx, c0) if c0 is not None else xp.zeros((B, H), dtype=x.dtype)
         outs = [None] * T
         for t in (range(T - 1, -1, -1) if ctx.reverse else range(T)):
             m, o = steps.bs[t], steps.off[t]
@@ -1257,12 +1274,13 @@ class LSTMProjSequence(Function):
         out = xp.concat(outs, axis=0) if T else xp.zeros((0, P), dtype=x.dtype)
         if ctx.shape is not None:
             out = out.reshape(ctx.shape[0], B, P)
-        return out, h, c
+        return out, _composed_original(ctx, h), _composed_original(ctx, c)
 
 
 def _packed_final(dev, steps, buf, reverse):
     """Each row's state after its own last step (reverse: its first; length 0: its initial
-    state, which a reverse direction keeps in slot T), from the (T + 1, B, n) slots."""
+    state, which a reverse direction keeps in slot T), from the (T + 1, B, n) slots; in the
+    batch's original order where steps has one."""
     xp, T, B = dev.xp, steps.T, steps.B
     if not reverse:
         return xp.take(xp.reshape(buf, ((T + 1) * B, buf.shape[2])), steps.index(dev, "last"), axis=0)
@@ -1270,4 +1288,31 @@ def _packed_final(dev, steps, buf, reverse):
     k = steps.bs[0] if T else 0
     if k < B:
         f[k:, ...] = buf[T, k:, ...]
-    return f
+    return _original_order(dev, steps, f)
+
+
+def _composed_sorted(ctx, s):
+    """_sorted_rows on Tensors (the composed forms, for create_graph)."""
+    steps = ctx.steps
+    return s if steps.order is None else ctx.xp.take(s, steps.index(ctx.device, "order"), axis=0)
+
+
+def _composed_original(ctx, s):
+    """_original_order on Tensors."""
+    steps = ctx.steps
+    return s if steps.order is None else ctx.xp.take(s, steps.index(ctx.device, "inv"), axis=0)
+
+
+def _sorted_rows(dev, steps, s):
+    """A state (B, n) given in the batch's original order (an initial state, a final state's
+    gradient) in the sorted rows' order, as a new array."""
+    if steps.order is None:
+        return dev.copy(s)
+    return dev.xp.take(s, steps.index(dev, "order"), axis=0)
+
+
+def _original_order(dev, steps, s):
+    """A state (B, n) of the sorted rows in the batch's original order (s itself if unsorted)."""
+    if steps.order is None:
+        return s
+    return dev.xp.take(s, steps.index(dev, "inv"), axis=0)

@@ -162,8 +162,9 @@ def _rows(x, index):
     """x's rows (along its first axis) at the host index array `index` (any shape): one gather,
     differentiable (twice too). x (N, *) -> index.shape + (*)."""
     rest = tuple(x.shape[1:])
+    index = np.asarray(index, dtype=np.int64)
     flat = x.reshape(x.shape[0], int(np.prod(rest, dtype=np.int64)))
-    idx = x.device.from_host(np.ascontiguousarray(index, dtype=np.int64), B.int64)
+    idx = x.device.from_host(np.ascontiguousarray(index), B.int64)
     out = nnops.Embedding.apply(idx, flat)
     return out.reshape(tuple(index.shape) + rest)
 
