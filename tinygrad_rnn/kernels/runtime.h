@@ -470,20 +470,4 @@ template <typename T> struct tg_packed {
   void gemm(ptrdiff_t M, const T* A, T* C, ptrdiff_t ldc) const {
     for (size_t s = 0; s < off.size(); ++s) tg_pgemm<T>(M, width[s], K, A, wp + at[s], C + off[s], ldc);
   }
-  // thread id of nt's share of the columns of a one-segment W, whole panels: c0 .. c1 - 1
-  void share(int id, int nt, ptrdiff_t& c0, ptrdiff_t& c1) const {
-    const int NR = tg_pk<T>::NR;
-    const ptrdiff_t N = width.empty() ? 0 : width[0], P = (N + NR - 1) / NR;
-    c0 = P * id / nt * NR;
-    c1 = P * (id + 1) / nt * NR;
-    if (c0 > N) c0 = N;
-    if (c1 > N) c1 = N;
-  }
-  // C[:, c0 .. c1 - 1] <- A W[:, c0 .. c1 - 1] for share(id, nt)'s columns
-  void gemm_share(ptrdiff_t M, const T* A, T* C, ptrdiff_t ldc, int id, int nt) const {
-    ptrdiff_t c0, c1;
-    share(id, nt, c0, c1);
-    if (c1 > c0 && M > 0)
-      tg_pgemm<T>(M, c1 - c0, K, A, wp + at[0] + c0 / tg_pk<T>::NR * K * tg_pk<T>::NR, C + off[0] + c0, ldc);
-  }
 };

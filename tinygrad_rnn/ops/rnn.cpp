@@ -67,13 +67,10 @@ struct seq_steps {
     return k == nt ? B : r;
   }
   int rows(int t) const { return bs == nullptr ? B : bs[t]; }
-  // Packed, split by rows on several threads: at each step every thread runs its share of the
-  // columns (whole panels of the packed W) of the GEMM of all the running rows, then the cells
-  // of its share of those rows (a barrier after each). With fixed rows (cut: each thread's
-  // rows' lengths even) one thread kept up to a long row's steps more than the others and
-  // the last steps ran on one thread (5% of the loop's time at B=32, lengths 1..64, on 2
-  // threads); rows split anew at each step left an odd row to one thread, and the steps of
-  // one or two rows streamed all of W per thread for a row or two.
+  // Packed, split by rows on several threads: each step's running rows are split evenly anew
+  // (a barrier a step). With fixed rows (cut: each thread's rows' lengths even) one thread
+  // keeps up to a long row's steps more than the others and the last steps run on one
+  // thread: 5% of the loop's time at B=32, lengths 1..64, on 2 threads.
   bool resplit(bool by_rows, int nt) const { return by_rows && bs != nullptr && nt > 1; }
   // thread id's rows at step t: r0 .. r0 + mt - 1
   void mine(int t, const seq_split& me, bool resplit_, int id, int nt, ptrdiff_t& r0, ptrdiff_t& mt) const {
@@ -150,16 +147,7 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
       T* ghr = gh + r0 * G;
       const T* hp = hs + p * n + r0 * H;
       T* hq = hs + q * n + r0 * H;
-      if (resplit) {  // this thread's columns of every running row's GEMM, then the cells by rows
-        ptrdiff_t c0, c1;
-        W.share(id, nt, c0, c1);
-        if (s == 0 && zero_h0) {
-          for (ptrdiff_t b = 0; b < st.rows(t); ++b) std::memset(gh + b * G + c0, 0, sizeof(T) * (c1 - c0));
-        } else {
-          W.gemm_share(st.rows(t), hs + p * n, gh, G, id, nt);
-        }
-        bar.wait();  // every column of the running rows' gh, before their cells read them
-      } else if (s == 0 && zero_h0) {
+      if (s == 0 && zero_h0) {
         for (ptrdiff_t b = 0; b < mt; ++b)
           for (int g = 0; g < gates; ++g) std::memset(ghr + b * G + g * H + j0, 0, sizeof(T) * (j1 - j0));
       } else if (mt > 0) {
@@ -263,23 +251,12 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
         }
       }
       if (s == T_ - 1 && !need_dh0) break;
-      if (resplit) {  // this thread's columns of every running row's GEMM
-        bar.wait();  // every running row's d gates (and dh z), before the GEMM reads them
-        const ptrdiff_t m_all = st.rows(t);
-        ptrdiff_t c0, c1;
-        W.share(id, nt, c0, c1);
-        W.gemm_share(m_all, dgh + st.off[t] * G, dh, H, id, nt);
-        if (cell == 1)
-          for (ptrdiff_t b = 0; b < m_all; ++b)
-            for (ptrdiff_t j = c0; j < c1; ++j) dh[b * H + j] += scratch[b * H + j];
-        bar.wait();  // every column of dh, before the next step's cells read their rows
-        continue;
-      }
       if (!plan.by_rows && nt > 1) bar.wait();  // every unit's d gates, before the GEMM reads them
       if (mt > 0) W.gemm(mt, dg_t, dhr, H);
       if (cell == 1)
         for (ptrdiff_t b = 0; b < mt; ++b)
           for (ptrdiff_t j = j0; j < j1; ++j) dhr[b * H + j] += sr[b * H + j];
+      if (resplit) bar.wait();  // every row's dh and dc, before the next step's threads take theirs
     }
   };
   tg_parallel(plan.n, work);
