@@ -645,12 +645,7 @@ class _RNNBase(Module):
                 c = cn if m == B else concat([cn, c[m:]], axis=0)
         out = concat(outs, axis=0) if outs else self._zeros((0, self._h_size))
         last = [h, c] if kind.has_cell else [h]
-        if order is None:
-            return out, last
-        inv = [0] * B
-        for r, i in enumerate(order):
-            inv[i] = r
-        return out, [_rows(s, inv) for s in last]
+        return out, (last if order is None else [_rows(s, steps.inverse) for s in last])
 
     def _zeros(self, shape):
         w = self.weight_ih_l0

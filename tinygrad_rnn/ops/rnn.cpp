@@ -59,8 +59,9 @@ struct seq_steps {
       }
     }
   }
-  // split by rows, packed: thread k's first row, so that each thread runs as many row-steps
-  // (its rows' lengths added up) as the others, not as many rows
+  // LSTMProjSequence's loops, split by rows: thread k's first row, so that each thread runs as
+  // many row-steps (its rows' lengths added up) as the others, not as many rows (seq_fwd and
+  // seq_bwd split a packed batch's rows anew at every step instead: resplit)
   ptrdiff_t cut(int k, int nt) const {
     ptrdiff_t r = 0;
     while (r < B && work[r] * nt < work[B] * k) ++r;
@@ -72,14 +73,11 @@ struct seq_steps {
   // keeps up to a long row's steps more than the others and the last steps run on one
   // thread: 5% of the loop's time at B=32, lengths 1..64, on 2 threads.
   bool resplit(bool by_rows, int nt) const { return by_rows && bs != nullptr && nt > 1; }
-  // thread id's rows at step t: r0 .. r0 + mt - 1
+  // thread id's rows at step t: r0 .. r0 + mt - 1 (without resplit: those of me's rows)
   void mine(int t, const seq_split& me, bool resplit_, int id, int nt, ptrdiff_t& r0, ptrdiff_t& mt) const {
     if (resplit_) {
       r0 = (ptrdiff_t)rows(t) * id / nt;
       mt = (ptrdiff_t)rows(t) * (id + 1) / nt - r0;
-    } else if (me.by_rows && bs != nullptr) {
-      r0 = cut(id, nt);
-      mt = active(t, r0, cut(id + 1, nt) - r0);
     } else {
       r0 = me.r0;
       mt = active(t, r0, me.r1 - me.r0);
@@ -94,10 +92,8 @@ struct seq_steps {
       hi = a + (b - a) * (id + 1) / nt;
       return;
     }
-    ptrdiff_t r0, m;
-    if (me.by_rows) { r0 = cut(id, nt); m = cut(id + 1, nt) - r0; } else { r0 = me.r0; m = me.r1 - me.r0; }
-    lo = a > r0 ? a : r0;
-    hi = r0 + active(t - 1, r0, m);
+    lo = a > me.r0 ? a : me.r0;
+    hi = me.r0 + active(t - 1, me.r0, me.r1 - me.r0);
   }
   // of thread rows r0 .. r0 + m - 1, how many step t runs
   ptrdiff_t active(int t, ptrdiff_t r0, ptrdiff_t m) const {
@@ -212,8 +208,7 @@ static int seq_bwd(int cell, int T_, int B, int H, int reverse, int need_dh0, in
     tg_packed<T> own;  // by units: this thread's columns of W_hh
     if (!plan.by_rows) { own.add(j0, j1 - j0); own.pack(G, w_hh, H); }
     const tg_packed<T>& W = plan.by_rows ? shared : own;
-    ptrdiff_t r0, mt;
-    st.mine(0, me, false, id, nt, r0, mt);
+    ptrdiff_t r0 = me.r0, mt;
     T* dhr = dh + r0 * H;  // fixed rows: dc and scratch trade places at every step (unpacked)
     T* dcr = dc == nullptr ? nullptr : dc + r0 * H;
     T* sr = scratch + r0 * H;

@@ -554,9 +554,15 @@ class PackedSteps:
         lengths = [int(n) for n in lengths]
         if any(n < 0 for n in lengths) or any(a < b for a, b in zip(lengths, lengths[1:])):
             raise ValueError(f"packed steps: lengths must be non-negative and in decreasing order, got {lengths}")
-        self.order = None if order is None else [int(i) for i in order]
-        if self.order is not None and sorted(self.order) != list(range(len(lengths))):
-            raise ValueError(f"packed steps: order must be a permutation of the {len(lengths)} rows, got {self.order}")
+        self.order = self.inverse = None  # inverse[i]: the sorted row of the batch's row i
+        if order is not None:
+            self.order = [int(i) for i in order]
+            if sorted(self.order) != list(range(len(lengths))):
+                raise ValueError(f"packed steps: order must be a permutation of the {len(lengths)} rows, "
+                                 f"got {self.order}")
+            self.inverse = [0] * len(lengths)
+            for r, i in enumerate(self.order):
+                self.inverse[i] = r
         self.lengths, self.B, self.T = tuple(lengths), len(lengths), (lengths[0] if lengths else 0)
         self.bs, k = [], self.B
         for t in range(self.T):
@@ -583,12 +589,11 @@ class PackedSteps:
             B = self.B
             if which == "bs":
                 a = dev.from_host(self.bs, backend.int32)
-            elif which in ("order", "inv", "last"):
-                inv = list(range(B))
-                for r, i in enumerate(self.order or ()):
-                    inv[i] = r
-                vals = {"order": self.order, "inv": inv, "last": [self.lengths[r] * B + r for r in inv]}[which]
-                a = dev.from_host(vals, backend.int64)
+            elif which in ("order", "inv"):
+                a = dev.from_host(self.order if which == "order" else self.inverse, backend.int64)
+            elif which == "last":
+                rows = range(B) if self.inverse is None else self.inverse
+                a = dev.from_host([self.lengths[r] * B + r for r in rows], backend.int64)
             else:
                 shift = 1 if which == "t1" else 0
                 # ranges, chained: the rows of a step are consecutive slots (a layer call makes these)
@@ -846,7 +851,7 @@ class _Sequence(Function):
         first = T if reverse else 0
         for buf, s in ((hs, h0), (cs, c0)):
             if buf is not None:
-                buf[first, ...] = 0 if s is None else (s if steps.order is None else _sorted_rows(dev, steps, s))
+                buf[first, ...] = 0 if s is None else _reorder(xp, dev, steps, s, "order")
         act = cls._act_buffer(xp, gx, gx is not x, 1, N, H)
         act = None if act is None else xp.reshape(act, (N, act.shape[-1]))
         b_step = cls._step_bias(dev, b_hh, G, dt)
@@ -929,8 +934,8 @@ class _Sequence(Function):
             dx = xp.matmul(dgx, w_ih) if need[0] else None
             dw_ih = xp.matmul(xp.permute_dims(dgx, (1, 0)), x) if need[1] else None
         db_ih = cls._input_bias_grad(dev, dgx, dgx is dgh, db_hh, H) if need[3] else None
-        dh0 = _original_order(dev, steps, dh) if need[5] else None
-        dc0 = _original_order(dev, steps, dc) if need[6] else None
+        dh0 = _reorder(xp, dev, steps, dh, "inv") if need[5] else None
+        dc0 = _reorder(xp, dev, steps, dc, "inv") if need[6] else None
         return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0
 
     @classmethod
@@ -968,8 +973,8 @@ class _Sequence(Function):
         gx = x if w_ih is None else x @ w_ih.T
         if b_ih is not None:
             gx = gx + b_ih
-        h = _composed_sorted(ctx, h0) if h0 is not None else xp.zeros((B, H), dtype=x.dtype)
-        c = (_composed_sorted(ctx, c0) if c0 is not None else xp.zeros((B, H), dtype=x.dtype)) if cls.has_cell else None
+        h = _reorder(xp, ctx.device, steps, h0, "order") if h0 is not None else xp.zeros((B, H), dtype=x.dtype)
+        c = (_reorder(xp, ctx.device, steps, c0, "order") if c0 is not None else xp.zeros((B, H), dtype=x.dtype)) if cls.has_cell else None
         outs = [None] * T
         w_t = w_hh.T
         for t in (range(T - 1, -1, -1) if ctx.reverse else range(T)):
@@ -989,7 +994,7 @@ class _Sequence(Function):
             outs[t] = hn
             h = hn if m == B else xp.concat([hn, h[m:]], axis=0)
         out = xp.concat(outs, axis=0) if T else xp.zeros((0, H), dtype=x.dtype)
-        return (out, _composed_original(ctx, h)) + ((_composed_original(ctx, c),) if cls.has_cell else ())
+        return (out, _reorder(xp, ctx.device, steps, h, "inv")) + ((_reorder(xp, ctx.device, steps, c, "inv"),) if cls.has_cell else ())
 
     # per-kind parts
     @staticmethod
@@ -1155,8 +1160,8 @@ class LSTMProjSequence(Function):
         hs, cs = xp.empty((T + 1, B, P), dtype=x.dtype), xp.empty((T + 1, B, H), dtype=x.dtype)
         raw = xp.empty((N, H), dtype=x.dtype)  # o tanh(c), before the projection
         first = T if reverse else 0
-        hs[first, ...] = 0 if h0 is None else (h0 if steps.order is None else _sorted_rows(dev, steps, h0))
-        cs[first, ...] = 0 if c0 is None else (c0 if steps.order is None else _sorted_rows(dev, steps, c0))
+        hs[first, ...] = 0 if h0 is None else _reorder(xp, dev, steps, h0, "order")
+        cs[first, ...] = 0 if c0 is None else _reorder(xp, dev, steps, c0, "order")
         loop = _host_loop(dev, "proj_fwd", x.dtype)
         if T and loop is not None:  # the loop below, in C++
             loop(T, B, H, P, reverse, HOST_THREADS, dev.contiguous(w_hh), dev.contiguous(w_hr), gx,
@@ -1208,8 +1213,8 @@ class LSTMProjSequence(Function):
         dw_ih = xp.matmul(xp.permute_dims(dg, tr), x) if need[1] else None
         dw_hr = xp.matmul(xp.permute_dims(dhs, tr), raw) if need[5] else None
         return (dx, dw_ih, dw_hh, db if need[3] else None, (dev.copy(db) if need[3] else db) if need[4] else None,
-                dw_hr, _original_order(dev, steps, dh) if need[6] else None,
-                _original_order(dev, steps, dc) if need[7] else None)
+                dw_hr, _reorder(xp, dev, steps, dh, "inv") if need[6] else None,
+                _reorder(xp, dev, steps, dc, "inv") if need[7] else None)
 
     @staticmethod
     def _loop_forward(ctx, gx, w_hh, w_hr, hs, cs, raw):
@@ -1261,8 +1266,8 @@ class LSTMProjSequence(Function):
         gx = x @ w_ih.T
         if b_ih is not None:
             gx = gx + (b_ih + b_hh)
-        h = _composed_sorted(ctx, h0) if h0 is not None else xp.zeros((B, P), dtype=x.dtype)
-        c = _composed_sorted(ctx, c0) if c0 is not None else xp.zeros((B, H), dtype=x.dtype)
+        h = _reorder(xp, ctx.device, steps, h0, "order") if h0 is not None else xp.zeros((B, P), dtype=x.dtype)
+        c = _reorder(xp, ctx.device, steps, c0, "order") if c0 is not None else xp.zeros((B, H), dtype=x.dtype)
         outs = [None] * T
         for t in (range(T - 1, -1, -1) if ctx.reverse else range(T)):
             m, o = steps.bs[t], steps.off[t]
@@ -1274,7 +1279,7 @@ class LSTMProjSequence(Function):
         out = xp.concat(outs, axis=0) if T else xp.zeros((0, P), dtype=x.dtype)
         if ctx.shape is not None:
             out = out.reshape(ctx.shape[0], B, P)
-        return out, _composed_original(ctx, h), _composed_original(ctx, c)
+        return out, _reorder(xp, ctx.device, steps, h, "inv"), _reorder(xp, ctx.device, steps, c, "inv")
 
 
 def _packed_final(dev, steps, buf, reverse):
@@ -1288,31 +1293,17 @@ def _packed_final(dev, steps, buf, reverse):
     k = steps.bs[0] if T else 0
     if k < B:
         f[k:, ...] = buf[T, k:, ...]
-    return _original_order(dev, steps, f)
+    return _reorder(xp, dev, steps, f, "inv")
 
 
-def _composed_sorted(ctx, s):
-    """_sorted_rows on Tensors (the composed forms, for create_graph)."""
-    steps = ctx.steps
-    return s if steps.order is None else ctx.xp.take(s, steps.index(ctx.device, "order"), axis=0)
-
-
-def _composed_original(ctx, s):
-    """_original_order on Tensors."""
-    steps = ctx.steps
-    return s if steps.order is None else ctx.xp.take(s, steps.index(ctx.device, "inv"), axis=0)
+def _reorder(xp, dev, steps, s, which):
+    """A state (B, n) with its rows taken by steps.index(dev, which): "order" from the batch's
+    order to the sorted rows' (an initial state, a final state's gradient), "inv" back; s
+    itself where the batch came sorted. xp is s's namespace (Tensors in the composed forms)."""
+    return s if steps.order is None else xp.take(s, steps.index(dev, which), axis=0)
 
 
 def _sorted_rows(dev, steps, s):
-    """A state (B, n) given in the batch's original order (an initial state, a final state's
-    gradient) in the sorted rows' order, as a new array."""
-    if steps.order is None:
-        return dev.copy(s)
-    return dev.xp.take(s, steps.index(dev, "order"), axis=0)
-
-
-def _original_order(dev, steps, s):
-    """A state (B, n) of the sorted rows in the batch's original order (s itself if unsorted)."""
-    if steps.order is None:
-        return s
-    return dev.xp.take(s, steps.index(dev, "inv"), axis=0)
+    """A final state's gradient (B, n), given in the batch's order, in the sorted rows' order as
+    a new array (the backward loops write into it)."""
+    return dev.copy(s) if steps.order is None else _reorder(dev.xp, dev, steps, s, "order")
