@@ -413,12 +413,15 @@ def _threaded_layer_results(cls, dt, threads, T=9, B=29, lengths=None):
         tg.manual_seed(0)
         m = cls(7, 37, num_layers=2, bidirectional=True, dtype=dt)
         x = tg.randn(T, B, 7, dtype=dt, requires_grad=True)
+        states = []
         if lengths is None:
             out, _ = m(x)
-        else:
-            out = m(tg.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data
+        else:  # with initial states: each thread's rows take theirs (reverse: at their own last step)
+            states = [tg.randn(4, B, 37, dtype=dt, requires_grad=True) for _ in range(2 if cls is tg.nn.LSTM else 1)]
+            packed = tg.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+            out = m(packed, tuple(states) if len(states) == 2 else states[0])[0].data
         (out * out).sum().backward()
-        return [out.numpy(), x.grad.numpy()] + [p.grad.numpy() for p in m.parameters()]
+        return [out.numpy(), x.grad.numpy()] + [p.grad.numpy() for p in list(m.parameters()) + states]
 
 
 @needs_host_loops
@@ -438,7 +441,8 @@ def test_the_host_loops_results_do_not_depend_on_the_thread_count(cpu_kernels_on
 @pytest.mark.parametrize("cls", [tg.nn.LSTM, tg.nn.GRU, tg.nn.RNN])
 def test_the_packed_host_loops_results_do_not_depend_on_the_thread_count(cpu_kernels_on, cls):
     # a packed batch's steps run every row count from 29 down to 1, so the GEMM's row blocks
-    # take every size (tg_pgemm evens them out) and the threads' row cuts fall anywhere
+    # take every size (tg_pgemm evens them out), and each thread's rows (runs of them, dealt
+    # longest first) run out at different steps; rows of length 0 never run
     lengths = np.random.default_rng(3).permutation(np.arange(29) % 10)
     one = _threaded_layer_results(cls, tg.float64, 1, lengths=lengths)
     for threads in (0, 2, 3, 5):

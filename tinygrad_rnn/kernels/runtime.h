@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -356,13 +357,16 @@ static void tg_pack(ptrdiff_t K, ptrdiff_t N, const T* W, ptrdiff_t ldw, T* Wp, 
 #else
 #define TG_IN_REGISTERS(a, b) ((void)0)
 #endif
+// A and C are row pointers (a[r], out[r] + o), so that a caller's rows need not be adjacent (a
+// thread's rows of a packed batch); the compiler keeps R of them in registers either way.
 template <typename T, int R>
-static inline void tg_pblock(ptrdiff_t K, const T* a, const T* wp, T* out, ptrdiff_t ldo, int cols) {
+static inline void tg_pblock(ptrdiff_t K, const T* const* a, const T* wp, T* const* out, ptrdiff_t o, int cols) {
   typedef typename tg_pk<T>::vec vec;
   const int L = tg_pk<T>::L;
+  const T* ar[R];
   vec c0[R], c1[R];  // indexed by constants only (loops unrolled), so they stay in registers
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) c0[r] = c1[r] = vec{};
+  for (int r = 0; r < R; ++r) { ar[r] = a[r]; c0[r] = c1[r] = vec{}; }
   for (ptrdiff_t k = 0; k < K; ++k) {
     vec w0, w1;
     std::memcpy(&w0, wp + k * 2 * L, sizeof w0);
@@ -370,45 +374,47 @@ static inline void tg_pblock(ptrdiff_t K, const T* a, const T* wp, T* out, ptrdi
     TG_IN_REGISTERS(w0, w1);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const T av = a[r * K + k];
+      const T av = ar[r][k];
       c0[r] += w0 * av;
       c1[r] += w1 * av;
     }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    T* o = out + r * ldo;
+    T* row = out[r] + o;
     if (cols == 2 * L) {
-      std::memcpy(o, &c0[r], sizeof(vec));
-      std::memcpy(o + L, &c1[r], sizeof(vec));
-    } else {  // a cut panel
-      T row[2 * L];
       std::memcpy(row, &c0[r], sizeof(vec));
       std::memcpy(row + L, &c1[r], sizeof(vec));
-      for (int j = 0; j < cols; ++j) o[j] = row[j];
+    } else {  // a cut panel
+      T tmp[2 * L];
+      std::memcpy(tmp, &c0[r], sizeof(vec));
+      std::memcpy(tmp + L, &c1[r], sizeof(vec));
+      for (int j = 0; j < cols; ++j) row[j] = tmp[j];
     }
   }
 }
 template <typename T>
-static inline void tg_pblock_rows(int rows, ptrdiff_t K, const T* a, const T* wp, T* out, ptrdiff_t ldo, int cols) {
+static inline void tg_pblock_rows(int rows, ptrdiff_t K, const T* const* a, const T* wp, T* const* out, ptrdiff_t o,
+                                  int cols) {
   switch (rows) {
-    case 1: tg_pblock<T, 1>(K, a, wp, out, ldo, cols); break;
-    case 2: tg_pblock<T, 2>(K, a, wp, out, ldo, cols); break;
-    case 3: tg_pblock<T, 3>(K, a, wp, out, ldo, cols); break;
-    case 4: tg_pblock<T, 4>(K, a, wp, out, ldo, cols); break;
-    case 5: tg_pblock<T, 5>(K, a, wp, out, ldo, cols); break;
-    case 6: tg_pblock<T, 6>(K, a, wp, out, ldo, cols); break;
+    case 1: tg_pblock<T, 1>(K, a, wp, out, o, cols); break;
+    case 2: tg_pblock<T, 2>(K, a, wp, out, o, cols); break;
+    case 3: tg_pblock<T, 3>(K, a, wp, out, o, cols); break;
+    case 4: tg_pblock<T, 4>(K, a, wp, out, o, cols); break;
+    case 5: tg_pblock<T, 5>(K, a, wp, out, o, cols); break;
+    case 6: tg_pblock<T, 6>(K, a, wp, out, o, cols); break;
 #if TG_MR > 6
-    case 7: tg_pblock<T, 7>(K, a, wp, out, ldo, cols); break;
-    case 8: tg_pblock<T, 8>(K, a, wp, out, ldo, cols); break;
+    case 7: tg_pblock<T, 7>(K, a, wp, out, o, cols); break;
+    case 8: tg_pblock<T, 8>(K, a, wp, out, o, cols); break;
 #endif
     default: break;
   }
 }
-// C (M, N), rows ldc apart, <- A (M, K) W, with W packed by tg_pack(K, N, ...). Rows go in
+// C[r][c0 : c0 + N] <- A[r] (K) W for r < M, with W packed by tg_pack(K, N, ...). Rows go in
 // chunks whose A stays in L2 while every panel of W passes over it.
 template <typename T>
-static void tg_pgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A, const T* Wp, T* C, ptrdiff_t ldc) {
+static void tg_pgemm_rows(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* const* A, const T* Wp, T* const* C,
+                          ptrdiff_t c0) {
   const int NR = tg_pk<T>::NR, MR = tg_pk<T>::MR;
   ptrdiff_t MC = (ptrdiff_t)(128 * 1024 / sizeof(T)) / (K > 0 ? K : 1) / MR * MR;
   if (MC < MR) MC = MR;
@@ -417,17 +423,28 @@ static void tg_pgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A, const T*
     for (ptrdiff_t p = 0; p * NR < N; ++p) {
       const int cols = (int)(N - p * NR < NR ? N - p * NR : NR);
       const T* wp = Wp + p * K * NR;
-      T* c = C + p * NR;
       // as few blocks as MR allows, their rows even: each block reads the whole panel, so 13
       // rows as 7 + 6 read it twice where 8 + 4 + 1 read it three times (a packed batch's
       // steps run every row count); the sums are the same whatever the blocks
       ptrdiff_t r = m0;
       for (ptrdiff_t left = (m1 - m0 + MR - 1) / MR; left > 0; --left) {
         const int rows = (int)((m1 - r + left - 1) / left);
-        tg_pblock_rows<T>(rows, K, A + r * K, wp, c + r * ldc, ldc, cols);
+        tg_pblock_rows<T>(rows, K, A + r, wp, C + r, c0 + p * NR, cols);
         r += rows;
       }
     }
+  }
+}
+// C (M, N), rows ldc apart, <- A (M, K) W: tg_pgemm_rows on the rows' pointers
+template <typename T>
+static void tg_pgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T* A, const T* Wp, T* C, ptrdiff_t ldc) {
+  const ptrdiff_t CH = 16 * TG_MR;
+  const T* ap[CH];
+  T* cp[CH];
+  for (ptrdiff_t m0 = 0; m0 < M; m0 += CH) {
+    const ptrdiff_t m = M - m0 < CH ? M - m0 : CH;
+    for (ptrdiff_t r = 0; r < m; ++r) { ap[r] = A + (m0 + r) * K; cp[r] = C + (m0 + r) * ldc; }
+    tg_pgemm_rows<T>(m, N, K, ap, Wp, cp, 0);
   }
 }
 
@@ -469,5 +486,9 @@ template <typename T> struct tg_packed {
   }
   void gemm(ptrdiff_t M, const T* A, T* C, ptrdiff_t ldc) const {
     for (size_t s = 0; s < off.size(); ++s) tg_pgemm<T>(M, width[s], K, A, wp + at[s], C + off[s], ldc);
+  }
+  // the same on rows anywhere: C[r][off_s : off_s + width_s] <- A[r] W[:, same], r < M
+  void gemm_rows(ptrdiff_t M, const T* const* A, T* const* C) const {
+    for (size_t s = 0; s < off.size(); ++s) tg_pgemm_rows<T>(M, width[s], K, A, wp + at[s], C, off[s]);
   }
 };
