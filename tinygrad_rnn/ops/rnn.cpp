@@ -60,19 +60,21 @@ struct seq_steps {
   }
   int rows(int t) const { return bs == nullptr ? B : bs[t]; }
 };
-// By rows: each thread takes whole rows for the whole sequence. A packed batch's rows go in runs
-// of up to MR (the GEMM's row block), longest first, each to the thread with the fewest
-// row-steps so far: the threads' lengths add up evenly, and each runs about as many rows as the
-// others at every step (its share of the long rows and of the short ones). Measured against
-// two other ways on 2 threads: splitting each step's rows anew (a barrier a step) made the
-// packed loops 2-4% slower; dealing single rows in turn, 4% slower (two threads writing the two
-// ends of a cache line at every row: NumPy's rows are 16-byte aligned).
+// By rows: each thread takes whole rows for the whole sequence (unpacked: an equal share of
+// adjacent rows). A packed batch's rows go in runs of up to MR (the GEMM's row block), longest
+// first, each to the thread with the fewest row-steps so far: the threads' lengths add up
+// evenly, and each runs about as many rows as the others at every step (its share of the long
+// rows and of the short ones). Measured against two other ways on 2 threads: splitting each
+// step's rows anew (a barrier a step) made the packed loops 2-4% slower; dealing single rows in
+// turn, 4% slower (two threads writing the two ends of a cache line at every row: NumPy's rows
+// are 16-byte aligned).
 struct seq_lanes {
   std::vector<std::vector<ptrdiff_t>> rows;  // thread k's rows, ascending (longest first)
   const seq_steps& st;
   seq_lanes(const seq_steps& st_, int nt, int MR) : rows(nt), st(st_) {
-    ptrdiff_t g = st.B / (2 * nt);  // at least two runs a thread
+    ptrdiff_t g = st.B / (2 * nt);  // packed: at least two runs a thread
     g = g < 1 ? 1 : g > MR ? MR : g;
+    if (st.bs == nullptr) g = (st.B + nt - 1) / nt;  // rows of one length: one run a thread
     std::vector<ptrdiff_t> load(nt, 0);
     for (ptrdiff_t r0 = 0; r0 < st.B; r0 += g) {
       int k = 0;
