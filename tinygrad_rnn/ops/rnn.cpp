@@ -104,7 +104,7 @@ struct seq_lanes {
 template <typename T>
 static void seq_fwd_cell(int cell, int relu, const T* gx_t, const T* gh, const T* b_step, const T* hp, const T* cp,
                          int H, T* hq, T* cq, T* act_t, ptrdiff_t rows, ptrdiff_t j0, ptrdiff_t j1) {
-  const ptrdiff_t G = (cell == 2 ? 4 : cell == 1 ? 3 : 1) * (ptrdiff_t)H;
+  const ptrdiff_t G = seq_dims(cell, 0, H).G;
   if (rows <= 0) {
   } else if (cell == 2) {
     lstm_fwd_cols<T>(gx_t, gh, cp, H, hq, cq, act_t, rows, j0, j1);
@@ -212,7 +212,7 @@ static int seq_fwd(int cell, int T_, int B, int H, int reverse, int zero_h0, int
 template <typename T>
 static void seq_bwd_cell(int cell, int relu, const T* act_t, const T* hp, const T* hq, const T* cp, const T* cq,
                          int H, T* dh, T* dc, T* dg, T* dgx, T* sc, ptrdiff_t rows, ptrdiff_t j0, ptrdiff_t j1) {
-  const ptrdiff_t G = (cell == 2 ? 4 : cell == 1 ? 3 : 1) * (ptrdiff_t)H;
+  const ptrdiff_t G = seq_dims(cell, 0, H).G;
   if (rows <= 0) {
   } else if (cell == 2) {
     lstm_bwd_cols<T>(act_t, cp, cq, dh, dc, H, dg, sc, rows, j0, j1);
