@@ -86,6 +86,13 @@ struct seq_lanes {
       }
     }
   }
+  // a thread's lanes once every thread has packed its share of the shared weights. nt is the
+  // count tg_parallel gave, which may be 1 where the pool is busy (f(0, 1) alone): the rows are
+  // dealt for it, and the barrier only waits where there are other threads
+  template <typename T> static seq_lanes after_pack(const seq_steps& st, tg_barrier& bar, int nt) {
+    if (nt > 1) bar.wait();
+    return seq_lanes(st, nt, tg_pk<T>::MR);
+  }
   // of thread k's rows, how many step t runs (those before row rows(t))
   ptrdiff_t active(int k, int t) const {
     return std::lower_bound(rows[k].begin(), rows[k].end(), (ptrdiff_t)st.rows(t)) - rows[k].begin();
@@ -129,8 +136,7 @@ static void seq_fwd_rows(int cell, int T_, int B, int H, int reverse, int zero_h
   tg_barrier bar(nt0);
   auto work = [&](int id, int nt) {
     W.pack_part(w_hh, H, true, id, nt);
-    if (nt > 1) bar.wait();
-    const seq_lanes lanes(st, nt, tg_pk<T>::MR);  // nt: tg_parallel may run f(0, 1) alone
+    const seq_lanes lanes = seq_lanes::after_pack<T>(st, bar, nt);
     const std::vector<ptrdiff_t>& rows = lanes.rows[id];
     std::vector<const T*> hp(rows.size());  // the GEMM's rows: previous states in, gh out
     std::vector<T*> ghp(rows.size());
@@ -252,8 +258,7 @@ static int seq_bwd_rows(int cell, int T_, int B, int H, int reverse, int need_dh
   tg_barrier bar(nt0);
   auto work = [&](int id, int nt) {
     W.pack_part(w_hh, H, false, id, nt);
-    if (nt > 1) bar.wait();
-    const seq_lanes lanes(st, nt, tg_pk<T>::MR);  // nt: tg_parallel may run f(0, 1) alone
+    const seq_lanes lanes = seq_lanes::after_pack<T>(st, bar, nt);
     const std::vector<ptrdiff_t>& rows = lanes.rows[id];
     std::vector<const T*> dgp(rows.size());  // the GEMM's rows: d gates in, dh out
     std::vector<T*> dhp(rows.size());
@@ -351,8 +356,7 @@ static int proj_fwd(int T_, int B, int H, int P, int reverse, int threads, const
   auto work = [&](int id, int nt) {
     whh.pack_part(w_hh, P, true, id, nt);
     whr.pack_part(w_hr, H, true, id, nt);
-    if (nt > 1) bar.wait();
-    const seq_lanes lanes(st, nt, tg_pk<T>::MR);  // nt: tg_parallel may run f(0, 1) alone
+    const seq_lanes lanes = seq_lanes::after_pack<T>(st, bar, nt);
     const std::vector<ptrdiff_t>& rows = lanes.rows[id];
     std::vector<const T*> a(rows.size());  // the GEMMs' rows in and out
     std::vector<T*> c(rows.size());
@@ -394,8 +398,7 @@ static int proj_bwd(int T_, int B, int H, int P, int reverse, int need_dh0, int 
   auto work = [&](int id, int nt) {
     whh.pack_part(w_hh, P, false, id, nt);
     whr.pack_part(w_hr, H, false, id, nt);
-    if (nt > 1) bar.wait();
-    const seq_lanes lanes(st, nt, tg_pk<T>::MR);  // nt: tg_parallel may run f(0, 1) alone
+    const seq_lanes lanes = seq_lanes::after_pack<T>(st, bar, nt);
     const std::vector<ptrdiff_t>& rows = lanes.rows[id];
     std::vector<const T*> a(rows.size());  // the GEMMs' rows in and out
     std::vector<T*> c(rows.size());
