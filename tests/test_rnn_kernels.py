@@ -107,17 +107,25 @@ def test_cross_entropy_kernels_match_the_portable_form(device, dt, N, C, scale):
     rng_ = np.random.default_rng(N * C)
     logits = (rng_.standard_normal((C, N)) * scale).astype(dt).T  # a transposed view, as a head may give
     targets = rng_.integers(0, C, N).astype(np.int32)  # int32 targets are widened for the kernel
+    padded = np.where(np.arange(N) % 3 == 1, -100, targets)  # padding's rows, as a padded batch has
     tol = dict(rtol=1e-13, atol=1e-13) if dt == np.float64 else dict(rtol=3e-6, atol=3e-6)
-    for reduction in ("mean", "sum"):
-        res = []
-        for off in (False, True):
-            x = tg.tensor(logits, device=dev, requires_grad=True)
-            with (backend.kernels_off(dev) if off else contextlib.nullcontext()):
-                loss = F.cross_entropy(x, tg.tensor(targets, device=dev), reduction=reduction)
-                (loss * 1.5).backward()
-            res.append((loss.numpy(), x.grad.numpy()))
-        for a, b in zip(*res):
-            np.testing.assert_allclose(a, b, err_msg=f"{reduction} {np.dtype(dt).name} on {device}", **tol)
+    # ignore_index: none; PyTorch's -100 on every third row; class 0, which some targets are
+    for tgt, ignore in ((targets, None), (padded, -100), (targets, 0)):
+        for reduction in ("mean", "sum", "none"):
+            if reduction == "mean" and ignore is not None and np.all(tgt == ignore):
+                continue  # a mean over no row at all: 0/0
+            res = []
+            for off in (False, True):
+                x = tg.tensor(logits, device=dev, requires_grad=True)
+                with (backend.kernels_off(dev) if off else contextlib.nullcontext()):
+                    loss = F.cross_entropy(x, tg.tensor(tgt, device=dev), reduction=reduction, ignore_index=ignore)
+                    (loss * 1.5).sum().backward()
+                res.append((loss.numpy(), x.grad.numpy()))
+            for a, b in zip(*res):
+                np.testing.assert_allclose(a, b, err_msg=f"{reduction} ignore {ignore} {np.dtype(dt).name} on {device}",
+                                           **tol)
+            if ignore is not None:  # the ignored rows: no loss, no gradient
+                assert np.all(res[0][1][tgt == ignore] == 0)
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
@@ -729,6 +737,12 @@ def test_cuda_form_cross_entropy(cuda_form):
     g = E(np.float64, N, C)
     cuda_form("xent_bwd", N * C, logp, target, np.array([2.0]), 0.25, C, g)
     close(g, (np.exp(ref_logp) - np.eye(C)[target]) * 0.5)
+    kept = np.array([True, False, True, False])  # the rows ignore_index leaves out come as -1
+    cuda_form("xent_fwd", N, logits, np.where(kept, target, -1), C, nll, logp)
+    close(logp, ref_logp)
+    close(nll, np.where(kept, -ref_logp[np.arange(N), target], 0.0))
+    cuda_form("xent_bwd", N * C, logp, np.where(kept, target, -1), np.array([2.0]), 0.25, C, g)
+    close(g, (np.exp(ref_logp) - np.eye(C)[target]) * 0.5 * kept[:, None])
 
 
 def test_cuda_form_embedding_forward(cuda_form):

@@ -93,9 +93,6 @@ def cross_entropy(logits, targets, weight=None, *, reduction="mean", ignore_inde
     if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing!r}")
     x, t, out_shape = _class_rows("cross_entropy", logits, targets, "logits")
-    xp = logits.device.xp
-    if ignore_index is not None and ignore_index < 0 and (t.shape[0] == 0 or int(xp.min(t)) >= 0):
-        ignore_index = None  # PyTorch's -100 with no target equal to it: the fused kernels' case
     if weight is not None or label_smoothing:
         weight = _class_weight("cross_entropy", weight, x)
         loss = _nll_rows("cross_entropy", x.log_softmax(-1), t, weight, ignore_index, reduction, label_smoothing)

@@ -82,17 +82,19 @@ class CrossEntropy(Function):
             if lo < 0 or hi >= c:
                 raise IndexOutOfRange(f"cross_entropy: target {hi if hi >= c else lo} is out of range for "
                                       f"{c} classes (logits of shape {fmt_shape(logits.shape)})")
-        ks = for_device(ctx.device, "nn", KERNELS) if valid is None and n else None
+        ks = for_device(ctx.device, "nn", KERNELS) if n else None
+        weight = None if valid is None else xp.astype(valid, logits.dtype)
         if ks is not None:  # one pass per row: max, log-sum-exp, log-probabilities, the target's
             logp, nll = xp.empty((n, c), dtype=logits.dtype), xp.empty((n,), dtype=logits.dtype)
-            ks["xent_fwd"](logits, xp.astype(safe, xp.int64), c, nll, logp)
+            # the kernels' targets: an ignored row's is -1 (no loss, no gradient)
+            safe = xp.astype(safe if valid is None else xp.where(valid, targets, -1), xp.int64)
+            ks["xent_fwd"](logits, safe, c, nll, logp)
         else:
             logp = _log_softmax(xp, logits, -1)
             nll = -xp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
-        weight = None if valid is None else xp.astype(valid, logits.dtype)
-        if weight is not None:
-            nll = nll * weight
-        ctx.reduction, ctx.n_classes, ctx.ignore_index = reduction, c, ignore_index
+            if weight is not None:
+                nll = nll * weight
+        ctx.reduction, ctx.n_classes, ctx.ignore_index, ctx.fused = reduction, c, ignore_index, ks is not None
         ctx.save_for_backward(logp, safe, weight)
         if reduction == "none":
             return nll
@@ -106,12 +108,17 @@ class CrossEntropy(Function):
     def backward(ctx, grad):
         xp = ctx.xp
         logp, safe, weight = ctx.saved_tensors
-        ks = for_device(ctx.device, "nn", KERNELS) if weight is None and ctx.reduction != "none" else None
+        ks = for_device(ctx.device, "nn", KERNELS) if ctx.fused and ctx.reduction != "none" else None
         if ks is not None:  # softmax minus the target's indicator, times the incoming gradient, in one pass
             g = xp.empty(logp.shape, dtype=logp.dtype)
-            inv = 1.0 if ctx.reduction == "sum" else 1.0 / ctx.count
-            ks["xent_bwd"](logp, xp.astype(safe, xp.int64), xp.reshape(grad, (1,)), inv, logp.shape[1], g)
+            if ctx.reduction == "mean" and weight is not None:  # the count of rows kept, on the device
+                grad, inv = grad / ctx.count, 1.0
+            else:
+                inv = 1.0 if ctx.reduction == "sum" else 1.0 / ctx.count
+            ks["xent_bwd"](logp, safe, xp.reshape(grad, (1,)), inv, logp.shape[1], g)
             return g, None
+        if ctx.fused:  # the kernel's targets: the ignored rows' -1 back to class 0, as the portable form
+            safe = xp.where(safe < 0, 0, safe)
         g = xp.exp(logp)
         g = g - xp.astype(xp.arange(ctx.n_classes)[None, :] == safe[:, None], g.dtype)
         if ctx.reduction == "none":
@@ -146,8 +153,9 @@ class CrossEntropy(Function):
 
 # The fused loss as elementwise kernels (kernels.Kernel), where the device builds them:
 # forward one row per element (its max, log-sum-exp, log-probabilities and the target's
-# negative log-likelihood), backward one element per (row, class). The portable form above
-# is the reference; ignore_index and reduction="none" run it.
+# negative log-likelihood), backward one element per (row, class); a target of -1 marks a row
+# ignore_index leaves out. The portable form above is the reference; reduction="none"'s
+# backward runs it.
 KERNELS = {
     "xent_fwd": Kernel(
         "raw T logits, raw int64 target, int32 C", "T nll, raw T logp",
@@ -159,11 +167,12 @@ KERNELS = {
         for (int c = 0; c < C; ++c) s += tg_exp(logits[row + c] - m);
         const T lse = m + tg_log(s);
         for (int c = 0; c < C; ++c) logp[row + c] = logits[row + c] - lse;
-        nll = lse - logits[row + target[i]];
+        nll = target[i] < 0 ? T(0) : lse - logits[row + target[i]];
         """, work="C"),
     "xent_bwd": Kernel(
         "T logp, raw int64 target, raw T grad, float64 inv_count, int32 C", "T g",
-        "g = (tg_exp(logp) - (j == target[b] ? T(1) : T(0))) * (grad[0] * (T)inv_count);", row="C"),
+        "g = target[b] < 0 ? T(0) : (tg_exp(logp) - (j == target[b] ? T(1) : T(0))) * (grad[0] * (T)inv_count);",
+        row="C"),
     # the embedding's forward, a row gather (on the CPU's threads, where NumPy's take runs on one)
     "embed_fwd": Kernel("raw T table, raw int64 index, int32 D", "T out", "out = table[index[b] * D + j];",
                         row="D"),
