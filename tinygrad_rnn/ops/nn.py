@@ -167,12 +167,15 @@ KERNELS = {
         for (int c = 0; c < C; ++c) s += tg_exp(logits[row + c] - m);
         const T lse = m + tg_log(s);
         for (int c = 0; c < C; ++c) logp[row + c] = logits[row + c] - lse;
-        nll = target[i] < 0 ? T(0) : lse - logits[row + target[i]];
+        // an ignored row (target -1): class 0's, times 0, as the portable form (a NaN stays NaN)
+        const ptrdiff_t k = target[i] < 0 ? 0 : target[i];
+        nll = (lse - logits[row + k]) * (target[i] < 0 ? T(0) : T(1));
         """, work="C"),
     "xent_bwd": Kernel(
         "T logp, raw int64 target, raw T grad, float64 inv_count, int32 C", "T g",
-        "g = target[b] < 0 ? T(0) : (tg_exp(logp) - (j == target[b] ? T(1) : T(0))) * (grad[0] * (T)inv_count);",
-        row="C"),
+        # times 0 on an ignored row, not a branch on it: the compiler then still vectorises the loop
+        "g = (tg_exp(logp) - (j == target[b] ? T(1) : T(0))) * (grad[0] * (T)inv_count)"
+        " * (target[b] < 0 ? T(0) : T(1));", row="C"),
     # the embedding's forward, a row gather (on the CPU's threads, where NumPy's take runs on one)
     "embed_fwd": Kernel("raw T table, raw int64 index, int32 D", "T out", "out = table[index[b] * D + j];",
                         row="D"),
