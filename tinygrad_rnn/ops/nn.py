@@ -83,17 +83,16 @@ class CrossEntropy(Function):
                 raise IndexOutOfRange(f"cross_entropy: target {hi if hi >= c else lo} is out of range for "
                                       f"{c} classes (logits of shape {fmt_shape(logits.shape)})")
         ks = for_device(ctx.device, "nn", KERNELS) if n else None
-        weight = None if valid is None else xp.astype(valid, logits.dtype)
         if ks is not None:  # one pass per row: max, log-sum-exp, log-probabilities, the target's
             logp, nll = xp.empty((n, c), dtype=logits.dtype), xp.empty((n,), dtype=logits.dtype)
-            # the kernels' targets: an ignored row's is -1 (no loss, no gradient)
-            safe = xp.astype(safe if valid is None else xp.where(valid, targets, -1), xp.int64)
+            safe = xp.astype(safe, xp.int64)
             ks["xent_fwd"](logits, safe, c, nll, logp)
         else:
             logp = _log_softmax(xp, logits, -1)
             nll = -xp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
-            if weight is not None:
-                nll = nll * weight
+        weight = None if valid is None else xp.astype(valid, logits.dtype)
+        if weight is not None:  # the ignored rows (their target read as class 0) count for nothing
+            nll = nll * weight
         ctx.reduction, ctx.n_classes, ctx.ignore_index, ctx.fused = reduction, c, ignore_index, ks is not None
         ctx.save_for_backward(logp, safe, weight)
         if reduction == "none":
@@ -116,9 +115,9 @@ class CrossEntropy(Function):
             else:
                 inv = 1.0 if ctx.reduction == "sum" else 1.0 / ctx.count
             ks["xent_bwd"](logp, safe, xp.reshape(grad, (1,)), inv, logp.shape[1], g)
+            if weight is not None:  # a second pass, only with ignore_index: the kernel stays branch-free
+                g *= weight[:, None]
             return g, None
-        if ctx.fused:  # the kernel's targets: the ignored rows' -1 back to class 0, as the portable form
-            safe = xp.where(safe < 0, 0, safe)
         g = xp.exp(logp)
         g = g - xp.astype(xp.arange(ctx.n_classes)[None, :] == safe[:, None], g.dtype)
         if ctx.reduction == "none":
@@ -153,9 +152,9 @@ class CrossEntropy(Function):
 
 # The fused loss as elementwise kernels (kernels.Kernel), where the device builds them:
 # forward one row per element (its max, log-sum-exp, log-probabilities and the target's
-# negative log-likelihood), backward one element per (row, class); a target of -1 marks a row
-# ignore_index leaves out. The portable form above is the reference; reduction="none"'s
-# backward runs it.
+# negative log-likelihood), backward one element per (row, class). ignore_index's rows run
+# through them as class 0 and are multiplied by 0 after, as in the portable form above, which
+# is the reference; reduction="none"'s backward runs it.
 KERNELS = {
     "xent_fwd": Kernel(
         "raw T logits, raw int64 target, int32 C", "T nll, raw T logp",
@@ -167,15 +166,11 @@ KERNELS = {
         for (int c = 0; c < C; ++c) s += tg_exp(logits[row + c] - m);
         const T lse = m + tg_log(s);
         for (int c = 0; c < C; ++c) logp[row + c] = logits[row + c] - lse;
-        // an ignored row (target -1): class 0's, times 0, as the portable form (a NaN stays NaN)
-        const ptrdiff_t k = target[i] < 0 ? 0 : target[i];
-        nll = (lse - logits[row + k]) * (target[i] < 0 ? T(0) : T(1));
+        nll = lse - logits[row + target[i]];
         """, work="C"),
     "xent_bwd": Kernel(
         "T logp, raw int64 target, raw T grad, float64 inv_count, int32 C", "T g",
-        # times 0 on an ignored row, not a branch on it: the compiler then still vectorises the loop
-        "g = (tg_exp(logp) - (j == target[b] ? T(1) : T(0))) * (grad[0] * (T)inv_count)"
-        " * (target[b] < 0 ? T(0) : T(1));", row="C"),
+        "g = (tg_exp(logp) - (j == target[b] ? T(1) : T(0))) * (grad[0] * (T)inv_count);", row="C"),
     # the embedding's forward, a row gather (on the CPU's threads, where NumPy's take runs on one)
     "embed_fwd": Kernel("raw T table, raw int64 index, int32 D", "T out", "out = table[index[b] * D + j];",
                         row="D"),
