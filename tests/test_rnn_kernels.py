@@ -126,6 +126,8 @@ def test_cross_entropy_kernels_match_the_portable_form(device, dt, N, C, scale):
                                            **tol)
             if ignore is not None:  # the ignored rows: no loss, no gradient
                 assert np.all(res[0][1][tgt == ignore] == 0)
+                if reduction == "none":
+                    assert np.all(res[0][0][tgt == ignore] == 0)
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
